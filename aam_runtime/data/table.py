@@ -1,0 +1,297 @@
+"""BIOM table + metadata -> the samples, ASVs and counts a run uses, with every drop reported.
+
+Torch-free on purpose: the controller's preflight imports this module on a login node.
+Order of operations (docs/data.md follows it): read table, read metadata, subsample, rarefy,
+drop non-ACGT ASVs if asked, align with metadata, drop unusable targets, tokenize, select ASVs.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("aam.data")
+
+PAD, A, C, G, T, START, MASK = 0, 1, 2, 3, 4, 5, 6
+VOCAB_SIZE = 7
+_LUT = np.zeros(256, dtype=np.int8)
+for _ch, _tok in zip(b"ACGT", (A, C, G, T)):
+    _LUT[_ch] = _tok
+    _LUT[ord(chr(_ch).lower())] = _tok
+IUPAC = set("ACGTURYSWKMBDHVN.-acgturyswkmbdhvn")
+
+
+class DataError(Exception):
+    """A problem with the user's data, phrased for the user (file, what, how to fix)."""
+
+
+@dataclass
+class Prepared:
+    """What a run trains on, aligned: rows are samples, columns ASVs."""
+
+    sample_ids: list[str]
+    asv_ids: list[str]
+    counts: "object"  # scipy.sparse.csr_matrix, samples x ASVs, float64 read counts
+    metadata: "object"  # pandas.DataFrame indexed by sample id, same order as sample_ids
+    report: dict = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        return len(self.sample_ids)
+
+
+def read_biom(path: str):
+    import biom
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: table file not found (check spec.table)")
+    try:
+        return biom.load_table(str(p))
+    except Exception as exc:  # biom raises many kinds for corrupt files
+        kind = "HDF5" if _is_hdf5(p) else "JSON/TSV"
+        raise DataError(f"{path}: cannot read BIOM table ({kind}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__} "
+                        "(is the file complete? re-export it with 'biom convert --to-hdf5')") from None
+
+
+def _is_hdf5(p: Path) -> bool:
+    try:
+        with open(p, "rb") as f:
+            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+    except OSError:
+        return False
+
+
+def read_metadata(path: str, id_column: str):
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{path}: metadata file not found (check spec.metadata.path)")
+    try:
+        df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot read metadata as tab-separated text: {exc}") from None
+    if id_column not in df.columns:
+        cols = ", ".join(list(df.columns)[:8])
+        raise DataError(f"{path}: no column '{id_column}' (columns: {cols}); "
+                        "set spec.metadata.sampleIdColumn to the column holding the sample ids")
+    ids = df[id_column]
+    dup = ids[ids.duplicated()]
+    if len(dup):
+        raise DataError(f"{path}: sample id '{dup.iloc[0]}' appears {int((ids == dup.iloc[0]).sum())} times "
+                        f"in column '{id_column}' ({len(dup)} duplicates in all); each sample needs one row")
+    return df.set_index(id_column)
+
+
+def check_sequences(asv_ids, table_path: str, policy: str = "pad") -> dict:
+    """ASV ids must be nucleotide sequences; returns counts of non-ACGT letters."""
+    bad_ids = 0
+    for asv in asv_ids:
+        if not asv or any(ch not in IUPAC for ch in asv):
+            shown = asv if len(asv) <= 40 else asv[:37] + "..."
+            raise DataError(f"{table_path}: observation id '{shown}' is not a nucleotide sequence; AAM reads the "
+                            "ASV sequences themselves, so the table's observation ids must be the sequences "
+                            "(e.g. deblur or DADA2 output without hashing)")
+    for asv in asv_ids:
+        if set(asv.upper()) - set("ACGT"):
+            bad_ids += 1
+    if bad_ids and policy == "error":
+        first = next(a for a in asv_ids if set(a.upper()) - set("ACGT"))
+        raise DataError(f"{table_path}: {bad_ids} ASV sequences hold letters other than A, C, G, T "
+                        f"(first: '{first[:40]}'); set spec.nonACGT to pad or drop to accept them")
+    return {"asvs_with_non_acgt": bad_ids}
+
+
+def tokenize(asv_ids: list[str], max_bp: int) -> tuple[np.ndarray, int]:
+    """Sequences -> int8 [n, max_bp + 1] (START + bases, padded); also the number of non-ACGT bases."""
+    n = len(asv_ids)
+    out = np.zeros((n, max_bp + 1), dtype=np.int8)
+    out[:, 0] = START
+    if n == 0:
+        return out, 0
+    lengths = np.fromiter((min(len(s), max_bp) for s in asv_ids), dtype=np.int64, count=n)
+    joined = "".join(s[:max_bp].ljust(max_bp, "\0") for s in asv_ids).encode("ascii", "replace")
+    raw = np.frombuffer(joined, dtype=np.uint8).reshape(n, max_bp)
+    tok = _LUT[raw]
+    within = np.arange(max_bp)[None, :] < lengths[:, None]
+    non_acgt = int(((tok == 0) & within).sum())
+    out[:, 1:] = tok
+    return out, non_acgt
+
+
+def rarefy(counts, depth: int, seed: int):
+    """Subsample each row (sample) of a CSR count matrix to depth reads without replacement."""
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    counts = counts.tocsr()
+    rows, cols, vals = [], [], []
+    keep = []
+    for i in range(counts.shape[0]):
+        start, end = counts.indptr[i], counts.indptr[i + 1]
+        idx = counts.indices[start:end]
+        c = counts.data[start:end].astype(np.int64)
+        total = int(c.sum())
+        if total < depth:
+            continue
+        drawn = rng.multivariate_hypergeometric(c, depth) if total != depth else c
+        nz = drawn > 0
+        r = len(keep)
+        keep.append(i)
+        rows.append(np.full(int(nz.sum()), r))
+        cols.append(idx[nz])
+        vals.append(drawn[nz].astype(np.float64))
+    if not keep:
+        return sp.csr_matrix((0, counts.shape[1])), keep
+    m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+                      shape=(len(keep), counts.shape[1]))
+    return m, keep
+
+
+def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0) -> Prepared:
+    """Read and prepare a Dataset spec (resolved: absolute paths, defaults filled)."""
+    import pandas as pd
+
+    report: dict = {}
+    table = read_biom(spec["table"])
+    if table.shape[0] == 0 or table.shape[1] == 0:
+        raise DataError(f"{spec['table']}: the table is empty ({table.shape[1]} samples x {table.shape[0]} ASVs)")
+    sample_ids = [str(s) for s in table.ids(axis="sample")]
+    asv_ids = [str(a) for a in table.ids(axis="observation")]
+    if len(set(sample_ids)) != len(sample_ids):
+        seen, dup = set(), None
+        for s in sample_ids:
+            if s in seen:
+                dup = s
+                break
+            seen.add(s)
+        raise DataError(f"{spec['table']}: sample id '{dup}' appears more than once in the table")
+    report.update(check_sequences(asv_ids, spec["table"], spec.get("nonACGT", "pad")))
+    counts = table.matrix_data.T.tocsr().astype(np.float64)  # samples x ASVs
+    if counts.nnz and (counts.data < 0).any():
+        raise DataError(f"{spec['table']}: the table holds negative counts; AAM needs read counts")
+    report["samples_in_table"] = len(sample_ids)
+    report["asvs_in_table"] = len(asv_ids)
+
+    meta_spec = spec.get("metadata")
+    if meta_spec:
+        meta = read_metadata(meta_spec["path"], meta_spec.get("sampleIdColumn", "sample_id"))
+    else:
+        meta = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
+    in_both = [i for i, s in enumerate(sample_ids) if s in meta.index]
+    report["dropped_not_in_metadata"] = len(sample_ids) - len(in_both)
+    report["metadata_rows_not_in_table"] = int(len(meta.index) - len(in_both))
+    if not in_both:
+        raise DataError(f"no sample id of {spec['table']} appears in {meta_spec['path']} "
+                        f"(table ids look like '{sample_ids[0]}', metadata ids like "
+                        f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
+    counts = counts[in_both]
+    sample_ids = [sample_ids[i] for i in in_both]
+
+    # targets and categorical columns must exist; rows with missing or non-numeric values are dropped
+    for col in list(need_targets or []) + list(spec.get("categoricalColumns", [])):
+        if col not in meta.columns:
+            raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
+                            f"(columns: {', '.join(list(meta.columns)[:8])})")
+    target_types = {t["name"]: t["type"] for t in spec.get("targets", [])}
+    keep = np.ones(len(sample_ids), dtype=bool)
+    for col in need_targets or []:
+        values = meta.loc[sample_ids, col]
+        missing = values.str.strip().isin(["", "NA", "NaN", "nan", "null", "None", "not applicable",
+                                           "not collected", "missing"]).to_numpy()
+        if target_types.get(col) == "regression":
+            numeric = pd.to_numeric(values, errors="coerce")
+            bad = numeric.isna().to_numpy() | ~np.isfinite(numeric.fillna(0).to_numpy())
+            report[f"dropped_target_{col}_unusable"] = int((bad & keep).sum())
+            keep &= ~bad
+        else:
+            report[f"dropped_target_{col}_missing"] = int((missing & keep).sum())
+            keep &= ~missing
+    if not keep.any():
+        raise DataError(f"no sample has a usable value for target(s) {', '.join(need_targets or [])} "
+                        "(all missing or not numeric)")
+    counts = counts[keep]
+    sample_ids = [s for s, k in zip(sample_ids, keep) if k]
+
+    sub = spec.get("subsample")
+    if sub and sub["samples"] < len(sample_ids):
+        rng = np.random.default_rng(sub.get("seed", 0))
+        chosen = np.sort(rng.choice(len(sample_ids), size=sub["samples"], replace=False))
+        counts = counts[chosen]
+        sample_ids = [sample_ids[i] for i in chosen]
+        report["subsampled_to"] = int(sub["samples"])
+
+    depth = spec.get("rarefyDepth")
+    if depth:
+        before = len(sample_ids)
+        counts, kept = rarefy(counts, int(depth), seed)
+        sample_ids = [sample_ids[i] for i in kept]
+        report["dropped_below_rarefaction_depth"] = before - len(sample_ids)
+    empty = np.asarray(counts.sum(axis=1)).ravel() <= 0
+    if empty.any():
+        report["dropped_empty"] = int(empty.sum())
+        counts = counts[~empty]
+        sample_ids = [s for s, e in zip(sample_ids, empty) if not e]
+    if not sample_ids:
+        raise DataError(f"{spec['table']}: no sample is left after rarefaction to {depth} reads "
+                        "(lower spec.rarefyDepth)")
+
+    if spec.get("nonACGT") == "drop":
+        good = np.array([not (set(a.upper()) - set("ACGT")) for a in asv_ids])
+        report["dropped_asvs_non_acgt"] = int((~good).sum())
+        counts = counts[:, np.flatnonzero(good)]
+        asv_ids = [a for a, g in zip(asv_ids, good) if g]
+    # ASVs present in no remaining sample carry nothing
+    present = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
+    if not present.all():
+        counts = counts[:, np.flatnonzero(present)]
+        asv_ids = [a for a, p in zip(asv_ids, present) if p]
+    counts = counts.tocsr()
+    counts.sort_indices()
+    report["samples_used"] = len(sample_ids)
+    report["asvs_used"] = len(asv_ids)
+    meta = meta.loc[sample_ids]
+    return Prepared(sample_ids=sample_ids, asv_ids=asv_ids, counts=counts, metadata=meta, report=report)
+
+
+def select_asvs(counts, limit: int, how: str, rng: np.random.Generator | None = None):
+    """Per sample, the column indices (and counts) of at most `limit` ASVs.
+
+    abundance: top counts, ties broken by table order (stable); first: table order;
+    random: a fresh random subset (for the 'random' augmentation, call per epoch).
+    """
+    out_idx, out_cnt = [], []
+    indptr, indices, data = counts.indptr, counts.indices, counts.data
+    for i in range(counts.shape[0]):
+        idx = indices[indptr[i]:indptr[i + 1]]
+        cnt = data[indptr[i]:indptr[i + 1]]
+        if len(idx) > limit:
+            if how == "abundance":
+                order = np.argsort(-cnt, kind="stable")[:limit]
+                order.sort()
+            elif how == "random":
+                order = np.sort((rng or np.random.default_rng(0)).choice(len(idx), size=limit, replace=False))
+            else:
+                order = np.arange(limit)
+            idx, cnt = idx[order], cnt[order]
+        out_idx.append(idx.astype(np.int64))
+        out_cnt.append(cnt.astype(np.float32))
+    return out_idx, out_cnt
+
+
+def file_digest(path: str | None, chunk: int = 1 << 20) -> str | None:
+    """sha256 of a file's bytes (None when there is no file)."""
+    if not path or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(chunk)
+            if not b:
+                break
+            h.update(b)
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,270 @@
+"""The AAM network: nucleotides -> ASV vectors -> sample context -> sample embedding / targets.
+
+Shapes: B samples, S ASV slots (padded to the batch's longest sample), U distinct ASVs in the
+batch, L tokens per ASV (START + bases), D embedding width.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data.table import MASK, PAD, START, VOCAB_SIZE
+
+MAX_SAMPLE_POSITIONS = 65536
+
+
+def sdpa_context(backend: str):
+    """A context manager that pins scaled_dot_product_attention to one kernel ('auto': torch picks)."""
+    if backend in (None, "auto"):
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"math": SDPBackend.MATH, "mem_efficient": SDPBackend.EFFICIENT_ATTENTION,
+              "flash": SDPBackend.FLASH_ATTENTION}[backend]
+    return sdpa_kernel([kernel])
+
+
+def choose_attention_backend(requested: str, accelerator: str, rocm_version: str | None,
+                             torch_hip: str | None = None) -> str:
+    """The SDPA backend to use.
+
+    On ROCm older than 6.3 (aotriton < 0.8.2) mem_efficient attention with a padding mask gives
+    wrong results (SPEC-model.md), and AAM always uses padding masks: force math there.
+    """
+    version = rocm_version or torch_hip
+    if accelerator == "rocm":
+        old = True
+        if version:
+            parts = [int(p) for p in str(version).split(".")[:2] if p.isdigit()]
+            old = tuple(parts + [0] * (2 - len(parts))) < (6, 3)
+        if old and requested in ("auto", "mem_efficient"):
+            return "math"
+        if requested == "flash":
+            return "math"  # flash attention for ROCm does not build on 6.2+
+    return requested
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block; attention through SDPA with a key-padding mask."""
+
+    def __init__(self, dim: int, heads: int, ffn_mult: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ffn_mult * dim), nn.GELU(), nn.Linear(ffn_mult * dim, dim))
+        self.drop = nn.Dropout(dropout)
+        self.attn_dropout = dropout
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+        n, s, d = x.shape  # n sequences, s positions
+        q, k, v = self.qkv(self.ln1(x)).split(d, dim=-1)
+        q, k, v = (t.view(n, s, self.heads, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        mask = None if key_mask is None else key_mask[:, None, None, :]  # [n, 1, 1, s], True = attend
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(n, s, d)))
+        return x + self.drop(self.ff(self.ln2(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, dim, heads, layers, ffn_mult, dropout, checkpointing=False):
+        super().__init__()
+        self.blocks = nn.ModuleList(Block(dim, heads, ffn_mult, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(dim)
+        self.checkpointing = checkpointing
+
+    def forward(self, x, key_mask=None):
+        for block in self.blocks:
+            if self.checkpointing and self.training:
+                x = torch.utils.checkpoint.checkpoint(block, x, key_mask, use_reentrant=False)
+            else:
+                x = block(x, key_mask)
+        return self.ln(x)
+
+
+class AttentionPool(nn.Module):
+    """Masked softmax-weighted sum over positions: [n, s, d] -> [n, d]."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, x, mask):
+        w = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
+        w = torch.softmax(w, dim=-1)
+        return torch.einsum("ns,nsd->nd", w, x)
+
+
+class AAM(nn.Module):
+    def __init__(self, spec: dict, max_bp: int, n_outputs: int = 0, categorical_sizes: list[int] | None = None,
+                 max_asvs: int = 1024):
+        super().__init__()
+        d = spec["embeddingDim"]
+        ff, drop, ckpt = spec["ffnMultiplier"], spec["dropout"], spec["gradientCheckpointing"]
+        self.spec = spec
+        self.dedup = spec.get("dedupAsvs", True)
+        self.attention_backend = "auto"
+        self.mask_ratio = spec["maskRatio"]
+        self.tok_emb = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD)
+        self.nuc_pos = nn.Embedding(max_bp + 1, d)
+        self.nuc = Encoder(d, spec["nucleotide"]["heads"], spec["nucleotide"]["layers"], ff, drop, ckpt)
+        self.asv_pool = AttentionPool(d)
+        self.nuc_head = nn.Linear(d, VOCAB_SIZE)
+        self.count_mode = spec["countEmbedding"]
+        if self.count_mode == "add":
+            self.count_in = nn.Linear(1, d)
+        elif self.count_mode == "concat":
+            self.count_in = nn.Linear(d + 1, d)
+        else:
+            self.count_in = nn.Linear(1, 2 * d)
+        self.sample_pos = nn.Embedding(max_asvs, d)
+        self.sample = Encoder(d, spec["sample"]["heads"], spec["sample"]["layers"], ff, drop, ckpt)
+        self.enc_head = Encoder(d, spec["encoderHead"]["heads"], spec["encoderHead"]["layers"], ff, drop, ckpt)
+        self.enc_pool = AttentionPool(d)
+        self.count_head = nn.Linear(d, 1)
+        self.n_outputs = n_outputs
+        if n_outputs:
+            th = spec["targetHead"]
+            self.tgt = Encoder(d, th["heads"], th["layers"], ff, drop, ckpt)
+            self.tgt_pool = AttentionPool(d)
+            self.tgt_ln = nn.LayerNorm(d) if th["layerNorm"] else nn.Identity()
+            self.cat_embs = nn.ModuleList(nn.Embedding(n + 1, spec["categoricalEmbeddingDim"])
+                                          for n in (categorical_sizes or []))
+            cat_dim = spec["categoricalEmbeddingDim"] * len(self.cat_embs)
+            self.fusion = spec["categoricalFusion"] if cat_dim else "none"
+            width = d
+            if self.fusion == "concat":
+                width = d + cat_dim
+            elif self.fusion in ("add", "gated"):
+                self.cat_proj = nn.Linear(cat_dim, d)
+                if self.fusion == "gated":
+                    self.cat_gate = nn.Linear(d + cat_dim, d)
+            elif self.fusion == "film":
+                self.cat_proj = nn.Linear(cat_dim, 2 * d)
+            layers: list[nn.Module] = []
+            for h in th["hidden"]:
+                layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(drop)]
+                width = h
+            layers.append(nn.Linear(width, n_outputs))
+            self.out = nn.Sequential(*layers)
+            self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th["outputScale"] else None
+            self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th["outputScale"] else None
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def base_parameters(self):
+        """Everything but the target head (what freezeBase freezes)."""
+        head = {id(p) for n, p in self.named_parameters() if n.split(".")[0] in
+                ("tgt", "tgt_pool", "tgt_ln", "cat_embs", "cat_proj", "cat_gate", "out", "out_scale", "out_bias")}
+        return [p for p in self.parameters() if id(p) not in head]
+
+    def mask_tokens(self, tokens: torch.Tensor, generator: torch.Generator | None = None):
+        """Replace maskRatio of the real bases by MASK; returns (masked tokens, bool positions)."""
+        real = (tokens != PAD) & (tokens != START)
+        r = torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device)
+        pos = real & (r < self.mask_ratio)
+        return tokens.masked_fill(pos, MASK), pos
+
+    def encode_asvs(self, tokens: torch.Tensor):
+        """[U, L] tokens -> ([U, D] ASV vectors, [U, L, D] per-base states)."""
+        u, length = tokens.shape
+        pos = torch.arange(length, device=tokens.device)
+        x = self.tok_emb(tokens) + self.nuc_pos(pos)[None]
+        mask = tokens != PAD
+        h = self.nuc(x, mask)
+        return self.asv_pool(h, mask), h
+
+    def forward(self, batch: dict, *, mask_nucleotides: bool = False, generator=None, need_target: bool = False):
+        with sdpa_context(self.attention_backend):
+            return self._forward(batch, mask_nucleotides, generator, need_target)
+
+    def _forward(self, batch, mask_nucleotides, generator, need_target):
+        tokens = batch["tokens"]  # [U, L] distinct ASVs of the batch
+        index = batch["asv_index"]  # [B, S] into tokens
+        smask = batch["mask"]  # [B, S] real ASV slots
+        out: dict = {}
+        if mask_nucleotides and self.mask_ratio > 0:
+            tokens_in, masked = self.mask_tokens(tokens, generator)
+        else:
+            tokens_in, masked = tokens, None
+        if self.dedup:
+            asv_vec, states = self.encode_asvs(tokens_in)  # each distinct ASV once
+            x = asv_vec[index]  # [B, S, D] scatter back
+        else:
+            # the reference's way: every occurrence encoded separately
+            occ = index[smask]
+            occ_vec, states_occ = self.encode_asvs(tokens_in[occ])
+            x = occ_vec.new_zeros(*index.shape, occ_vec.shape[-1])
+            x[smask] = occ_vec
+            states = None
+            if masked is not None:
+                masked = masked[occ]
+                out["nuc_targets"] = tokens[occ][masked]
+                out["nuc_logits"] = self.nuc_head(states_occ[masked])
+        if masked is not None and self.dedup:
+            out["nuc_targets"] = tokens[masked]
+            out["nuc_logits"] = self.nuc_head(states[masked])
+        logc = batch["log_counts"].unsqueeze(-1)  # [B, S, 1]
+        if self.count_mode == "add":
+            x = x + self.count_in(logc)
+        elif self.count_mode == "concat":
+            x = self.count_in(torch.cat([x, logc], dim=-1))
+        else:
+            gamma, beta = self.count_in(logc).chunk(2, dim=-1)
+            x = x * (1 + gamma) + beta
+        s = x.shape[1]
+        x = x + self.sample_pos(torch.arange(s, device=x.device).clamp(max=self.sample_pos.num_embeddings - 1))[None]
+        ctx = self.sample(x, smask)  # [B, S, D]
+        h = self.enc_head(ctx, smask)
+        out["embedding"] = self.enc_pool(h, smask)  # [B, D]
+        out["count_pred"] = self.count_head(ctx).squeeze(-1)  # [B, S]
+        if need_target and self.n_outputs:
+            t = self.tgt(ctx, smask)
+            v = self.tgt_ln(self.tgt_pool(t, smask))
+            if self.fusion != "none":
+                cats = batch["categoricals"]  # [B, C] codes (0 = unknown)
+                c = torch.cat([emb(cats[:, i]) for i, emb in enumerate(self.cat_embs)], dim=-1)
+                if self.fusion == "concat":
+                    v = torch.cat([v, c], dim=-1)
+                elif self.fusion == "add":
+                    v = v + self.cat_proj(c)
+                elif self.fusion == "gated":
+                    g = torch.sigmoid(self.cat_gate(torch.cat([v, c], dim=-1)))
+                    v = v + g * self.cat_proj(c)
+                else:
+                    gamma, beta = self.cat_proj(c).chunk(2, dim=-1)
+                    v = v * (1 + gamma) + beta
+            y = self.out(v)
+            if self.out_scale is not None:
+                y = y * self.out_scale + self.out_bias
+            out["target"] = y
+        return out
+
+
+def pairwise_unifrac_loss(emb: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """MSE between tanh(||e_i - e_j|| / 10) and UniFrac over pairs i < j; also the MAE."""
+    b = emb.shape[0]
+    i, j = torch.triu_indices(b, b, offset=1, device=emb.device)
+    diff = emb[i].float() - emb[j].float()
+    dist = torch.sqrt((diff * diff).sum(-1) + 1e-12)  # eps: d(sqrt)/dx is finite at 0
+    pred = torch.tanh(dist / 10.0)
+    true = target[i, j].float()
+    return F.mse_loss(pred, true), (pred - true).abs().mean().detach()
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

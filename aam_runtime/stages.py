@@ -1,0 +1,172 @@
+"""One function per stage: set up, run, save. Called by __main__ with a RunConfig."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import plots
+from .config import RunConfig
+from .data.table import DataError
+from .runfolder import RunFolder, atomic_write, read_jsonl
+
+
+def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
+    return {"pretrain": train_stage, "finetune": train_stage, "predict": predict_stage,
+            "baseline": baseline_stage}[cfg.stage](cfg, folder)
+
+
+def _load_checkpoint(path: str | Path) -> dict:
+    import torch
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"checkpoint not found: {p} (did the run it comes from succeed?)")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
+    from .train import Trainer, log, prepare_data
+
+    trainer = Trainer(cfg, folder)
+    resume = None
+    last = folder.checkpoints / "last.pt"
+    if last.exists():
+        resume = _load_checkpoint(last)
+    init_state = None
+    if resume is None and cfg.init_checkpoint:
+        init_state = _load_checkpoint(cfg.init_checkpoint)["model"]
+    data = prepare_data(cfg, folder, cfg.stage)
+    if trainer.main:
+        cfg.wandb_start(folder)
+    t0 = time.time()
+    model, state = trainer.fit(data, init_state=init_state, resume=resume)
+    summary = dict(state["history"][-1]) if state["history"] else {}
+    summary.pop("split", None)
+    summary.update(best_metric=state["best"], best_step=state["best_step"], train_seconds=round(time.time() - t0, 2))
+    if trainer.main:
+        images = {}
+        p = plots.loss_curves(read_jsonl(folder.file("metrics.jsonl")), folder.plots)
+        if p:
+            images["loss"] = p
+        if cfg.stage == "finetune" and getattr(trainer, "_last_val", None) is not None:
+            images.update(_target_outputs(folder, data, *trainer._last_val))
+        cfg.wandb_finish(summary=summary, images=images)
+        log(f"done: {summary}")
+    trainer.acc.wait_for_everyone()
+    return summary
+
+
+def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation") -> dict:
+    """predictions.tsv and the plot for target predictions."""
+    ids = data.enc.prepared.sample_ids
+    images = {}
+    lines = ["sample_id\tsplit\tprediction\ttruth"]
+    if data.target_type == "classification":
+        cls = pred.argmax(1)
+        for r, c, t in zip(rows, cls, y):
+            truth = data.classes[t] if t >= 0 else ""
+            lines.append(f"{ids[r]}\t{name}\t{data.classes[c]}\t{truth}")
+        ok = y >= 0
+        if ok.any():
+            images["confusion"] = plots.confusion(y[ok], cls[ok], data.classes, folder.plots, f"{data.target_name} ({name})")
+    else:
+        p = pred.reshape(-1) * data.norm["std"] + data.norm["mean"]
+        t = y * data.norm["std"] + data.norm["mean"] if y is not None else np.full(len(p), np.nan)
+        for r, a, b in zip(rows, p, t):
+            lines.append(f"{ids[r]}\t{name}\t{a:.6g}\t{'' if not np.isfinite(b) else f'{b:.6g}'}")
+        ok = np.isfinite(t)
+        if ok.any():
+            images["pred_vs_true"] = plots.scatter(t[ok], p[ok], folder.plots, f"{data.target_name} ({name})")
+    atomic_write(folder.file("predictions.tsv"), "\n".join(lines) + "\n")
+    return images
+
+
+def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
+    import torch
+
+    from .data import batches as B
+    from .model import AAM, choose_attention_backend
+    from .train import Data, log, prepare_data, target_metrics
+
+    ck = _load_checkpoint(cfg.init_checkpoint)
+    meta = ck.get("meta") or {}
+    if meta.get("stage") != "finetune":
+        raise DataError(f"{cfg.init_checkpoint}: predict needs a finetune checkpoint (this one is from a "
+                        f"{meta.get('stage', 'unknown')} run)")
+    cfg.spec = dict(cfg.spec, target=meta["target"])
+    if meta["target"] not in [t["name"] for t in cfg.dataset.get("targets", [])]:
+        cfg.dataset = dict(cfg.dataset, targets=list(cfg.dataset.get("targets", [])) +
+                           [{"name": meta["target"], "type": meta["target_type"], "normalize": "zscore"}])
+    data: Data = prepare_data(cfg, folder, "predict", ckpt_meta=meta)
+    data.target_type = meta["target_type"]
+    n_out = len(meta["classes"]) if meta["target_type"] == "classification" else 1
+    model = AAM(meta["model_spec"], max_bp=meta["max_bp"], n_outputs=n_out,
+                categorical_sizes=[len(lv) for lv in meta.get("cat_levels", [])], max_asvs=meta["max_asvs"])
+    model.load_state_dict(ck["model"])
+    hw = cfg.hardware
+    device = "cuda" if hw["accelerator"] in ("cuda", "rocm") and torch.cuda.is_available() else "cpu"
+    model.attention_backend = choose_attention_backend(meta["model_spec"]["attentionBackend"], hw["accelerator"],
+                                                       hw.get("rocmVersion"), getattr(torch.version, "hip", None))
+    model.to(device).eval()
+    rows_all, preds = [], []
+    bs = max(1, cfg.trainer["batchSize"])
+    with torch.no_grad():
+        for i in range(0, len(data.val), bs):
+            rows = data.val[i:i + bs]
+            batch = B.to_torch(B.collate_numpy(data.enc, rows), device)
+            preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
+            rows_all.append(rows)
+    rows = np.concatenate(rows_all)
+    pred = np.concatenate(preds)
+    y = data.enc.targets[rows] if data.enc.targets is not None else None
+    cfg.wandb_start(folder)
+    if y is None:
+        y = np.full(len(rows), np.nan, dtype=np.float32) if data.target_type != "classification" else np.full(len(rows), -1)
+    images = _target_outputs(folder, data, rows, pred, y, name="predict")
+    summary = {"samples": int(len(rows))}
+    has_truth = (y >= 0).any() if data.target_type == "classification" else np.isfinite(y).any()
+    if has_truth:
+        summary.update(target_metrics(pred, y, data))
+    folder.metric(split="predict", step=0, **summary)
+    cfg.wandb_finish(summary=summary, images=images)
+    log(f"predict: {len(rows)} samples -> {folder.file('predictions.tsv')}; {summary}")
+    return summary
+
+
+def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
+    """Random forest on relative abundances with the transformer's split and metrics."""
+    from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
+
+    from .train import log, prepare_data, target_metrics
+
+    data = prepare_data(cfg, folder, "baseline")
+    counts = data.enc.prepared.counts
+    rel = counts.multiply(1.0 / np.maximum(np.asarray(counts.sum(axis=1)), 1e-12)).tocsr()
+    bl = cfg.spec["baseline"]
+    mf = None if bl["maxFeatures"] == "all" else bl["maxFeatures"]
+    kw = dict(n_estimators=bl["trees"], max_features=mf, n_jobs=-1, random_state=cfg.seed)
+    Model = RandomForestClassifier if data.target_type == "classification" else RandomForestRegressor
+    folder.update_status(phase="Running", stage="baseline", step=0, total_steps=1)
+    cfg.wandb_start(folder)
+    t0 = time.time()
+    y = data.enc.targets
+    rf = Model(**kw).fit(rel[data.train], y[data.train])
+    if data.target_type == "classification":
+        proba = rf.predict_proba(rel[data.val])
+        pred = np.full((len(data.val), len(data.classes)), -1e9)
+        pred[:, rf.classes_] = np.log(np.clip(proba, 1e-9, 1))
+    else:
+        pred = rf.predict(rel[data.val]).reshape(-1, 1)
+    summary = target_metrics(pred, y[data.val], data)
+    summary["train_seconds"] = round(time.time() - t0, 2)
+    images = _target_outputs(folder, data, data.val, pred, y[data.val])
+    folder.metric(split="validation", step=1, epoch=1, **summary)
+    folder.update_status(step=1, val_metrics=summary)
+    cfg.wandb_finish(summary=summary, images=images)
+    log(f"baseline random forest ({bl['trees']} trees): {summary}")
+    return summary

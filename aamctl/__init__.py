@@ -1,0 +1,3 @@
+"""aamctl: the controller for AAM manifests (never imports torch)."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""Where runs execute: a detached local process, or a SLURM batch job. Side effects live here."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from aam_runtime.runfolder import EXIT_CODE, LOG
+
+from .errors import AamError, Diagnostic
+
+SLURM_TIMEOUT = float(os.environ.get("AAM_SLURM_TIMEOUT", "20"))
+
+
+def proc_start_time(pid: int) -> float | None:
+    """Start time of a process in clock ticks since boot (Linux), to tell a pid from its reuse."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return float(stat.rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def pid_alive(pid: int | None, start: float | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now_start = proc_start_time(pid)
+    if start is not None and now_start is not None and now_start != start:
+        return False  # the pid was reused by another process
+    if now_start is not None:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                return False
+        except OSError:
+            pass
+    return True
+
+
+class LocalExecutor:
+    name = "local"
+
+    def submit(self, folder: Path) -> dict:
+        script = folder / "launch.sh"
+        with open(os.devnull, "rb") as devnull_in, open(folder / "launcher.out", "ab") as out:
+            proc = subprocess.Popen(["bash", str(script)], cwd=str(folder), stdin=devnull_in, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        # reap the child in the background of this (short-lived) process: nothing to do; the
+        # session leader survives us and its exit code goes to the exit_code file.
+        return {"pid": proc.pid, "pid_start": proc_start_time(proc.pid)}
+
+    def cancel(self, row, grace: float = 10.0) -> None:
+        pid = row["pid"]
+        if not pid_alive(pid, row["pid_start"]):
+            return
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + grace
+        while time.time() < deadline and pid_alive(pid, row["pid_start"]):
+            time.sleep(0.2)
+        if pid_alive(pid, row["pid_start"]):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+# ------------------------------------------------------------------ SLURM
+
+SLURM_STATES = {
+    "PENDING": "Pending", "CONFIGURING": "Pending", "REQUEUED": "Pending", "REQUEUE_HOLD": "Pending",
+    "REQUEUE_FED": "Pending", "RESIZING": "Running", "SUSPENDED": "Running",
+    "RUNNING": "Running", "COMPLETING": "Running", "STAGE_OUT": "Running", "SIGNALING": "Running",
+    "COMPLETED": "Succeeded",
+    "FAILED": "Failed", "OUT_OF_MEMORY": "Failed", "NODE_FAIL": "Failed", "BOOT_FAIL": "Failed",
+    "DEADLINE": "Failed", "TIMEOUT": "Failed", "PREEMPTED": "Requeued",
+    "CANCELLED": "Cancelled", "REVOKED": "Cancelled", "SPECIAL_EXIT": "Failed",
+}
+
+
+@dataclass
+class SlurmState:
+    state: str
+    reason: str | None = None
+    exit_code: str | None = None
+    source: str = "squeue"
+
+
+def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise AamError(Diagnostic(f"'{cmd[0]}' not found: SLURM commands are not installed on this machine",
+                                  file="aamctl", hint="run aamctl on a login node of the cluster, or use executor type local")) from None
+    except subprocess.TimeoutExpired:
+        raise AamError(Diagnostic(f"'{' '.join(cmd[:2])}' did not answer within {timeout:.0f}s",
+                                  file="aamctl", hint="slurmctld may be busy or down; try again, or raise AAM_SLURM_TIMEOUT")) from None
+
+
+class SlurmExecutor:
+    name = "slurm"
+
+    def submit(self, folder: Path, dependency: str | None = None) -> dict:
+        cmd = ["sbatch", "--parsable"]
+        if dependency:
+            cmd.append(f"--dependency=afterok:{dependency}")
+        cmd.append(str(folder / "job.sbatch"))
+        proc = _run(cmd)
+        if proc.returncode != 0:
+            msg = (proc.stderr or proc.stdout).strip().splitlines()
+            raise AamError(Diagnostic(f"sbatch refused the job: {msg[-1] if msg else proc.returncode}",
+                                      file=str(folder / "job.sbatch"),
+                                      hint="check partition, account and limits in the HardwareProfile and Run"))
+        job_id = proc.stdout.strip().split(";")[0]
+        if not re.fullmatch(r"[0-9]+", job_id):
+            raise AamError(Diagnostic(f"sbatch answered '{proc.stdout.strip()}', not a job id", file="aamctl"))
+        return {"job_id": job_id}
+
+    def query(self, job_id: str) -> SlurmState | None:
+        """squeue, then scontrol, then sacct; None when SLURM has forgotten the job."""
+        p = _run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"])
+        if p.returncode == 0 and p.stdout.strip():
+            state, _, reason = p.stdout.strip().splitlines()[0].partition("|")
+            return SlurmState(state.strip(), None if reason in ("None", "") else reason, source="squeue")
+        p = _run(["scontrol", "-o", "show", "job", job_id])
+        if p.returncode == 0 and "JobState=" in p.stdout:
+            fields = dict(kv.split("=", 1) for kv in p.stdout.split() if "=" in kv)
+            reason = fields.get("Reason")
+            return SlurmState(fields.get("JobState", "UNKNOWN"), None if reason in (None, "None") else reason,
+                              fields.get("ExitCode"), source="scontrol")
+        p = _run(["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State,ExitCode"])
+        if p.returncode == 0 and p.stdout.strip():
+            state, _, code = p.stdout.strip().splitlines()[-1].partition("|")
+            return SlurmState(state.split()[0], None, code, source="sacct")
+        return None
+
+    def cancel(self, row, grace: float = 0) -> None:
+        if row["job_id"]:
+            _run(["scancel", str(row["job_id"])])
+
+
+def executor_for(name: str):
+    return {"local": LocalExecutor, "slurm": SlurmExecutor}[name]()
+
+
+def tail_lines(path: Path, n: int = 5) -> list[str]:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(0, size - 16384))
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return [line for line in data.splitlines() if line.strip()][-n:]
+
+
+def read_exit_code(folder: Path) -> int | None:
+    try:
+        return int((folder / EXIT_CODE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+__all__ = ["LocalExecutor", "SlurmExecutor", "executor_for", "pid_alive", "tail_lines", "read_exit_code", "LOG"]

@@ -1,0 +1,111 @@
+"""Run phases, reconciled at each call from the executor and the run folder's files."""
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from aam_runtime.runfolder import EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, STATUS, read_json
+
+from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
+from .store import TERMINAL, StateStore
+
+STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagged
+
+
+def _exit_reason(code: int, folder: Path, status: dict) -> str:
+    if status.get("error"):
+        return status["error"]
+    if code == 4:
+        return "its initFrom run did not succeed"
+    if code == EXIT_DATA_ERROR:
+        why = "bad data"
+    elif code == EXIT_PREEMPTED:
+        why = "stopped by a signal after checkpointing; re-apply with a new generation or requeue to resume"
+    elif code > 128:
+        try:
+            why = f"killed by {signal.Signals(code - 128).name}"
+        except ValueError:
+            why = f"exit code {code}"
+    else:
+        why = f"exit code {code}"
+    last = tail_lines(folder / LOG, 3)
+    return why + (": " + " | ".join(last) if last else "")
+
+
+def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, dict]:
+    """(phase, reason, status.json) of one run row, without writing anything."""
+    folder = Path(row["folder"])
+    status = read_json(folder / STATUS) or {}
+    if row["phase"] in TERMINAL:
+        return row["phase"], row["reason"], status
+    code = read_exit_code(folder)
+    if row["executor"] == "local":
+        alive = pid_alive(row["pid"], row["pid_start"])
+        if code is not None:
+            if code == 0:
+                return "Succeeded", None, status
+            return "Failed", _exit_reason(code, folder, status), status
+        if alive:
+            if (folder / "waiting").exists():
+                return "Pending", "waiting for its initFrom run", status
+            phase = status.get("phase") or "Running"
+            if phase in ("Succeeded", "Failed"):
+                phase = "Running"  # the script is still writing its exit code
+            hb = status.get("heartbeat")
+            if hb and time.time() - hb > STALE_AFTER:
+                return "Running", f"no heartbeat for {int(time.time() - hb)}s", status
+            return ("Running" if phase in ("Running", "Pending") else phase), None, status
+        last = tail_lines(folder / LOG, 3)
+        return "Failed", "process ended without an exit status (killed?)" + (": " + " | ".join(last) if last else ""), status
+    # slurm
+    slurm = slurm or SlurmExecutor()
+    st = slurm.query(row["job_id"]) if row["job_id"] else None
+    if st is None:
+        # SLURM forgot the job (MinJobAge): trust the run folder
+        if code == 0 or status.get("phase") == "Succeeded":
+            return "Succeeded", None, status
+        if code is not None:
+            return "Failed", _exit_reason(code, folder, status), status
+        if status.get("phase") == "Failed":
+            return "Failed", status.get("error"), status
+        return "Failed", "SLURM no longer knows the job and it left no final status", status
+    base = st.state.split("+")[0].split()[0]
+    phase = SLURM_STATES.get(base, "Running")
+    reason = st.reason
+    if phase == "Failed":
+        reason = f"SLURM state {base}" + (f" ({st.reason})" if st.reason else "")
+        if status.get("error"):
+            reason += f": {status['error']}"
+        elif code is not None:
+            reason = f"SLURM state {base}: " + _exit_reason(code, folder, status)
+    if phase == "Succeeded" and code not in (None, 0):
+        phase, reason = "Failed", _exit_reason(code, folder, status)
+    if phase == "Running" and status.get("phase") == "Preempted":
+        phase, reason = "Requeued", "checkpointed; waiting to be requeued"
+    if phase == "Pending" and base.startswith("REQUEUE"):
+        phase = "Requeued"
+    return phase, reason, status
+
+
+def reconcile(store: StateStore, rows) -> list[tuple]:
+    """Observe each row, store phase changes, return (row, phase, reason, status) tuples."""
+    out = []
+    slurm = None
+    for row in rows:
+        if row["executor"] == "slurm" and row["phase"] not in TERMINAL and slurm is None:
+            slurm = SlurmExecutor()
+        phase, reason, status = observe(row, slurm)
+        if phase != row["phase"] or (reason != row["reason"] and phase not in TERMINAL):
+            extra = {}
+            if phase in TERMINAL:
+                extra["finished"] = status.get("finished") or time.time()
+                code = read_exit_code(Path(row["folder"]))
+                if code is not None:
+                    extra["exit_code"] = code
+            if phase == "Running" and not row["started"]:
+                extra["started"] = status.get("started") or time.time()
+            store.set_phase(row["name"], row["generation"], phase, reason, **extra)
+            row = store.run(row["name"], row["generation"])
+        out.append((row, phase, reason, status))
+    return out

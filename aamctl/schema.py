@@ -1,0 +1,311 @@
+"""The JSON Schemas in schemas/v1alpha1: loading, validation with positions, defaults, docs.
+
+The schema files are the single source of truth for fields, types, enums, defaults and
+descriptions; nothing here repeats them.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import functools
+import json
+from pathlib import Path
+
+from .errors import Diagnostic
+from .parse import Document, format_path
+
+API_VERSION = "aam/v1alpha1"
+KINDS = {"Dataset": "dataset", "Model": "model", "Run": "run", "HardwareProfile": "hardwareprofile"}
+KIND_ALIASES = {
+    "dataset": "Dataset", "datasets": "Dataset", "ds": "Dataset",
+    "model": "Model", "models": "Model",
+    "run": "Run", "runs": "Run",
+    "hardwareprofile": "HardwareProfile", "hardwareprofiles": "HardwareProfile", "hw": "HardwareProfile",
+}
+BASE_URI = "https://aam.dev/schemas/v1alpha1/"
+
+
+def schema_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "schemas" / "v1alpha1", here / "schemas" / "v1alpha1"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("schemas/v1alpha1 not found next to the aamctl package")
+
+
+@functools.lru_cache(maxsize=None)
+def _raw_schemas() -> dict[str, dict]:
+    out = {}
+    for f in sorted(schema_dir().glob("*.schema.json")):
+        out[f.name] = json.loads(f.read_text())
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def registry():
+    from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
+
+    resources = [(s["$id"], Resource.from_contents(s, default_specification=DRAFT202012))
+                 for s in _raw_schemas().values()]
+    return Registry().with_resources(resources)
+
+
+def kind_schema(kind: str) -> dict:
+    return _raw_schemas()[f"{KINDS[kind]}.schema.json"]
+
+
+@functools.lru_cache(maxsize=None)
+def validator(kind: str):
+    from jsonschema import Draft202012Validator
+
+    return Draft202012Validator(kind_schema(kind), registry=registry())
+
+
+def _resolve(node: dict, base_uri: str) -> tuple[dict, str]:
+    """Follow $ref chains; return the target node and its base URI."""
+    while isinstance(node, dict) and "$ref" in node:
+        resolver = registry().resolver(base_uri=base_uri)
+        resolved = resolver.lookup(node["$ref"])
+        merged = dict(resolved.contents)
+        # keywords written next to a $ref (description, default) refine the target
+        for k, v in node.items():
+            if k != "$ref":
+                merged[k] = v
+        base_uri = resolved.resolver._base_uri if hasattr(resolved.resolver, "_base_uri") else base_uri
+        node = merged
+    return node, base_uri
+
+
+def _kind_root(kind: str) -> tuple[dict, str]:
+    s = kind_schema(kind)
+    return s, s["$id"]
+
+
+def _object_branch(node: dict, base: str) -> tuple[dict, str]:
+    """For oneOf [X, null] style nodes, the object-typed branch."""
+    node, base = _resolve(node, base)
+    for key in ("oneOf", "anyOf"):
+        for branch in node.get(key, []):
+            b, bb = _resolve(branch, base)
+            if "properties" in b:
+                return b, bb
+    return node, base
+
+
+def fill_defaults(kind: str, instance: dict) -> dict:
+    """A copy of instance with every schema default filled in, recursively."""
+    out = copy.deepcopy(instance)
+    root, base = _kind_root(kind)
+    _fill(root, base, out)
+    return out
+
+
+def _fill(node: dict, base: str, value) -> None:
+    node, base = _object_branch(node, base)
+    if not isinstance(value, dict):
+        return
+    for name, sub in node.get("properties", {}).items():
+        sub_resolved, sub_base = _resolve(sub, base)
+        if name not in value and "default" in sub_resolved:
+            value[name] = copy.deepcopy(sub_resolved["default"])
+        if name in value:
+            if isinstance(value[name], dict):
+                _fill(sub_resolved, sub_base, value[name])
+            elif isinstance(value[name], list):
+                items = sub_resolved.get("items")
+                if isinstance(items, dict):
+                    for item in value[name]:
+                        _fill(items, sub_base, item)
+
+
+def allowed_fields(kind: str, path: tuple) -> list[str]:
+    node = field_schema(kind, path)
+    return sorted(node.get("properties", {})) if node else []
+
+
+def field_schema(kind: str, path) -> dict | None:
+    """The (resolved) schema node of a field path such as ('spec', 'trainer')."""
+    node, base = _kind_root(kind)
+    for part in path:
+        node, base = _object_branch(node, base)
+        if isinstance(part, int):
+            items = node.get("items")
+            if not isinstance(items, dict):
+                return None
+            node = items
+            continue
+        props = node.get("properties", {})
+        if part not in props:
+            return None
+        node = props[part]
+    node, _ = _object_branch(node, base)
+    return node
+
+
+def _describe_value(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return f"boolean {str(v).lower()}"
+    if isinstance(v, (int, float)):
+        return f"number {v}"
+    if isinstance(v, str):
+        short = v if len(v) <= 40 else v[:37] + "..."
+        return f"string '{short}'"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return type(v).__name__
+
+
+def _expected_type(t) -> str:
+    names = {"object": "a mapping", "array": "a list", "string": "a string", "integer": "an integer",
+             "number": "a number", "boolean": "true or false", "null": "null"}
+    if isinstance(t, list):
+        return " or ".join(names.get(x, x) for x in t)
+    return names.get(t, str(t))
+
+
+def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
+    path = tuple(err.absolute_path)
+    v = err.validator
+    inst = err.instance
+    if v == "additionalProperties":
+        allowed = sorted(err.schema.get("properties", {}))
+        extras = [k for k in inst if k not in allowed] if isinstance(inst, dict) else []
+        key = extras[0] if extras else "?"
+        close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'?" if close else (
+            f"allowed fields: {', '.join(allowed)}" if allowed else "remove it")
+        return doc.diag(f"unknown field '{key}'", path + (key,), hint=hint, key=True)
+    if v == "required":
+        missing = err.message.split("'")[1] if "'" in err.message else err.message
+        return doc.diag(f"missing required field '{missing}'", path,
+                        hint=f"add '{missing}:' under {format_path(path) or 'the document'}")
+    if v == "type":
+        return doc.diag(f"expected {_expected_type(err.validator_value)}, found {_describe_value(inst)}", path)
+    if v == "enum":
+        options = ", ".join(str(o) for o in err.validator_value)
+        close = difflib.get_close_matches(str(inst), [str(o) for o in err.validator_value], n=1, cutoff=0.5)
+        hint = f"did you mean '{close[0]}'?" if close else None
+        return doc.diag(f"expected one of: {options}; found {_describe_value(inst)}", path, hint=hint)
+    if v == "const":
+        return doc.diag(f"expected '{err.validator_value}', found {_describe_value(inst)}", path)
+    if v in ("pattern", "maxLength") and path and path[-1] in ("name",) or (
+            v in ("pattern", "maxLength") and "DNS-1123" in str(err.schema.get("description", ""))):
+        return doc.diag(f"'{inst}' is not a valid name", path,
+                        hint="names are DNS-1123 labels: lower-case letters, digits and '-', "
+                             "start and end with a letter or digit, at most 63 characters")
+    if v == "pattern":
+        return doc.diag(f"{_describe_value(inst)} does not have the expected form", path,
+                        hint=err.schema.get("description") or f"it must match {err.validator_value}")
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        word = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[v]
+        return doc.diag(f"expected a value {word} {err.validator_value}, found {inst}", path)
+    if v in ("oneOf", "anyOf"):
+        from jsonschema.exceptions import best_match
+        sub = best_match(err.context) if err.context else None
+        if sub is not None:
+            sub.path.extendleft(reversed(list(err.absolute_path)))
+            return _error_to_diag(doc, kind, sub)
+    return doc.diag(err.message, path)
+
+
+def validate_document(doc: Document) -> list[Diagnostic]:
+    """All schema problems of one document, in file order."""
+    data = doc.data
+    if not isinstance(data, dict):
+        return [doc.diag(f"a manifest must be a mapping, found {_describe_value(data)}",
+                         hint="start with 'apiVersion: aam/v1alpha1' and 'kind: ...'")]
+    diags = []
+    api = data.get("apiVersion")
+    if api != API_VERSION:
+        if api is None:
+            diags.append(doc.diag("missing required field 'apiVersion'", (),
+                                  hint=f"add 'apiVersion: {API_VERSION}'"))
+        else:
+            diags.append(doc.diag(f"unsupported apiVersion {_describe_value(api)}", ("apiVersion",),
+                                  hint=f"use '{API_VERSION}'"))
+    kind = data.get("kind")
+    if kind not in KINDS:
+        known = ", ".join(KINDS)
+        if kind is None:
+            diags.append(doc.diag("missing required field 'kind'", (), hint=f"one of {known}"))
+        else:
+            close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
+            hint = f"did you mean '{close[0]}'?" if close else f"one of {known}"
+            diags.append(doc.diag(f"unknown kind {_describe_value(kind)}", ("kind",), hint=hint))
+        return diags
+    errors = sorted(validator(kind).iter_errors(data),
+                    key=lambda e: (doc.where(tuple(e.absolute_path))[0] or 0, list(map(str, e.absolute_path))))
+    seen = set()
+    for err in errors:
+        if err.validator == "const" and tuple(err.absolute_path) == ("apiVersion",):
+            continue  # already reported above
+        d = _error_to_diag(doc, kind, err)
+        key = (d.line, d.field, d.message)
+        if key not in seen:
+            seen.add(key)
+            diags.append(d)
+    return diags
+
+
+def explain(target: str) -> str:
+    """kubectl-explain style docs of Kind[.field.path], read from the schemas."""
+    parts = target.split(".")
+    kind = KIND_ALIASES.get(parts[0].lower(), parts[0])
+    if kind not in KINDS:
+        raise KeyError(f"unknown kind '{parts[0]}'; one of {', '.join(KINDS)}")
+    path = tuple(parts[1:])
+    node = field_schema(kind, path)
+    if node is None:
+        parent = path[:-1]
+        close = difflib.get_close_matches(path[-1], allowed_fields(kind, parent), n=1) if path else []
+        extra = f"; did you mean '{close[0]}'?" if close else ""
+        raise KeyError(f"field '{'.'.join(path)}' does not exist in {kind}{extra}")
+    lines = [f"KIND:     {kind}", f"VERSION:  {API_VERSION}", ""]
+    if path:
+        lines.append(f"FIELD:    {'.'.join(path)} <{_type_word(node)}>")
+        lines.append("")
+    lines.append("DESCRIPTION:")
+    lines.append("    " + (node.get("description") or kind_schema(kind).get("description", "")))
+    if "default" in node and node["default"] not in ({}, []):
+        lines.append(f"    Default: {json.dumps(node['default'])}")
+    if "enum" in node:
+        lines.append(f"    One of: {', '.join(str(x) for x in node['enum'])}")
+    props = node.get("properties", {})
+    if props:
+        required = set(node.get("required", []))
+        base = kind_schema(kind)["$id"]
+        lines.append("")
+        lines.append("FIELDS:")
+        for name, sub in props.items():
+            sub_r, _ = _object_branch(sub, base)
+            req = " -required-" if name in required else ""
+            lines.append(f"  {name}\t<{_type_word(sub_r)}>{req}")
+            desc = sub_r.get("description", "")
+            if desc:
+                lines.append(f"    {desc}")
+            if "default" in sub_r and sub_r["default"] not in ({}, [], None):
+                lines.append(f"    Default: {json.dumps(sub_r['default'])}")
+            if "enum" in sub_r:
+                lines.append(f"    One of: {', '.join(str(x) for x in sub_r['enum'])}")
+            lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _type_word(node: dict) -> str:
+    if "enum" in node:
+        return "enum"
+    if "const" in node:
+        return "string"
+    t = node.get("type")
+    if isinstance(t, list):
+        t = [x for x in t if x != "null"]
+        t = t[0] if len(t) == 1 else "|".join(t)
+    if t is None and "properties" in node:
+        t = "object"
+    return {"array": "[]" + _type_word(node.get("items", {})) if isinstance(node.get("items"), dict) else "[]",
+            "object": "Object"}.get(t, t or "any")

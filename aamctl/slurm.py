@@ -1,0 +1,111 @@
+"""Run + HardwareProfile -> job.sbatch (pure). The template lives in slurm/job.sbatch.tmpl."""
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from aam_runtime.runfolder import EXIT_PREEMPTED
+
+from .errors import AamError
+from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
+
+SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@:=-]+$")
+
+
+def template_path() -> Path:
+    here = Path(__file__).resolve().parent
+    for p in (here.parent / "slurm" / "job.sbatch.tmpl", here / "slurm" / "job.sbatch.tmpl"):
+        if p.exists():
+            return p
+    raise FileNotFoundError("slurm/job.sbatch.tmpl not found")
+
+
+def _check_path(p: str, what: str, obj) -> None:
+    if not SAFE_PATH.match(p):
+        raise AamError(obj.diag(f"{what} '{p}' has characters SLURM directives cannot carry (spaces, quotes, %)",
+                                hint="use a folder whose path has only letters, digits and ._-/+@:="))
+
+
+def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: Path) -> list[str]:
+    sl = run["executor"]["slurm"]
+    hs = hw["slurm"]
+    nodes = sl.get("nodes") or hw["nodes"]
+    cpu = hw["accelerator"] == "cpu"
+    per_node_tasks = hw["devicesPerNode"] if cpu else 1
+    cpus = hw["cpusPerTask"] if cpu else hw["cpusPerTask"] * hw["devicesPerNode"]
+    d = [f"--job-name=aam-{name}-g{generation}",
+         f"--output={folder}/log.txt",
+         f"--error={folder}/log.txt",
+         "--open-mode=append",
+         f"--nodes={nodes}",
+         f"--ntasks-per-node={per_node_tasks}",
+         f"--cpus-per-task={cpus}"]
+    if not cpu:
+        if hs["gpuFlag"] == "gpus-per-node":
+            d.append(f"--gpus-per-node={hw['devicesPerNode']}")
+        elif hs["gpuFlag"] == "gres":
+            d.append(f"--gres={hs['gresName']}:{hw['devicesPerNode']}")
+    if hw.get("memoryPerNode"):
+        d.append(f"--mem={hw['memoryPerNode']}")
+    d.append(f"--time={sl.get('timeLimit') or hs['defaultTimeLimit']}")
+    for key, flag in (("partition", "partition"), ("account", "account"), ("qos", "qos")):
+        value = sl.get(key) or hs.get(key)
+        if value:
+            d.append(f"--{flag}={value}")
+    if hs.get("constraint"):
+        d.append(f"--constraint={hs['constraint']}")
+    if hs.get("exclusive"):
+        d.append("--exclusive")
+    d.append(f"--signal=B:USR1@{sl['signalSecondsBeforeEnd']}")
+    d.append("--requeue" if sl["requeue"] else "--no-requeue")
+    return d
+
+
+def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, folder: Path, python: str,
+                  data_paths: list[str]) -> str:
+    _check_path(str(folder), "run folder", run_obj)
+    sl = run["executor"]["slurm"]
+    nodes = sl.get("nodes") or hw["nodes"]
+    cpu = hw["accelerator"] == "cpu"
+    container = hw.get("container")
+    if container:
+        python = "python3"
+    if cpu and hw["devicesPerNode"] * nodes > 1:
+        # one SLURM task per CPU process; torch.distributed reads SLURM's ranks (gloo)
+        inner = ("export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
+                 "MASTER_ADDR=$MAIN_ADDR MASTER_PORT=$MAIN_PORT ACCELERATE_USE_CPU=true; exec "
+                 + shell_join([python, "-m", RUNTIME_MODULE, str(folder)]))
+    elif nodes > 1 or hw["devicesPerNode"] > 1:
+        inner = "exec " + shell_join(launch_command(python, folder, hw, nodes, multinode=True, port=sl["port"]))
+    else:
+        inner = "exec " + shell_join([python, "-m", RUNTIME_MODULE, str(folder)])
+    wrapper: list[str] = []
+    if container:
+        binds = sorted({str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} |
+                       set(container.get("binds", [])))
+        wrapper = [container["runtime"], "exec", "--rocm" if hw["accelerator"] == "rocm" else "--nv",
+                   "--bind", ",".join(binds), container["image"]]
+        if cpu:
+            wrapper.remove("--nv")
+    srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
+            f"--ntasks-per-node={hw['devicesPerNode'] if cpu else 1}", *wrapper, "bash", "-c", inner]
+    modules = "\n".join(["if command -v module >/dev/null 2>&1; then"] +
+                        [f"  module load {shlex.quote(m)}" for m in hw.get("modules", [])] + ["fi"]) \
+        if hw.get("modules") else ""
+    text = template_path().read_text()
+    env = dict(hw.get("env", {}))
+    repl = {
+        "%%NAME%%": name, "%%GENERATION%%": str(generation),
+        "%%SBATCH%%": "\n".join("#SBATCH " + x for x in sbatch_directives(run, hw, name, generation, folder)),
+        "%%RUN_DIR%%": shlex.quote(str(folder)),
+        "%%MODULES%%": modules,
+        "%%ENV%%": "\n".join(env_lines(env)),
+        "%%PORT%%": str(int(sl["port"])),
+        "%%SRUN%%": " ".join(shlex.quote(a) for a in srun),
+        "%%EXIT_PREEMPTED%%": str(EXIT_PREEMPTED),
+        "%%REQUEUE%%": "yes" if sl["requeue"] else "no",
+    }
+    for k, v in repl.items():
+        text = text.replace(k, v)
+    return text
