@@ -657,3 +657,7 @@ def doctor(ctx, profile):
         spec = m["spec"]
     proc = subprocess.run([sys.executable, "-m", "aam_runtime.doctor", json.dumps(spec or {}), profile or ""])
     ctx.exit(proc.returncode)
+
+
+if __name__ == "__main__":
+    main()

@@ -32,19 +32,21 @@ class Document:
     base_dir: Path = Path(".")
 
     def where(self, path: tuple | list, key: bool = False) -> tuple[int | None, int | None]:
-        """Line and column (1-based) of the node at path, or of its nearest parent."""
+        """Line and column (1-based) of the field at path (its key when key=True), or of the
+        nearest parent that is written in the file (defaults are not)."""
         path = tuple(path)
-        table = self.key_positions if key else self.positions
-        if key and path in table:
-            return table[path]
         while True:
-            if path in self.positions:
+            if key and path in self.key_positions:
+                return self.key_positions[path]
+            if not key and path in self.positions:
                 return self.positions[path]
             if not path:
-                return None, None
+                return self.positions.get((), (None, None))
+            if key and path in self.positions and isinstance(path[-1], int):
+                return self.positions[path]  # list items have no key
             path = path[:-1]
 
-    def diag(self, message: str, path=(), hint: str | None = None, key: bool = False) -> Diagnostic:
+    def diag(self, message: str, path=(), hint: str | None = None, key: bool = True) -> Diagnostic:
         line, col = self.where(path, key=key)
         return Diagnostic(message, file=self.file, line=line, column=col,
                           field=format_path(path) or None, hint=hint)

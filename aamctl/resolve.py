@@ -319,11 +319,21 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
                               ("spec", "split", "stratifyBy"), hint=f"add '{strat}' to spec.categoricalColumns"))
     elif obj.kind == "Model":
         dim = s["embeddingDim"]
+        by_default: dict[int, list[str]] = {}
         for level in ("nucleotide", "sample", "encoderHead", "targetHead"):
             heads = s[level]["heads"]
-            if dim % heads:
+            if dim % heads == 0:
+                continue
+            written = obj.doc is not None and ("spec", level, "heads") in obj.doc.key_positions
+            if written:
                 d.append(obj.diag(f"embeddingDim {dim} is not divisible by {heads} heads",
                                   ("spec", level, "heads"), hint="choose heads that divide embeddingDim"))
+            else:
+                by_default.setdefault(heads, []).append(level)
+        for heads, levels in by_default.items():
+            d.append(obj.diag(f"embeddingDim {dim} is not divisible by {heads} heads (the default of "
+                              f"{', '.join(levels)})", ("spec", "embeddingDim"),
+                              hint=f"use a multiple of {heads}, or set heads for those levels"))
     elif obj.kind == "HardwareProfile":
         total = s["nodes"] * s["devicesPerNode"]
         if s["strategy"] == "fsdp" and total < 2:

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Set up aam on a fresh machine: a virtual environment with a CPU build of torch, and (with
+# --system, as root on Debian/Ubuntu) the system tools the tests use: Striped UniFrac (ssu),
+# SLURM and munge. Idempotent: a second run does nothing unless pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_system=no
+for arg in "$@"; do
+  case "$arg" in
+    --system) want_system=yes ;;
+    *) echo "usage: scripts/setup.sh [--system]" >&2; exit 2 ;;
+  esac
+done
+
+if [ "$want_system" = yes ]; then
+  missing=()
+  command -v ssu >/dev/null 2>&1 || missing+=(unifrac-tools)
+  command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm)
+  command -v munged >/dev/null 2>&1 || missing+=(munge)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      echo "setup: installing ${missing[*]} (apt)"
+      export DEBIAN_FRONTEND=noninteractive
+      apt-get update -qq
+      apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+      echo "setup: missing ${missing[*]}; install them (Debian: apt-get install ${missing[*]})" >&2
+    fi
+  fi
+fi
+
+PY=${PYTHON:-python3}
+stamp=.venv/.aam-setup
+want="$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/aamctl ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+# CPU build of torch, pinned: an unpinned torch pulls a multi-GB CUDA build. For GPUs see README.
+if ! .venv/bin/python -c 'import torch' >/dev/null 2>&1; then
+  .venv/bin/python -m pip install -q "torch==${AAM_TORCH_VERSION:-2.13.0}"
+fi
+.venv/bin/python -m pip install -q -e '.[test]'
+echo "$want" > "$stamp"
+echo "setup: ready (.venv)"
