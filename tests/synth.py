@@ -1,0 +1,74 @@
+"""Synthetic microbiome data for tests: BIOM tables, trees, metadata, with knobs to break them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+ORAL = ROOT / "examples" / "data" / "oral-age"
+
+
+def random_seqs(n: int, length: int = 40, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    seqs = set()
+    while len(seqs) < n:
+        seqs.add("".join(rng.choice(list("ACGT"), size=length)))
+    return sorted(seqs)
+
+
+def write_table(path: Path, counts: np.ndarray, asv_ids: list[str], sample_ids: list[str], fmt: str = "hdf5") -> Path:
+    """counts: samples x ASVs."""
+    import biom
+
+    t = biom.Table(np.asarray(counts).T, observation_ids=list(asv_ids), sample_ids=list(sample_ids))
+    if fmt == "hdf5":
+        import h5py
+        with h5py.File(path, "w") as f:
+            t.to_hdf5(f, "aam-tests")
+    else:
+        Path(path).write_text(t.to_json("aam-tests"))
+    return Path(path)
+
+
+def write_tree(path: Path, tips: list[str], seed: int = 0) -> Path:
+    """A random rooted binary tree over the tips, with branch lengths."""
+    rng = np.random.default_rng(seed)
+    nodes = [f"{t}:{rng.uniform(0.01, 0.2):.4f}" for t in tips]
+    while len(nodes) > 1:
+        i, j = sorted(rng.choice(len(nodes), size=2, replace=False))
+        b = nodes.pop(j)
+        a = nodes.pop(i)
+        nodes.append(f"({a},{b}):{rng.uniform(0.01, 0.2):.4f}")
+    Path(path).write_text(nodes[0].rsplit(":", 1)[0] + ";\n")
+    return Path(path)
+
+
+def make_dataset(folder: Path, n_samples: int = 24, n_asvs: int = 30, seed: int = 0, length: int = 40,
+                 classes: bool = False) -> dict:
+    """A small consistent data set; returns the paths and arrays."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    asvs = random_seqs(n_asvs, length, seed)
+    samples = [f"S{i:03d}" for i in range(n_samples)]
+    counts = rng.poisson(3.0, size=(n_samples, n_asvs)) * (rng.random((n_samples, n_asvs)) < 0.5)
+    counts[:, 0] += 1  # no empty sample
+    age = rng.uniform(18, 80, size=n_samples).round(1)
+    table = write_table(folder / "table.biom", counts, asvs, samples)
+    tree = write_tree(folder / "tree.nwk", asvs, seed)
+    lines = ["sample_id\tage\tsite"] + [f"{s}\t{a}\t{'gum' if i % 2 else 'tongue'}" for i, (s, a) in enumerate(zip(samples, age))]
+    meta = folder / "metadata.tsv"
+    meta.write_text("\n".join(lines) + "\n")
+    return {"table": table, "tree": tree, "metadata": meta, "counts": counts, "asvs": asvs, "samples": samples,
+            "age": age}
+
+
+def dataset_spec(d: dict, **over) -> dict:
+    spec = {"table": str(d["table"]), "tree": str(d["tree"]),
+            "metadata": {"path": str(d["metadata"]), "sampleIdColumn": "sample_id"},
+            "targets": [{"name": "age", "type": "regression", "normalize": "zscore"}],
+            "categoricalColumns": [], "rarefyDepth": None, "maxAsvsPerSample": 1024, "asvSelection": "abundance",
+            "maxBp": 150, "nonACGT": "pad", "subsample": None, "unifrac": {"metric": "unweighted", "backend": "auto"},
+            "split": {"validationFraction": 0.2, "seed": 42, "stratifyBy": None}}
+    spec.update(over)
+    return spec

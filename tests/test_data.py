@@ -1,0 +1,331 @@
+"""Data pipeline: loading, rarefaction, selection, tokenization, batches, UniFrac, preflight."""
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+from aam_runtime.data import batches as B
+from aam_runtime.data import table as T
+from aam_runtime.data import unifrac as U
+from aam_runtime.data.preflight import check_dataset
+
+from synth import ORAL, dataset_spec, make_dataset, random_seqs, write_table, write_tree
+
+
+@pytest.fixture()
+def ds(tmp_path):
+    return make_dataset(tmp_path / "d")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+
+
+# ---------------------------------------------------------------- loading and transforms
+
+def test_load_aligns_and_reports(ds, tmp_path):
+    meta = ds["metadata"].read_text().splitlines()
+    # drop two samples from the metadata, make one target non-numeric, add a row not in the table
+    meta = [meta[0]] + meta[3:] + ["GHOST\t40\tgum"]
+    meta[1] = meta[1].split("\t")[0] + "\tunknown\tgum"
+    ds["metadata"].write_text("\n".join(meta) + "\n")
+    p = T.load(dataset_spec(ds), need_targets=["age"])
+    assert p.report["dropped_not_in_metadata"] == 2
+    assert p.report["metadata_rows_not_in_table"] == 1
+    assert p.report["dropped_target_age_unusable"] == 1
+    assert p.n_samples == 24 - 3
+    assert list(p.metadata.index) == p.sample_ids
+    assert p.counts.shape == (p.n_samples, len(p.asv_ids))
+
+
+def test_json_biom_is_read(tmp_path):
+    d = make_dataset(tmp_path / "j")
+    write_table(d["table"], d["counts"], d["asvs"], d["samples"], fmt="json")
+    p = T.load(dataset_spec(d))
+    assert p.n_samples == 24
+
+
+def test_rarefaction_seeded_and_exact(ds):
+    counts = T.load(dataset_spec(ds)).counts
+    depth = int(np.asarray(counts.sum(axis=1)).min())
+    a, keep_a = T.rarefy(counts, depth, seed=7)
+    b, keep_b = T.rarefy(counts, depth, seed=7)
+    c, _ = T.rarefy(counts, depth, seed=8)
+    assert (a != b).nnz == 0 and keep_a == keep_b
+    assert (a != c).nnz > 0
+    assert np.all(np.asarray(a.sum(axis=1)).ravel() == depth)
+    assert np.all(a.toarray() <= counts[keep_a].toarray())
+
+
+def test_rarefaction_drops_shallow_samples_with_count(ds):
+    spec = dataset_spec(ds, rarefyDepth=int(np.median(ds["counts"].sum(1))))
+    p = T.load(spec)
+    assert p.report["dropped_below_rarefaction_depth"] > 0
+    assert p.n_samples + p.report["dropped_below_rarefaction_depth"] == 24
+
+
+def test_select_by_abundance_ties_by_table_order():
+    import scipy.sparse as sp
+    m = sp.csr_matrix(np.array([[5, 1, 5, 3, 5, 0]], dtype=float))
+    idx, cnt = T.select_asvs(m, 3, "abundance")
+    assert list(idx[0]) == [0, 2, 4]  # the three 5s, in table order
+    idx, _ = T.select_asvs(m, 2, "first")
+    assert list(idx[0]) == [0, 1]
+    idx, _ = T.select_asvs(m, 2, "random", np.random.default_rng(0))
+    assert len(idx[0]) == 2
+
+
+def test_tokenize_maps_truncates_and_counts():
+    tok, bad = T.tokenize(["ACGT", "acgn", "ACGTACGTAC"], max_bp=6)
+    assert tok.shape == (3, 7)
+    assert list(tok[0]) == [T.START, T.A, T.C, T.G, T.T, 0, 0]
+    assert list(tok[1][:5]) == [T.START, T.A, T.C, T.G, 0]
+    assert list(tok[2]) == [T.START, 1, 2, 3, 4, 1, 2]
+    assert bad == 1
+
+
+def test_tokenize_oral_age_fast():
+    import time
+    p = T.load({"table": str(ORAL / "table.biom")})
+    t0 = time.perf_counter()
+    tok, bad = T.tokenize(p.asv_ids, 150)
+    assert time.perf_counter() - t0 < 2.0  # generous: measured ~10 ms
+    assert tok.shape == (4921, 151) and bad == 0
+
+
+def test_batch_dedup_index_reconstructs_every_sample(ds):
+    p = T.load(dataset_spec(ds))
+    enc = B.encode(p, 150, 1024, "abundance")
+    rows = np.array([0, 3, 5, 7])
+    b = B.collate_numpy(enc, rows)
+    assert b["tokens"].shape[0] == len(np.unique(np.concatenate([enc.sel_idx[r] for r in rows])))
+    for i, r in enumerate(rows):
+        n = len(enc.sel_idx[r])
+        assert b["mask"][i].sum() == n
+        got = b["tokens"][b["asv_index"][i, :n]]
+        want = enc.tokens[enc.sel_idx[r]][:, :b["tokens"].shape[1]]
+        assert np.array_equal(got, want)
+        assert np.allclose(b["log_counts"][i, :n], np.log1p(enc.sel_cnt[r]))
+    assert b["asv_index"].shape[1] == max(len(enc.sel_idx[r]) for r in rows)  # pads to the longest only
+
+
+def test_epoch_batches_deterministic_and_sharded():
+    a = B.epoch_batches(103, 8, 2, seed=1, epoch=3)
+    b = B.epoch_batches(103, 8, 2, seed=1, epoch=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b)) and len(a) == 103 // 16
+    g = a[0]
+    assert np.array_equal(np.concatenate([B.shard(g, 0, 2), B.shard(g, 1, 2)]), g)
+
+
+# ---------------------------------------------------------------- UniFrac
+
+@pytest.fixture(scope="module")
+def oral_subset():
+    p = T.load({"table": str(ORAL / "table.biom"), "subsample": {"samples": 120, "seed": 3}})
+    return p
+
+
+@pytest.mark.parametrize("metric", ["unweighted", "weighted_normalized"])
+def test_ssu_agrees_with_scikit_bio_on_oral_age(oral_subset, metric):
+    if not shutil.which("ssu"):
+        pytest.skip("ssu not installed") if not _ci() else pytest.fail("CI must have ssu (unifrac-tools)")
+    p = oral_subset
+    tree = str(ORAL / "tree.nwk")
+    a = U._ssu(p.sample_ids, p.asv_ids, p.counts, tree, metric)
+    b = U._skbio(p.sample_ids, p.asv_ids, p.counts, tree, metric)
+    assert a.shape == (120, 120)
+    assert np.max(np.abs(a - b)) < 1e-5
+
+
+def test_unifrac_python_package_agrees_when_installed(oral_subset):
+    pytest.importorskip("unifrac")
+    p = oral_subset
+    tree = str(ORAL / "tree.nwk")
+    a = U._unifrac_pkg(p.sample_ids, p.asv_ids, p.counts, tree, "unweighted")
+    b = U._skbio(p.sample_ids, p.asv_ids, p.counts, tree, "unweighted")
+    assert np.max(np.abs(a - b)) < 1e-5
+
+
+def _ci() -> bool:
+    import os
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def test_cache_reuses_matrix(ds, monkeypatch):
+    p = T.load(dataset_spec(ds))
+    path = U.compute(p.sample_ids, p.asv_ids, p.counts, str(ds["tree"]), backend="skbio")
+    assert path.exists()
+    monkeypatch.setitem(U.BACKENDS, "skbio", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    assert U.compute(p.sample_ids, p.asv_ids, p.counts, str(ds["tree"]), backend="skbio") == path
+    # another table is another key
+    c2 = p.counts.copy()
+    c2[0, c2[0].indices[0]] += 1
+    with pytest.raises(AssertionError, match="recomputed"):
+        U.compute(p.sample_ids, p.asv_ids, c2, str(ds["tree"]), backend="skbio")
+
+
+def test_skbio_fallback_warns(monkeypatch):
+    monkeypatch.setattr(U, "available_backends", lambda: ["skbio"])
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert U.pick_backend("auto") == "skbio"
+    assert any("hundreds of times slower" in str(x.message) for x in w)
+    with pytest.raises(T.DataError, match="not available"):
+        U.pick_backend("ssu")
+
+
+def test_lookup_formats_agree_and_reorder(ds, tmp_path):
+    import h5py
+    from skbio import DistanceMatrix
+
+    p = T.load(dataset_spec(ds))
+    mat = U._skbio(p.sample_ids, p.asv_ids, p.counts, str(ds["tree"]), "unweighted")
+    perm = np.random.default_rng(0).permutation(len(p.sample_ids))
+    ids_perm = [p.sample_ids[i] for i in perm]
+    mat_perm = mat[np.ix_(perm, perm)]
+    np.save(tmp_path / "m.npy", mat_perm)
+    (tmp_path / "m.npy.ids.txt").write_text("\n".join(ids_perm) + "\n")
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["matrix"] = mat_perm
+        f["order"] = np.array([s.encode() for s in ids_perm])
+    DistanceMatrix(mat_perm, ids_perm).write(str(tmp_path / "m.txt"))
+    rows = np.array([5, 1, 9, 2])
+    want = mat[np.ix_(rows, rows)]
+    for f in ("m.npy", "m.h5", "m.txt"):
+        lk = U.DistanceLookup(tmp_path / f, p.sample_ids)
+        assert np.allclose(lk.sub(rows), want, atol=1e-6), f
+        lk.close()
+
+
+# ---------------------------------------------------------------- broken data corpus
+
+def _break(kind: str, d: dict, tmp_path):
+    """Apply one breakage; return (spec, stage, expected message fragment)."""
+    spec = dataset_spec(d)
+    stage = "pretrain"
+    if kind == "truncated-biom":
+        data = d["table"].read_bytes()
+        d["table"].write_bytes(data[: len(data) // 3])
+        return spec, stage, "cannot read BIOM table"
+    if kind == "garbage-json-biom":
+        d["table"].write_text('{"id": "x", "format": "Biological Observation Matrix 1.0.0", "rows": [')
+        return spec, stage, "cannot read BIOM table"
+    if kind == "missing-table":
+        return dataset_spec(d, table=str(tmp_path / "nope.biom")), stage, "table file not found"
+    if kind == "non-acgt-ids":
+        write_table(d["table"], d["counts"], [f"OTU_{i}" for i in range(len(d["asvs"]))], d["samples"])
+        return spec, stage, "'OTU_0' is not a nucleotide sequence"
+    if kind == "iupac-with-error-policy":
+        asvs = list(d["asvs"])
+        asvs[0] = "N" + asvs[0][1:]
+        write_table(d["table"], d["counts"], asvs, d["samples"])
+        return dataset_spec(d, nonACGT="error"), stage, "letters other than A, C, G, T"
+    if kind == "tree-missing-tips":
+        write_tree(d["tree"], d["asvs"][:-3])
+        return spec, stage, "3 of 30 ASVs of the table are not tips of the tree"
+    if kind == "garbage-tree":
+        d["tree"].write_text("((a,b;;\n")
+        return spec, stage, "cannot read Newick tree"
+    if kind == "missing-tree":
+        return dataset_spec(d, tree=str(tmp_path / "nope.nwk")), stage, "tree file not found"
+    if kind == "duplicate-metadata-ids":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join(lines + [lines[1]]) + "\n")
+        return spec, stage, "appears 2 times"
+    if kind == "metadata-no-overlap":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join([lines[0]] + ["X" + l for l in lines[1:]]) + "\n")
+        return spec, stage, "no sample id of"
+    if kind == "metadata-missing-id-column":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join(["#SampleID" + lines[0][len("sample_id"):]] + lines[1:]) + "\n")
+        return spec, stage, "no column 'sample_id'"
+    if kind == "missing-metadata-file":
+        return dataset_spec(d, metadata={"path": str(tmp_path / "nope.tsv"), "sampleIdColumn": "sample_id"}), stage, \
+            "metadata file not found"
+    if kind == "nan-targets":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join([lines[0]] + [l.split("\t")[0] + "\tNaN\tgum" for l in lines[1:]]) + "\n")
+        return spec, "finetune", "has no numeric value"
+    if kind == "missing-target-column":
+        return dataset_spec(d, targets=[{"name": "bmi", "type": "regression"}]), "finetune", "no column 'bmi'"
+    if kind == "one-class":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join([lines[0]] + [l.rsplit("\t", 1)[0] + "\tgum" for l in lines[1:]]) + "\n")
+        return dataset_spec(d, targets=[{"name": "site", "type": "classification"}], categoricalColumns=["site"]), \
+            "finetune", "fewer than 2 classes"
+    if kind == "matrix-missing-samples":
+        np.save(tmp_path / "m.npy", np.zeros((3, 3)))
+        (tmp_path / "m.npy.ids.txt").write_text("S000\nS001\nZZZ\n")
+        return dataset_spec(d, distanceMatrix=str(tmp_path / "m.npy")), stage, "samples of the table are not in the distance matrix"
+    if kind == "matrix-without-ids":
+        np.save(tmp_path / "m.npy", np.zeros((24, 24)))
+        return dataset_spec(d, distanceMatrix=str(tmp_path / "m.npy")), stage, "needs its sample ids"
+    if kind == "matrix-not-square":
+        np.save(tmp_path / "m.npy", np.zeros((24, 23)))
+        (tmp_path / "m.npy.ids.txt").write_text("\n".join(d["samples"]) + "\n")
+        return dataset_spec(d, distanceMatrix=str(tmp_path / "m.npy")), stage, "must be square"
+    if kind == "empty-table":
+        write_table(d["table"], np.zeros((0, 0)), [], [])
+        return spec, stage, "the table is empty"
+    if kind == "missing-split-file":
+        return dataset_spec(d, split={"validationFraction": 0.2, "seed": 1, "trainIds": str(tmp_path / "tr.txt"),
+                                      "validationIds": str(tmp_path / "va.txt")}), stage, "split file not found"
+    raise AssertionError(kind)
+
+
+BROKEN = ["truncated-biom", "garbage-json-biom", "missing-table", "non-acgt-ids", "iupac-with-error-policy",
+          "tree-missing-tips", "garbage-tree", "missing-tree", "duplicate-metadata-ids", "metadata-no-overlap",
+          "metadata-missing-id-column", "missing-metadata-file", "nan-targets", "missing-target-column", "one-class",
+          "matrix-missing-samples", "matrix-without-ids", "matrix-not-square", "empty-table", "missing-split-file"]
+
+
+@pytest.mark.parametrize("kind", BROKEN)
+def test_preflight_broken_data(kind, tmp_path):
+    d = make_dataset(tmp_path / "d")
+    spec, stage, expected = _break(kind, d, tmp_path)
+    problems = check_dataset(spec, stage, target=spec["targets"][0]["name"] if spec["targets"] else None,
+                             need_distances=stage == "pretrain")
+    assert problems, f"{kind}: no problem found"
+    assert any(expected in p for p in problems), problems
+    for p in problems:
+        assert "\n" not in p and "Traceback" not in p
+
+
+def test_preflight_accepts_good_data(ds):
+    assert check_dataset(dataset_spec(ds), "pretrain", "age", need_distances=True) == []
+    assert check_dataset(dataset_spec(ds), "finetune", "age") == []
+
+
+def test_oral_age_preflight_clean():
+    spec = {"table": str(ORAL / "table.biom"), "tree": str(ORAL / "tree.nwk"),
+            "metadata": {"path": str(ORAL / "metadata.tsv"), "sampleIdColumn": "sample_id"},
+            "targets": [{"name": "age", "type": "regression"}]}
+    assert check_dataset(spec, "pretrain", "age", need_distances=True) == []
+
+
+def test_load_raises_when_nothing_left(ds):
+    with pytest.raises(T.DataError, match="no sample is left after rarefaction"):
+        T.load(dataset_spec(ds, rarefyDepth=10**6))
+
+
+def test_drop_policy_removes_non_acgt_asvs(tmp_path):
+    d = make_dataset(tmp_path / "d")
+    asvs = list(d["asvs"])
+    asvs[1] = asvs[1][:5] + "R" + asvs[1][6:]
+    write_table(d["table"], d["counts"], asvs, d["samples"])
+    p = T.load(dataset_spec(d, nonACGT="drop"))
+    assert p.report["dropped_asvs_non_acgt"] == 1
+    assert all("R" not in a for a in p.asv_ids)
+    p2 = T.load(dataset_spec(d, nonACGT="pad"))
+    assert p2.report["asvs_with_non_acgt"] == 1
+    assert B.encode(p2, 150, 1024, "abundance").non_acgt_bases == 1
+
+
+def test_random_sequences_helper_is_unique():
+    s = random_seqs(50, 12)
+    assert len(set(s)) == 50
