@@ -156,6 +156,13 @@ class AAM(nn.Module):
             self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th["outputScale"] else None
             self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th["outputScale"] else None
         self.apply(self._init)
+        # Distinct ASVs must look distinct from the start: with nanoGPT's 0.02 the bases are drowned
+        # by the shared position embedding and pooling, every sample starts out alike and the
+        # target head sits on the mean for hundreds of steps. Unit-variance bases and counts fix that.
+        nn.init.normal_(self.tok_emb.weight, std=1.0)
+        with torch.no_grad():
+            self.tok_emb.weight[PAD].zero_()
+        nn.init.normal_(self.count_in.weight, std=1.0 / max(1, self.count_in.in_features) ** 0.5)
 
     @staticmethod
     def _init(m):

@@ -520,9 +520,18 @@ class _null:
 
 
 def _gather_diff(x: torch.Tensor) -> torch.Tensor:
-    """All-gather that carries gradients back to each rank's slice (torch.distributed.nn)."""
-    from torch.distributed.nn.functional import all_gather
+    """All-gather along dim 0 whose backward sums every rank's gradient into this rank's slice.
 
+    Every rank computes the same loss over the gathered batch, so each slice receives
+    world_size x its true gradient; DDP's averaging then leaves exactly the single-process one.
+    """
+    import torch.distributed as dist
+    import torch.distributed._functional_collectives as fc
+
+    gather = getattr(fc, "all_gather_single_autograd", None) or getattr(fc, "all_gather_tensor_autograd", None)
+    if gather is not None:
+        return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
+    from torch.distributed.nn.functional import all_gather  # torch < 2.3
     return torch.cat(all_gather(x.contiguous()), dim=0)
 
 

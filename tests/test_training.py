@@ -1,0 +1,390 @@
+"""Model and training engine: equivalences, losses, DDP, resume, stages, outputs, W&B."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aam_runtime.data import batches as B
+from aam_runtime.data import table as T
+from aam_runtime.model import AAM, choose_attention_backend, pairwise_unifrac_loss
+from aam_runtime.runfolder import read_jsonl
+
+from synth import ORAL, dataset_spec, make_dataset
+from wandb_log import read_run
+
+ROOT = Path(__file__).resolve().parent.parent
+AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+
+SMALL_MODEL = {"embeddingDim": 16, "ffnMultiplier": 2, "dropout": 0.0, "nucleotide": {"heads": 2, "layers": 1},
+               "sample": {"heads": 2, "layers": 1}, "encoderHead": {"heads": 2, "layers": 1},
+               "targetHead": {"heads": 2, "layers": 1, "layerNorm": True, "hidden": [], "outputScale": False,
+                              "loss": "huber"},
+               "countEmbedding": "add", "categoricalFusion": "concat", "categoricalEmbeddingDim": 4,
+               "maskRatio": 0.15, "attentionBackend": "auto", "gradientCheckpointing": False, "dedupAsvs": True}
+
+
+def _batch(tmp_path, rows=(0, 1, 2, 3, 4, 5)):
+    d = make_dataset(tmp_path / "d", n_samples=12, n_asvs=20)
+    p = T.load(dataset_spec(d))
+    enc = B.encode(p, 150, 1024, "abundance")
+    return B.to_torch(B.collate_numpy(enc, np.array(rows))), enc
+
+
+@pytest.mark.parametrize("count_mode", ["add", "concat", "film"])
+def test_dedup_equals_per_occurrence(tmp_path, count_mode):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    spec = dict(SMALL_MODEL, countEmbedding=count_mode)
+    a = AAM(spec, max_bp=150, n_outputs=1).eval()
+    b = AAM(dict(spec, dedupAsvs=False), max_bp=150, n_outputs=1).eval()
+    b.load_state_dict(a.state_dict())
+    with torch.no_grad():
+        ra = a(batch, need_target=True)
+        rb = b(batch, need_target=True)
+    assert torch.allclose(ra["embedding"], rb["embedding"], atol=1e-5)
+    assert torch.allclose(ra["target"], rb["target"], atol=1e-5)
+    # masked-nucleotide logits too (same mask per distinct ASV)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        ma = a(batch, mask_nucleotides=True, generator=g1)
+        mb = b(batch, mask_nucleotides=True, generator=g2)
+    assert ma["nuc_targets"].numel() > 0
+    # per-occurrence repeats shared ASVs; the distinct ones must match
+    assert torch.allclose(ma["embedding"], mb["embedding"], atol=1e-5)
+
+
+def test_padding_does_not_change_a_sample(tmp_path):
+    """A sample's embedding is the same alone and padded inside a batch with a longer sample."""
+    batch_all, enc = _batch(tmp_path)
+    lens = [len(enc.sel_idx[r]) for r in range(6)]
+    short = int(np.argmin(lens))
+    alone = B.to_torch(B.collate_numpy(enc, np.array([short])))
+    torch.manual_seed(0)
+    m = AAM(SMALL_MODEL, max_bp=150).eval()
+    with torch.no_grad():
+        e1 = m(alone)["embedding"][0]
+        e2 = m(batch_all)["embedding"][short]
+    assert torch.allclose(e1, e2, atol=1e-5)
+
+
+def test_pairwise_unifrac_loss_matches_numpy():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 7, requires_grad=True)
+    target = torch.rand(5, 5)
+    target = (target + target.T) / 2
+    loss, mae = pairwise_unifrac_loss(emb, target)
+    e = emb.detach().numpy()
+    d = np.sqrt(((e[:, None] - e[None]) ** 2).sum(-1))
+    iu = np.triu_indices(5, 1)
+    pred = np.tanh(d[iu] / 10)
+    assert np.isclose(loss.item(), ((pred - target.numpy()[iu]) ** 2).mean(), atol=1e-6)
+    assert np.isclose(mae.item(), np.abs(pred - target.numpy()[iu]).mean(), atol=1e-6)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+    # identical embeddings: still a finite gradient
+    same = torch.zeros(3, 4, requires_grad=True)
+    pairwise_unifrac_loss(same, torch.ones(3, 3))[0].backward()
+    assert torch.isfinite(same.grad).all()
+
+
+def test_attention_backend_rules():
+    assert choose_attention_backend("auto", "rocm", "6.2.4") == "math"
+    assert choose_attention_backend("mem_efficient", "rocm", "6.2") == "math"
+    assert choose_attention_backend("auto", "rocm", "6.3.0") == "auto"
+    assert choose_attention_backend("mem_efficient", "rocm", "6.3.1") == "mem_efficient"
+    assert choose_attention_backend("auto", "rocm", None) == "math"  # unknown version: the safe kernel
+    assert choose_attention_backend("flash", "cuda", None) == "flash"
+    assert choose_attention_backend("auto", "cpu", None) == "auto"
+
+
+@pytest.mark.parametrize("backend", ["math", "mem_efficient"])
+def test_sdpa_backends_agree_with_math_on_cpu(tmp_path, backend):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    m = AAM(SMALL_MODEL, max_bp=150).eval()
+    with torch.no_grad():
+        m.attention_backend = "math"
+        ref = m(batch)["embedding"]
+        m.attention_backend = backend
+        try:
+            out = m(batch)["embedding"]
+        except RuntimeError as exc:  # a kernel that this CPU build does not offer
+            pytest.skip(str(exc))
+    assert torch.allclose(ref, out, atol=1e-5)
+
+
+# ---------------------------------------------------------------- runs through aamctl
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+DATA = f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-sub}}
+spec:
+  table: {ORAL}/table.biom
+  tree: {ORAL}/tree.nwk
+  metadata: {{path: {ORAL}/metadata.tsv}}
+  targets: [{{name: age, type: regression}}]
+  subsample: {{samples: 200, seed: 5}}
+  maxAsvsPerSample: 48
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-new}}
+spec:
+  table: {ORAL}/table.biom
+  metadata: {{path: {ORAL}/metadata.tsv}}
+  targets: [{{name: age, type: regression}}]
+  subsample: {{samples: 60, seed: 99}}
+  maxAsvsPerSample: 48
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: tiny}}
+spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
+---
+apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: cpu-1}}
+spec: {{accelerator: cpu, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
+---
+apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: cpu-2proc}}
+spec: {{accelerator: cpu, devicesPerNode: 2, strategy: ddp, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
+"""
+
+
+def _apply(home: Path, *files, wait=True, check=True, timeout=600):
+    cmd = [*AAMCTL, "--home", str(home), "apply"]
+    for f in files:
+        cmd += ["-f", str(f)]
+    if wait:
+        cmd.append("--wait")
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """pretrain -> finetune -> predict (new samples) + baseline, applied in one go."""
+    home = tmp_path_factory.mktemp("pipe")
+    os.environ["AAM_CACHE_DIR"] = str(home / "cache")
+    runs = """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pre, labels: {suite: training}}
+spec:
+  stage: pretrain
+  datasetRef: oral-sub
+  modelRef: tiny
+  hardwareRef: cpu-1
+  trainer: {epochs: 4, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: fine}
+spec:
+  stage: finetune
+  datasetRef: oral-sub
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  trainer: {epochs: 12, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {run: fine}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: rf}
+spec:
+  stage: baseline
+  datasetRef: oral-sub
+  baseline: {trees: 100}
+"""
+    f = _write(home / "pipe.yaml", DATA + runs)
+    p = _apply(home, f, timeout=900)
+    return home, p.stdout
+
+
+def _folder(home: Path, name: str, gen: int = 1) -> Path:
+    return home / "runs" / name / str(gen)
+
+
+def test_pipeline_runs_in_order(pipeline):
+    home, out = pipeline
+    started = {n: json.loads((_folder(home, n) / "status.json").read_text())["started"] for n in ("pre", "fine", "pred")}
+    finished = {n: json.loads((_folder(home, n) / "status.json").read_text())["finished"] for n in ("pre", "fine", "pred")}
+    assert finished["pre"] <= started["fine"] and finished["fine"] <= started["pred"]
+    for n in ("pre", "fine", "pred", "rf"):
+        assert json.loads((_folder(home, n) / "status.json").read_text())["phase"] == "Succeeded"
+
+
+def test_pretraining_learns(pipeline):
+    home, _ = pipeline
+    m = read_jsonl(_folder(home, "pre") / "metrics.jsonl")
+    train = [r for r in m if r["split"] == "train"]
+    val = [r for r in m if r["split"] == "validation"]
+    assert train[-1]["unifrac_loss"] < train[0]["unifrac_loss"] * 0.8
+    assert val[-1]["nuc_accuracy"] > train[0]["nuc_accuracy"] + 0.15
+    assert val[-1]["nuc_accuracy"] > 0.5  # 4 letters: chance is 0.25
+    assert (_folder(home, "pre") / "plots" / "loss.png").stat().st_size > 1000
+
+
+def test_finetune_beats_predicting_the_mean(pipeline):
+    home, _ = pipeline
+    folder = _folder(home, "fine")
+    st = json.loads((folder / "status.json").read_text())
+    rows = [l.split("\t") for l in (folder / "predictions.tsv").read_text().splitlines()[1:]]
+    truth = np.array([float(r[3]) for r in rows])
+    split = dict(l.split("\t") for l in (folder / "split.tsv").read_text().splitlines()[1:])
+    ages = {l.split("\t")[0]: float(l.split("\t")[1]) for l in (ORAL / "metadata.tsv").read_text().splitlines()[1:]}
+    train_mean = np.mean([ages[s] for s, k in split.items() if k == "train"])
+    mean_mae = np.abs(truth - train_mean).mean()
+    assert st["final_metrics"]["mae"] < mean_mae, (st["final_metrics"]["mae"], mean_mae)
+    assert (folder / "plots" / "pred_vs_true.png").exists()
+
+
+def test_predict_on_new_samples(pipeline):
+    home, _ = pipeline
+    folder = _folder(home, "pred")
+    lines = (folder / "predictions.tsv").read_text().splitlines()
+    assert lines[0] == "sample_id\tsplit\tprediction\ttruth"
+    assert len(lines) == 61
+    preds = np.array([float(l.split("\t")[2]) for l in lines[1:]])
+    assert np.isfinite(preds).all() and 10 < preds.mean() < 90
+    st = json.loads((folder / "status.json").read_text())
+    assert "mae" in st["final_metrics"]  # truth was in the metadata
+
+
+def test_baseline_same_split_same_metrics(pipeline):
+    home, _ = pipeline
+    a = (_folder(home, "rf") / "split.tsv").read_text()
+    b = (_folder(home, "fine") / "split.tsv").read_text()
+    assert a == b
+    st = json.loads((_folder(home, "rf") / "status.json").read_text())
+    assert {"mae", "rmse", "r2"} <= set(st["final_metrics"])
+
+
+def test_wandb_offline_run_read_back(pipeline):
+    home, _ = pipeline
+    run = read_run(_folder(home, "pre"))
+    assert run["run"]["project"] == "aam"
+    assert "suite:training" in run["run"]["tags"] and "pretrain" in run["run"]["tags"]
+    kinds = {d["kind"] for d in run["config"]["manifests"]}
+    assert kinds == {"Run", "Dataset", "Model", "HardwareProfile"}
+    assert any("train/unifrac_loss" in h for h in run["history"])
+    assert "val_loss" in run["summary"]
+    blob = (_folder(home, "pre") / "record.yaml").read_text() + json.dumps(run["config"])
+    assert "WANDB_API_KEY" not in blob
+
+
+def test_ddp_two_processes_equal_single_process(tmp_path):
+    """2 CPU processes (gloo, accelerate launch) x batch 4 == 1 process x batch 8: same losses, same weights."""
+    os.environ["AAM_CACHE_DIR"] = str(tmp_path / "cache")
+    runs = """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: ddp2}
+spec:
+  stage: pretrain
+  datasetRef: oral-sub
+  modelRef: tiny
+  hardwareRef: cpu-2proc
+  trainer: {epochs: 1, maxSteps: 3, batchSize: 4, learningRate: 0.001, warmupSteps: 0, scheduler: constant, logEverySteps: 1, lossWeights: {nucleotide: 0}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: single}
+spec:
+  stage: pretrain
+  datasetRef: oral-sub
+  modelRef: tiny
+  hardwareRef: cpu-1
+  trainer: {epochs: 1, maxSteps: 3, batchSize: 8, learningRate: 0.001, warmupSteps: 0, scheduler: constant, logEverySteps: 1, lossWeights: {nucleotide: 0}}
+"""
+    f = _write(tmp_path / "ddp.yaml", DATA + runs)
+    _apply(tmp_path, f)
+    assert "accelerate.commands.launch" in (_folder(tmp_path, "ddp2") / "launch.sh").read_text()
+    st = json.loads((_folder(tmp_path, "ddp2") / "status.json").read_text())
+    assert st["world_size"] == 2
+    la = [r["unifrac_loss"] for r in read_jsonl(_folder(tmp_path, "ddp2") / "metrics.jsonl") if r["split"] == "train"]
+    lb = [r["unifrac_loss"] for r in read_jsonl(_folder(tmp_path, "single") / "metrics.jsonl") if r["split"] == "train"]
+    assert len(la) == 3 and np.allclose(la, lb, atol=1e-5)
+    wa = torch.load(_folder(tmp_path, "ddp2") / "checkpoints" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(_folder(tmp_path, "single") / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
+    # validation metrics are reduced over both ranks: same validation loss
+    va = [r for r in read_jsonl(_folder(tmp_path, "ddp2") / "metrics.jsonl") if r["split"] == "validation"][-1]
+    vb = [r for r in read_jsonl(_folder(tmp_path, "single") / "metrics.jsonl") if r["split"] == "validation"][-1]
+    assert va["nuc_accuracy"] == pytest.approx(vb["nuc_accuracy"], abs=0.05)
+
+
+def test_resume_after_sigterm_gives_identical_weights(tmp_path):
+    os.environ["AAM_CACHE_DIR"] = str(tmp_path / "cache")
+    run = """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}}}
+spec:
+  stage: pretrain
+  datasetRef: oral-sub
+  modelRef: tiny
+  hardwareRef: cpu-1
+  trainer: {{epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 5, logEverySteps: 1, checkpoint: {{everySteps: 1000}}}}
+"""
+    f = _write(tmp_path / "r.yaml", DATA + run.format(name="whole") + run.format(name="cut"))
+    _apply(tmp_path, f, wait=False)
+    cut = _folder(tmp_path, "cut")
+    # stop "cut" mid-epoch with SIGTERM, as SLURM does before a time limit
+    deadline = time.time() + 120
+    pid = None
+    while time.time() < deadline:
+        st = json.loads((cut / "status.json").read_text()) if (cut / "status.json").exists() else {}
+        if st.get("step", 0) >= 5:
+            out = subprocess.run(["pgrep", "-f", f"aam_runtime {cut}"], capture_output=True, text=True).stdout.split()
+            pid = int(out[0]) if out else None
+            break
+        time.sleep(0.05)
+    assert pid, "the run did not get going"
+    os.kill(pid, signal.SIGTERM)
+    subprocess.run([*AAMCTL, "--home", str(tmp_path), "wait", "cut", "whole", "--timeout", "300"], capture_output=True)
+    assert int((cut / "exit_code").read_text()) == 75
+    st = json.loads((cut / "status.json").read_text())
+    assert st["phase"] == "Preempted"
+    stopped_at = st["step"]
+    assert stopped_at < st["total_steps"]
+    # start the same run folder again: it resumes from 'last'
+    (cut / "exit_code").unlink()
+    p = subprocess.run([sys.executable, "-m", "aam_runtime", str(cut)], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "resumed from step" in p.stdout
+    events = [e["event"] for e in read_jsonl(cut / "events.jsonl")]
+    assert "preempted" in events and "resumed" in events
+    wa = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=False)["model"]
+    wb = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["model"]
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
