@@ -79,7 +79,8 @@ def run_preflight(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
             continue
         done.add(key)
         for problem in check_dataset(ds.spec, stage, target, need_distances=need_d):
-            diags.append(ds.diag(problem, ("spec",), hint=f"needed by run/{run.name}") if ds.doc else
+            diags.append(ds.diag(str(problem), getattr(problem, "field", ("spec",)), hint=f"needed by run/{run.name}")
+                         if ds.doc else
                          Diagnostic(problem, file=f"dataset/{ds.name}", hint=f"needed by run/{run.name}"))
     return diags
 

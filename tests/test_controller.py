@@ -1,0 +1,281 @@
+"""aamctl end to end on CPU: apply, status, logs, describe, records, cancel, failures, concurrency."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from synth import make_dataset
+
+AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+
+
+def aamctl(home: Path, *args, check=True, timeout=300, input=None, cwd=None):
+    p = subprocess.run([*AAMCTL, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout,
+                       input=input, cwd=cwd)
+    if check:
+        assert p.returncode == 0, f"aamctl {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
+
+
+def manifest(data: dict, name="tiny-run", epochs=2, stage="pretrain", extra="", seed=1, labels="{team: oral}") -> str:
+    return f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: synth}}
+spec:
+  table: {data['table']}
+  tree: {data['tree']}
+  metadata: {{path: {data['metadata']}}}
+  targets: [{{name: age, type: regression}}]
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: micro}}
+spec: {{embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}, labels: {labels}}}
+spec:
+  stage: {stage}
+  datasetRef: synth
+  modelRef: micro
+  trainer: {{epochs: {epochs}, batchSize: 4, learningRate: 0.001, warmupSteps: 1, logEverySteps: 1, seed: {seed}}}
+{extra}"""
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    data = make_dataset(tmp_path / "data", n_samples=24, n_asvs=30)
+    return tmp_path / "home", data, tmp_path
+
+
+def _status(home, run) -> dict:
+    out = aamctl(home, "status", run, "-o", "json").stdout
+    return json.loads(out)[0]
+
+
+def test_apply_status_logs_describe_export_reproduce(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=3))
+    p = aamctl(home, "apply", "-f", str(f))
+    assert "run/tiny-run created (generation 1, local pid" in p.stdout
+    phases = set()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        ph = _status(home, "tiny-run")["phase"]
+        phases.add(ph)
+        if ph in ("Succeeded", "Failed"):
+            break
+        time.sleep(0.2)
+    assert "Running" in phases and ph == "Succeeded", phases
+    table = aamctl(home, "status").stdout
+    assert "tiny-run" in table and "Succeeded" in table and "100%" in table
+    logs = aamctl(home, "logs", "tiny-run").stdout
+    assert "step 1/" in logs and "validation epoch" in logs
+    assert aamctl(home, "logs", "tiny-run", "--tail", "1").stdout.count("\n") == 1
+    desc = aamctl(home, "describe", "run", "tiny-run").stdout
+    for word in ("Phase:       Succeeded", "Metrics:", "val_loss", "Events:", "Started", "checkpoints/best.pt"):
+        assert word in desc, desc
+    # unchanged re-apply is a no-op
+    assert "run/tiny-run unchanged" in aamctl(home, "apply", "-f", str(f)).stdout
+    # export -> apply under another name -> identical final metrics
+    rec = aamctl(home, "export", "run", "tiny-run", "--as", "tiny-copy").stdout
+    docs = [d for d in yaml.safe_load_all(rec) if d]
+    main = next(d for d in docs if d["kind"] == "Run")
+    ann = main["metadata"]["annotations"]
+    assert main["metadata"]["name"] == "tiny-copy"
+    for key in ("aam/record-of", "aam/data-digests", "aam/versions", "aam/seed", "aam/final-metrics", "aam/host"):
+        assert key in ann, key
+    assert "torch" in json.loads(ann["aam/versions"])
+    (tmp / "record.yaml").write_text(rec)
+    aamctl(home, "apply", "-f", str(tmp / "record.yaml"), "--wait")
+    a = _status(home, "tiny-run")["status"]["final_metrics"]
+    b = _status(home, "tiny-copy")["status"]["final_metrics"]
+    for k in ("val_loss", "unifrac_loss", "nuc_accuracy"):
+        assert a[k] == b[k], (k, a[k], b[k])
+    # the two records differ only where they should
+    (tmp / "a.yaml").write_text(aamctl(home, "export", "run", "tiny-run").stdout)
+    (tmp / "b.yaml").write_text(aamctl(home, "export", "run", "tiny-copy").stdout)
+    d = aamctl(home, "diff", str(tmp / "a.yaml"), str(tmp / "b.yaml"), check=False)
+    assert d.returncode == 1 and "tiny-copy" in d.stdout
+    assert aamctl(home, "diff", str(tmp / "a.yaml"), str(tmp / "a.yaml")).stdout.strip() == "records are identical"
+
+
+def test_changed_data_blocks_record_reapply(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=1))
+    aamctl(home, "apply", "-f", str(f), "--wait")
+    (tmp / "rec.yaml").write_text(aamctl(home, "export", "run", "tiny-run", "--as", "again").stdout)
+    with open(data["metadata"], "a") as fh:
+        fh.write("EXTRA\t1\tgum\n")
+    p = aamctl(home, "apply", "-f", str(tmp / "rec.yaml"), "--dry-run", check=False)
+    assert p.returncode == 1 and "changed since the record was made" in p.stderr and "--allow-data-change" in p.stderr
+    p = aamctl(home, "apply", "-f", str(tmp / "rec.yaml"), "--dry-run", "--allow-data-change")
+    assert "run/again created" in p.stdout
+
+
+def test_changed_spec_makes_new_generation_and_keeps_old(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=1))
+    aamctl(home, "apply", "-f", str(f), "--wait")
+    f.write_text(manifest(data, epochs=2))
+    p = aamctl(home, "apply", "-f", str(f), "--wait")
+    assert "generation 2" in p.stdout
+    assert (home / "runs" / "tiny-run" / "1" / "status.json").exists()
+    gens = json.loads(aamctl(home, "status", "tiny-run", "-A", "-o", "json").stdout)
+    assert [g["generation"] for g in gens] == [1, 2]
+    assert all(g["phase"] == "Succeeded" for g in gens)
+    assert "generation 1" in aamctl(home, "logs", "tiny-run", "-g", "1").stdout or \
+        "step 1/" in aamctl(home, "logs", "tiny-run", "-g", "1").stdout
+
+
+def test_dry_run_writes_nothing_and_checks_data(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data))
+    p = aamctl(home, "apply", "-f", str(f), "--dry-run")
+    assert "run/tiny-run created; would start generation 1 (local) (dry run)" in p.stdout
+    assert "launch.sh" in p.stdout and "distributed_type: 'NO'" in p.stdout.replace('"', "'") or "distributed_type: NO" in p.stdout
+    assert not home.exists()
+    # preflight: a tree that misses ASVs fails the dry run too, with the Dataset's file and line
+    data["tree"].write_text("(" + ",".join(f"T{i}:0.1" for i in range(5)) + ");\n")
+    p = aamctl(home, "apply", "-f", str(f), "--dry-run", check=False)
+    assert p.returncode == 1
+    assert f"{f}:6:3: spec.tree:" in p.stderr and "are not tips of the tree" in p.stderr
+    assert not home.exists()
+    p = aamctl(home, "apply", "-f", str(f), "-o", "json", "--dry-run", "--skip-preflight")
+    assert '"kind": "Run"' in p.stdout
+
+
+def test_killed_process_turns_failed_with_reason(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=200))
+    aamctl(home, "apply", "-f", str(f))
+    folder = home / "runs" / "tiny-run" / "1"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (folder / "status.json").exists():
+        time.sleep(0.2)
+    out = subprocess.run(["pgrep", "-f", f"aam_runtime {folder}"], capture_output=True, text=True).stdout.split()
+    assert out
+    os.kill(int(out[0]), signal.SIGKILL)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        st = _status(home, "tiny-run")
+        if st["phase"] == "Failed":
+            break
+        time.sleep(0.3)
+    assert st["phase"] == "Failed"
+    assert "SIGKILL" in st["reason"]
+    assert "Failed" in aamctl(home, "describe", "run", "tiny-run").stdout
+
+
+def test_cancel_and_delete(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=500))
+    aamctl(home, "apply", "-f", str(f))
+    time.sleep(1)
+    assert "cancelled" in aamctl(home, "cancel", "tiny-run").stdout
+    st = _status(home, "tiny-run")
+    assert st["phase"] == "Cancelled"
+    folder = Path(st["folder"])
+    out = subprocess.run(["pgrep", "-f", f"aam_runtime {folder}"], capture_output=True, text=True).stdout
+    assert not out.strip()
+    assert "not active" in aamctl(home, "cancel", "tiny-run").stdout
+    assert "run/tiny-run deleted" in aamctl(home, "delete", "run", "tiny-run").stdout
+    assert folder.exists()  # nothing recorded is lost
+    p = aamctl(home, "delete", "run", "tiny-run", check=False)
+    assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_pipeline_dependent_waits_and_fails_when_dependency_fails(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    # the pretrain run fails (bad data detected at run time: rarefaction leaves nothing)
+    text = manifest(data, epochs=1).replace("targets: [{name: age, type: regression}]",
+                                              "targets: [{name: age, type: regression}]\n  rarefyDepth: 100000")
+    text += """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: tune}
+spec:
+  stage: finetune
+  datasetRef: synth
+  initFrom: {run: tiny-run}
+  trainer: {epochs: 1, batchSize: 4}
+"""
+    f.write_text(text)
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False)
+    assert p.returncode == 1
+    st = json.loads(aamctl(home, "status", "-o", "json").stdout)
+    by = {s["name"]: s for s in st}
+    assert by["tiny-run"]["phase"] == "Failed" and "rarefaction" in by["tiny-run"]["reason"]
+    assert by["tune"]["phase"] == "Failed" and "initFrom run did not succeed" in by["tune"]["reason"]
+
+
+def test_two_concurrent_applies_both_land(env):
+    home, data, tmp = env
+    files = []
+    for i in range(2):
+        f = tmp / f"r{i}.yaml"
+        f.write_text(manifest(data, name=f"conc-{i}", epochs=1))
+        files.append(f)
+    procs = [subprocess.Popen([*AAMCTL, "--home", str(home), "apply", "-f", str(f)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for f in files]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    aamctl(home, "wait", "conc-0", "conc-1", "--timeout", "240")
+    names = {s["name"] for s in json.loads(aamctl(home, "status", "-o", "json").stdout)}
+    assert names == {"conc-0", "conc-1"}
+
+
+def test_get_objects_selectors_and_outputs(env):
+    home, data, tmp = env
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=1, labels="{team: oral}") + "---\n" +
+                 manifest(data, name="other", epochs=1, labels="{team: gut}").split("---\n")[-1])
+    aamctl(home, "apply", "-f", str(f), "--wait")
+    assert "synth" in aamctl(home, "get", "datasets").stdout
+    assert "micro" in aamctl(home, "get", "models").stdout
+    hw = aamctl(home, "get", "hardwareprofiles").stdout
+    for name in ("cpu", "cuda-a100", "cuda-h100", "cosmos-mi300a"):
+        assert name in hw
+    y = aamctl(home, "get", "hardwareprofiles", "cosmos-mi300a", "-o", "yaml").stdout
+    assert "rocm/6.3.0" in y and "hsn0" in y
+    sel = aamctl(home, "get", "runs", "-l", "team=gut").stdout
+    assert "other" in sel and "tiny-run" not in sel
+    wide = aamctl(home, "get", "runs", "-o", "wide").stdout
+    assert "FOLDER" in wide
+    j = json.loads(aamctl(home, "get", "datasets", "synth", "-o", "json").stdout)
+    assert j["spec"]["split"]["validationFraction"] == 0.2
+    p = aamctl(home, "describe", "run", "nope", check=False)
+    assert p.returncode == 1 and "not found" in p.stderr
+
+
+def test_paths_with_shell_characters_are_quoted(env, tmp_path):
+    _, data, tmp = env
+    home = tmp / "odd home $(touch PWNED) ; `touch PWNED2`"
+    f = tmp / "run.yaml"
+    f.write_text(manifest(data, epochs=1))
+    aamctl(home, "apply", "-f", str(f), "--wait", cwd=tmp)
+    assert _status(home, "tiny-run")["phase"] == "Succeeded"
+    assert not list(tmp.rglob("PWNED*"))
+
+
+def test_status_without_state_is_a_clear_error(tmp_path):
+    p = aamctl(tmp_path / "none", "status", check=False)
+    assert p.returncode == 1 and "no aam state" in p.stderr
