@@ -1,0 +1,355 @@
+"""SLURM executor: golden renders, quoting, and jobs on a real local cluster (slurmctld + slurmd)."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aamctl.apply import build_plan
+from aamctl.errors import AamError
+from aamctl.parse import parse_text
+from aamctl.resolve import resolve
+
+from slurm_cluster import ClusterUnavailable, SlurmCluster
+from synth import make_dataset
+
+ROOT = Path(__file__).resolve().parent.parent
+GOLDEN = ROOT / "tests" / "golden"
+AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+PROFILES = ["cpu", "cuda-a100", "cuda-h100", "cosmos-mi300a"]
+
+
+def _render(profile: str, nodes: int, name: str = "golden-run", extra_env: str = "") -> dict:
+    text = f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: golden-data}}
+spec: {{table: /data/oral/table.biom, tree: /data/oral/tree.nwk, metadata: {{path: /data/oral/metadata.tsv}}}}
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: golden-model}}
+spec: {{}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}}}
+spec:
+  stage: pretrain
+  datasetRef: golden-data
+  modelRef: golden-model
+  hardwareRef: {profile}
+  trainer: {{batchSize: 32}}
+  executor:
+    type: slurm
+    slurm: {{nodes: {nodes}, timeLimit: "12:00:00", account: aam-test, partition: gpu}}
+"""
+    res = resolve(parse_text(text, "golden.yaml", Path("/")))
+    run = res.get("Run", name)
+    os.environ["AAM_PYTHON"] = "/opt/aam/venv/bin/python"
+    try:
+        plan = build_plan(res, run, 1, "0123456789abcdef", Path("/aam-home"), None, None, None)
+    finally:
+        del os.environ["AAM_PYTHON"]
+    return plan.files
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("nodes", [1, 4])
+def test_golden_renders(profile, nodes):
+    files = _render(profile, nodes)
+    for fname in ("job.sbatch", "accelerate.yaml"):
+        golden = GOLDEN / f"{profile}-{nodes}node-{fname}"
+        if os.environ.get("AAM_UPDATE_GOLDEN"):
+            golden.parent.mkdir(exist_ok=True)
+            golden.write_text(files[fname])
+        assert golden.exists(), f"missing golden file {golden}; run with AAM_UPDATE_GOLDEN=1 and review it"
+        assert files[fname] == golden.read_text(), f"{golden.name} changed: review and regenerate"
+
+
+def test_sbatch_syntax_and_directives():
+    files = _render("cosmos-mi300a", 4)
+    script = files["job.sbatch"]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    for d in ("--nodes=4", "--gpus-per-node=4", "--time=12:00:00", "--signal=B:USR1@300", "--requeue",
+              "--account=aam-test", "--exclusive"):
+        assert f"#SBATCH {d}" in script
+    assert "module load rocm/6.3.0" in script and "export NCCL_SOCKET_IFNAME=hsn0" in script
+    assert "--num_processes 16" in script and "--machine_rank \"${SLURM_NODEID}\"" in script
+    acc = files["accelerate.yaml"]
+    assert "num_processes: 16" in acc and "num_machines: 4" in acc and "mixed_precision: bf16" in acc
+
+
+def test_time_limit_over_profile_maximum_is_refused():
+    text = """apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {name: d}
+spec: {table: /x.biom, tree: /x.nwk}
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {name: m}
+spec: {}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: r}
+spec:
+  stage: pretrain
+  datasetRef: d
+  modelRef: m
+  hardwareRef: cosmos-mi300a
+  executor: {type: slurm, slurm: {timeLimit: "1-00:00:01", nodes: 5}}
+"""
+    with pytest.raises(AamError) as info:
+        resolve(parse_text(text, "r.yaml", Path("/")))
+    msgs = info.value.render()
+    assert "exceeds the maximum 24:00:00" in msgs and "5 nodes exceed the maximum 4" in msgs
+
+
+def test_values_reaching_the_shell_are_quoted(tmp_path):
+    evil = "$(touch PWNED); `touch PWNED2` 'x' \"y\""
+    text = f"""apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: evil}}
+spec:
+  accelerator: cpu
+  env: {{EVIL: {json.dumps(evil)}}}
+  modules: [gcc/12.2]
+---
+apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: d}}
+spec: {{table: /x.biom, tree: /x.nwk}}
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: m}}
+spec: {{}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: r}}
+spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor: {{type: slurm}}}}
+"""
+    res = resolve(parse_text(text, "r.yaml", tmp_path))
+    plan = build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "home", None, None, None)
+    script = plan.files["job.sbatch"]
+    env_line = next(l for l in script.splitlines() if l.startswith("export EVIL="))
+    out = subprocess.run(["bash", "-c", env_line + '; printf %s "$EVIL"'], capture_output=True, text=True, cwd=tmp_path)
+    assert out.stdout == evil
+    assert not list(tmp_path.glob("PWNED*"))
+    # a module name or a partition with shell syntax never gets that far: the schema refuses it
+    bad = text.replace("modules: [gcc/12.2]", "modules: ['gcc; rm -rf /']")
+    with pytest.raises(AamError, match="does not have the expected form"):
+        resolve(parse_text(bad, "r.yaml", tmp_path))
+    # a run folder SLURM directives cannot carry is refused with a clear message
+    with pytest.raises(AamError, match="SLURM directives cannot carry"):
+        build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "my home", None, None, None)
+
+
+# ---------------------------------------------------------------- the real cluster
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    root = Path("/tmp") / f"aam-slurm-{os.getpid()}"  # short path: slurmd's spool and socket paths
+    try:
+        cluster = SlurmCluster(root).start()
+    except (ClusterUnavailable, subprocess.CalledProcessError) as exc:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI must run the SLURM tests, but the local cluster did not start: {exc}")
+        pytest.skip(f"no local SLURM cluster: {exc}")
+    old = {k: os.environ.get(k) for k in cluster.env}
+    os.environ.update(cluster.env)
+    yield cluster
+    cluster.stop()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def aamctl(home, *args, check=True, timeout=300):
+    p = subprocess.run([*AAMCTL, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert p.returncode == 0, f"{args}: {p.stdout}\n{p.stderr}"
+    assert "Traceback" not in p.stderr
+    return p
+
+
+def _manifest(data, name, epochs=2, hardware="cpu-1", extra_trainer="", slurm_extra=""):
+    return f"""apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: cpu-1}}
+spec: {{accelerator: cpu, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
+---
+apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: cpu-2task}}
+spec: {{accelerator: cpu, devicesPerNode: 2, cpusPerTask: 1, strategy: ddp, env: {{OMP_NUM_THREADS: "1"}}}}
+---
+apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: synth}}
+spec:
+  table: {data['table']}
+  tree: {data['tree']}
+  metadata: {{path: {data['metadata']}}}
+  targets: [{{name: age, type: regression}}]
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: micro}}
+spec: {{embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}}}
+spec:
+  stage: pretrain
+  datasetRef: synth
+  modelRef: micro
+  hardwareRef: {hardware}
+  trainer: {{epochs: {epochs}, batchSize: 4, learningRate: 0.001, warmupSteps: 1, logEverySteps: 1{extra_trainer}}}
+  executor: {{type: slurm, slurm: {{timeLimit: "00:10:00"{slurm_extra}}}}}
+"""
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "home", make_dataset(tmp_path / "data", n_samples=24, n_asvs=30), tmp_path
+
+
+def _phase(home, name):
+    return json.loads(aamctl(home, "status", name, "-o", "json").stdout)[0]
+
+
+def test_slurm_run_pending_running_succeeded(slurm, env):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-quick"))
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "run/slurm-quick created (generation 1, slurm job" in out
+    seen = []
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        st = _phase(home, "slurm-quick")
+        if not seen or seen[-1] != st["phase"]:
+            seen.append(st["phase"])
+        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.3)
+    assert seen[-1] == "Succeeded", (seen, st, slurm.logs())
+    assert "Running" in seen
+    assert st["job_id"]
+    logs = aamctl(home, "logs", "slurm-quick").stdout
+    assert "job " in logs and "validation epoch" in logs
+    assert "Succeeded" in aamctl(home, "describe", "run", "slurm-quick").stdout
+
+
+def test_slurm_cancel(slurm, env):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-cancel", epochs=1000))
+    aamctl(home, "apply", "-f", str(f))
+    time.sleep(2)
+    assert "cancelled" in aamctl(home, "cancel", "slurm-cancel").stdout
+    st = _phase(home, "slurm-cancel")
+    assert st["phase"] == "Cancelled"
+    job = st["job_id"]
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        q = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
+        if not q:
+            break
+        time.sleep(0.5)
+    assert not q
+
+
+def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-requeue", epochs=40, extra_trainer=", checkpoint: {everySteps: 100000}"))
+    aamctl(home, "apply", "-f", str(f))
+    st = _phase(home, "slurm-requeue")
+    folder, job = Path(st["folder"]), st["job_id"]
+    assert "#SBATCH --signal=B:USR1@300" in (folder / "job.sbatch").read_text()
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
+        if s.get("step", 0) >= 3:
+            break
+        time.sleep(0.2)
+    assert s.get("step", 0) >= 3, slurm.logs()
+    # what SLURM sends the batch shell --signal seconds before the time limit
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.time() + 400
+    while time.time() < deadline:
+        st = _phase(home, "slurm-requeue")
+        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.5)
+    log = (folder / "log.txt").read_text()
+    assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
+    assert "stop signal" in log and "requeueing" in log and "resumed from step" in log
+    events = [json.loads(l)["event"] for l in (folder / "events.jsonl").read_text().splitlines()]
+    assert "preempted" in events and "resumed" in events
+    restarts = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Restarts=1" in restarts
+
+
+def test_slurm_two_task_distributed_job(slurm, env):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-ddp", epochs=1, hardware="cpu-2task"))
+    aamctl(home, "apply", "-f", str(f))
+    st = _phase(home, "slurm-ddp")
+    folder = Path(st["folder"])
+    assert "#SBATCH --ntasks-per-node=2" in (folder / "job.sbatch").read_text()
+    aamctl(home, "wait", "slurm-ddp", "--timeout", "300", check=False)
+    st = _phase(home, "slurm-ddp")
+    assert st["phase"] == "Succeeded", ((folder / "log.txt").read_text()[-3000:], slurm.logs())
+    status = json.loads((folder / "status.json").read_text())
+    assert status["world_size"] == 2
+
+
+def test_slurm_dependency_afterok(slurm, env):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    text = _manifest(data, "slurm-pre", epochs=1) + """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: slurm-fine}
+spec:
+  stage: finetune
+  datasetRef: synth
+  hardwareRef: cpu-1
+  initFrom: {run: slurm-pre}
+  trainer: {epochs: 1, batchSize: 4}
+  executor: {type: slurm}
+"""
+    f.write_text(text)
+    aamctl(home, "apply", "-f", str(f))
+    fine = Path(_phase(home, "slurm-fine")["folder"])
+    pre_job = _phase(home, "slurm-pre")["job_id"]
+    q = subprocess.run(["scontrol", "-o", "show", "job", _phase(home, "slurm-fine")["job_id"]],
+                       capture_output=True, text=True).stdout
+    assert f"afterok:{pre_job}" in q
+    aamctl(home, "wait", "slurm-pre", "slurm-fine", "--timeout", "300", check=False)
+    assert _phase(home, "slurm-fine")["phase"] == "Succeeded", (fine / "log.txt").read_text()[-2000:]
+
+
+def test_slurm_commands_missing_is_a_clear_error(env, monkeypatch):
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "no-slurm"))
+    monkeypatch.setenv("PATH", "/nonexistent")
+    p = subprocess.run([*AAMCTL, "--home", str(home), "apply", "-f", str(f)], capture_output=True, text=True)
+    assert p.returncode == 1 and "'sbatch' not found" in p.stderr and "Traceback" not in p.stderr
