@@ -93,7 +93,9 @@ class AttentionPool(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.score = nn.Linear(dim, 1)
+        # no bias: softmax ignores a constant shift, so a bias would get only rounding noise as
+        # gradient, which AdamW blows up into lr-sized random steps
+        self.score = nn.Linear(dim, 1, bias=False)
 
     def forward(self, x, mask):
         w = self.score(x).squeeze(-1).masked_fill(~mask, float("-inf"))
@@ -271,6 +273,31 @@ def pairwise_unifrac_loss(emb: torch.Tensor, target: torch.Tensor) -> tuple[torc
     pred = torch.tanh(dist / 10.0)
     true = target[i, j].float()
     return F.mse_loss(pred, true), (pred - true).abs().mean().detach()
+
+
+def sharded_unifrac_loss(local: torch.Tensor, gathered: torch.Tensor, offset: int, target: torch.Tensor,
+                         world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairwise loss over a global batch split across `world` data-parallel ranks.
+
+    local [b, D] are this rank's embeddings (rows offset..offset+b of the global batch), gathered
+    [B, D] everybody's, detached. Returns (surrogate, loss, mae): the surrogate's gradient with
+    respect to `local` equals the global loss's, scaled by `world` so that DDP's gradient
+    averaging yields exactly the single-process gradient; loss and mae are the global values.
+    No collective runs in backward, so nothing races DDP's own all-reduce.
+    """
+    big_b = gathered.shape[0]
+    loss, mae = pairwise_unifrac_loss(gathered.detach(), target)
+    b = local.shape[0]
+    rows = torch.arange(b, device=local.device) + offset
+    others = gathered.detach()
+    diff = local.float()[:, None, :] - others.float()[None, :, :]  # [b, B, D] ordered pairs (i local, j any)
+    dist = torch.sqrt((diff * diff).sum(-1) + 1e-12)
+    err = (torch.tanh(dist / 10.0) - target[rows].float()) ** 2
+    keep = torch.ones_like(err, dtype=torch.bool)
+    keep[torch.arange(b), rows] = False  # no diagonal
+    pairs = big_b * (big_b - 1) / 2
+    surrogate = world * err[keep].sum() / pairs
+    return surrogate, loss, mae
 
 
 def count_params(model: nn.Module) -> int:

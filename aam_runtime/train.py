@@ -24,7 +24,7 @@ from .config import RunConfig
 from .data import batches as B
 from .data import table as T
 from .data.unifrac import DistanceLookup, compute as compute_unifrac
-from .model import AAM, choose_attention_backend, pairwise_unifrac_loss
+from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
 from .runfolder import EXIT_PREEMPTED, RunFolder, atomic_write
 
 HIGHER_IS_BETTER = {"r2", "accuracy", "f1", "auroc", "nuc_accuracy"}
@@ -167,19 +167,25 @@ def _to_float(v):
 
 # ---------------------------------------------------------------- trainer
 
+def make_accelerator(accelerator: str, precision: str):
+    """The Accelerator every stage uses. Heads a stage does not train (the nucleotide head with
+    its weight at 0, the count head) get no gradient: without find_unused_parameters DDP would
+    wait for them forever and silently skip the gradient all-reduce."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    return Accelerator(cpu=accelerator == "cpu", mixed_precision=precision,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, folder: RunFolder):
-        from accelerate import Accelerator
-        from accelerate.utils import DistributedDataParallelKwargs
-
         self.cfg = cfg
         self.folder = folder
         self.stage = cfg.stage
         tr = cfg.trainer
         hw = cfg.hardware
-        precision = cfg.precision()
-        self.acc = Accelerator(cpu=hw["accelerator"] == "cpu", mixed_precision=precision,
-                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        self.acc = make_accelerator(hw["accelerator"], cfg.precision())
         self.main = self.acc.is_main_process
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
@@ -361,14 +367,10 @@ class Trainer:
             res = model(batch, mask_nucleotides=w["nucleotide"] > 0, generator=gen)
             loss = torch.zeros((), device=self.device)
             if w["unifrac"] > 0 and data.lookup is not None:
-                emb, rows = res["embedding"], batch["rows"]
-                if self.world > 1:
-                    emb = _gather_diff(emb)
-                    rows = self.acc.gather(rows)
-                target = torch.from_numpy(data.lookup.sub(rows.cpu().numpy())).to(self.device)
-                uf, mae = pairwise_unifrac_loss(emb, target)
-                out["unifrac_loss"], out["unifrac_mae"] = uf, mae
-                loss = loss + w["unifrac"] * uf
+                target = torch.from_numpy(data.lookup.sub(self._global_rows(batch["rows"]))).to(self.device)
+                surrogate, uf, mae = unifrac_loss_global(res["embedding"], target, self.acc)
+                out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
+                loss = loss + w["unifrac"] * surrogate
             if w["nucleotide"] > 0 and "nuc_logits" in res and res["nuc_logits"].numel():
                 nl = F.cross_entropy(res["nuc_logits"].float(), res["nuc_targets"])
                 out["nuc_loss"] = nl
@@ -389,6 +391,12 @@ class Trainer:
                 loss = loss + w["nucleotideWhenFinetuning"] * nl
         out["loss"] = loss
         return out
+
+    def _global_rows(self, rows: torch.Tensor) -> np.ndarray:
+        """Dataset rows of the whole global batch, in rank order."""
+        if self.world > 1:
+            rows = self.acc.gather(rows)
+        return rows.cpu().numpy()
 
     def _target_loss(self, pred, y, data: Data):
         if data.target_type == "classification":
@@ -519,20 +527,14 @@ class _null:
         return False
 
 
-def _gather_diff(x: torch.Tensor) -> torch.Tensor:
-    """All-gather along dim 0 whose backward sums every rank's gradient into this rank's slice.
-
-    Every rank computes the same loss over the gathered batch, so each slice receives
-    world_size x its true gradient; DDP's averaging then leaves exactly the single-process one.
-    """
-    import torch.distributed as dist
-    import torch.distributed._functional_collectives as fc
-
-    gather = getattr(fc, "all_gather_single_autograd", None) or getattr(fc, "all_gather_tensor_autograd", None)
-    if gather is not None:
-        return gather(x.contiguous(), gather_dim=0, group=dist.group.WORLD)
-    from torch.distributed.nn.functional import all_gather  # torch < 2.3
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+def unifrac_loss_global(emb: torch.Tensor, target: torch.Tensor, acc) -> tuple:
+    """(tensor to backpropagate, global UniFrac loss, global MAE) for this rank's embeddings."""
+    if acc.num_processes == 1:
+        loss, mae = pairwise_unifrac_loss(emb, target)
+        return loss, loss, mae
+    gathered = acc.gather(emb.detach())
+    offset = acc.process_index * emb.shape[0]  # equal shards: training batches drop the last partial one
+    return sharded_unifrac_loss(emb, gathered, offset, target, acc.num_processes)
 
 
 def _lr_lambda(kind: str, warm: int, total: int):

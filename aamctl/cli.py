@@ -578,6 +578,35 @@ def cancel(ctx, run):
 
 
 @cli.command()
+@click.argument("run")
+@click.pass_context
+def resume(ctx, run):
+    """Start a stopped run again in its own folder; it continues from its last checkpoint."""
+    from .executors import executor_for
+    from .reconcile import reconcile
+
+    store = _require_store(ctx)
+    row = store.latest_run(run)
+    if row is None:
+        raise AamError(Diagnostic(f"run '{run}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+    (row, phase, reason, _), = reconcile(store, [row])
+    if phase in ACTIVE:
+        raise AamError(Diagnostic(f"run/{run} is {phase}; nothing to resume", file="aamctl"))
+    if phase == "Succeeded":
+        raise AamError(Diagnostic(f"run/{run} already succeeded", file="aamctl",
+                                  hint="change the manifest (or apply --force) for a new generation"))
+    folder = Path(row["folder"])
+    for name in ("exit_code", "PREEMPT", "waiting"):
+        (folder / name).unlink(missing_ok=True)
+    info = executor_for(row["executor"]).submit(folder)
+    store.update_run(row["name"], row["generation"], **info)
+    store.set_phase(row["name"], row["generation"], "Pending", "resumed by user", finished=None, exit_code=None)
+    last = folder / "checkpoints" / "last.pt"
+    click.echo(f"run/{run} resumed (generation {row['generation']}"
+               + (", from its last checkpoint)" if last.exists() else ", from the start: no checkpoint yet)"))
+
+
+@cli.command()
 @click.argument("resource")
 @click.argument("name")
 @click.pass_context

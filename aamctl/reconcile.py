@@ -21,7 +21,7 @@ def _exit_reason(code: int, folder: Path, status: dict) -> str:
     if code == EXIT_DATA_ERROR:
         why = "bad data"
     elif code == EXIT_PREEMPTED:
-        why = "stopped by a signal after checkpointing; re-apply with a new generation or requeue to resume"
+        why = "stopped by a signal after checkpointing; 'aamctl resume RUN' continues it"
     elif code > 128:
         try:
             why = f"killed by {signal.Signals(code - 128).name}"
@@ -49,13 +49,11 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         if alive:
             if (folder / "waiting").exists():
                 return "Pending", "waiting for its initFrom run", status
-            phase = status.get("phase") or "Running"
-            if phase in ("Succeeded", "Failed"):
-                phase = "Running"  # the script is still writing its exit code
+            # alive: Running whatever an earlier attempt left in status.json (Preempted, Failed...)
             hb = status.get("heartbeat")
-            if hb and time.time() - hb > STALE_AFTER:
+            if hb and time.time() - hb > STALE_AFTER and status.get("phase") == "Running":
                 return "Running", f"no heartbeat for {int(time.time() - hb)}s", status
-            return ("Running" if phase in ("Running", "Pending") else phase), None, status
+            return "Running", None, status
         last = tail_lines(folder / LOG, 3)
         return "Failed", "process ended without an exit status (killed?)" + (": " + " | ".join(last) if last else ""), status
     # slurm

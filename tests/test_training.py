@@ -332,15 +332,41 @@ spec:
     assert st["world_size"] == 2
     la = [r["unifrac_loss"] for r in read_jsonl(_folder(tmp_path, "ddp2") / "metrics.jsonl") if r["split"] == "train"]
     lb = [r["unifrac_loss"] for r in read_jsonl(_folder(tmp_path, "single") / "metrics.jsonl") if r["split"] == "train"]
+    # losses after 1 and 2 updates agree too: the updates were the same. (Weights are not compared:
+    # parameters the loss is invariant to, like a LayerNorm bias before pooling, get only rounding
+    # noise as gradient, which AdamW turns into lr-sized steps that differ with the process layout.)
     assert len(la) == 3 and np.allclose(la, lb, atol=1e-5)
-    wa = torch.load(_folder(tmp_path, "ddp2") / "checkpoints" / "last.pt", weights_only=False)["model"]
-    wb = torch.load(_folder(tmp_path, "single") / "checkpoints" / "last.pt", weights_only=False)["model"]
-    for k in wa:
-        assert torch.allclose(wa[k], wb[k], atol=1e-5), k
     # validation metrics are reduced over both ranks: same validation loss
     va = [r for r in read_jsonl(_folder(tmp_path, "ddp2") / "metrics.jsonl") if r["split"] == "validation"][-1]
     vb = [r for r in read_jsonl(_folder(tmp_path, "single") / "metrics.jsonl") if r["split"] == "validation"][-1]
-    assert va["nuc_accuracy"] == pytest.approx(vb["nuc_accuracy"], abs=0.05)
+    assert va["val_loss"] == pytest.approx(vb["val_loss"], rel=0.05)
+
+
+def test_ddp_gradients_equal_single_process(tmp_path):
+    """Pairwise UniFrac loss under DDP (2 CPU processes, gloo, accelerate launch): same loss and gradients."""
+    from aamctl.plan import accelerate_config, dump_documents
+    cfg = accelerate_config({"nodes": 1, "devicesPerNode": 2, "accelerator": "cpu", "strategy": "ddp",
+                             "precision": "no"}, {"trainer": {"precision": "no"},
+                                                  "executor": {"slurm": {"port": 29561}}})
+    (tmp_path / "acc.yaml").write_text(dump_documents([cfg]))
+    script = ROOT / "tests" / "ddp_grads.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, str(script), str(tmp_path), str(tmp_path / "one.pt")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(tmp_path / "acc.yaml"),
+                          str(script), str(tmp_path), str(tmp_path / "two.pt")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one.pt", weights_only=False)
+    b = torch.load(tmp_path / "two.pt", weights_only=False)
+    assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
+    assert set(a["grads"]) == set(b["grads"])
+    big = 0
+    for k in a["grads"]:
+        assert torch.allclose(a["grads"][k], b["grads"][k], atol=1e-5, rtol=1e-4), k
+        big += int(a["grads"][k].abs().max() > 1e-4)
+    assert big > 10  # the comparison is not between zeros
 
 
 def test_resume_after_sigterm_gives_identical_weights(tmp_path):
@@ -378,10 +404,11 @@ spec:
     stopped_at = st["step"]
     assert stopped_at < st["total_steps"]
     # start the same run folder again: it resumes from 'last'
-    (cut / "exit_code").unlink()
-    p = subprocess.run([sys.executable, "-m", "aam_runtime", str(cut)], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    assert "resumed from step" in p.stdout
+    p = subprocess.run([*AAMCTL, "--home", str(tmp_path), "resume", "cut"], capture_output=True, text=True)
+    assert p.returncode == 0 and "from its last checkpoint" in p.stdout, p.stderr
+    w = subprocess.run([*AAMCTL, "--home", str(tmp_path), "wait", "cut", "--timeout", "300"], capture_output=True, text=True)
+    assert w.returncode == 0, w.stdout + (cut / "log.txt").read_text()[-2000:]
+    assert "resumed from step" in (cut / "log.txt").read_text()
     events = [e["event"] for e in read_jsonl(cut / "events.jsonl")]
     assert "preempted" in events and "resumed" in events
     wa = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=False)["model"]
