@@ -225,7 +225,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
     # write: objects, then runs (dependencies first)
     for obj in res.given:
         state, gen = store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
-        if not (obj.kind == "Run" and obj.name in planned):
+        if obj.kind != "Run":  # runs are reported below, with their generation
             echo(f"{obj.kind.lower()}/{obj.name} {state}")
     for plan, run in plans:
         labels = json.dumps(run.manifest["metadata"].get("labels", {}))

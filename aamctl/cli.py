@@ -259,15 +259,29 @@ def _match_labels(labels: dict, selector: str) -> bool:
     return True
 
 
-def _run_table(observed, wide: bool):
-    from rich.table import Table
+class Table:
+    """kubectl-style fixed-width columns. (rich's Table took 3.3 s for 1,000 runs; this takes ms.)"""
 
+    def __init__(self, columns: list[str]):
+        self.columns = list(columns)
+        self.rows: list[list[str]] = []
+
+    def add_row(self, *cells: str) -> None:
+        self.rows.append([str(c) for c in cells])
+
+    def render(self) -> str:
+        widths = [max([len(c)] + [len(r[i]) for r in self.rows]) for i, c in enumerate(self.columns)]
+        lines = []
+        for row in [self.columns] + self.rows:
+            lines.append("   ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        return "\n".join(lines)
+
+
+def _run_table(observed, wide: bool):
     cols = ["NAME", "GEN", "STAGE", "PHASE", "PROGRESS", "LOSS", "BEST", "AGE", "EXECUTOR", "JOB"]
     if wide:
         cols += ["REASON", "FOLDER"]
-    t = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
-    for c in cols:
-        t.add_column(c, overflow="fold")
+    t = Table(cols)
     for row, phase, reason, status in observed:
         prog = "-"
         if status.get("total_steps"):
@@ -290,17 +304,8 @@ def _run_table(observed, wide: bool):
     return t
 
 
-def _print_table(table):
-    from rich.console import Console
-
-    Console(width=max(100, _term_width()), soft_wrap=False).print(table)
-
-
-def _term_width() -> int:
-    try:
-        return os.get_terminal_size().columns
-    except OSError:
-        return 160
+def _print_table(table: "Table"):
+    click.echo(table.render())
 
 
 def _rows_as_dicts(observed):
@@ -385,16 +390,12 @@ def get(ctx, resource, name, output, selector):
     if not items:
         click.echo(f"No {resource}.")
         return
-    from rich.table import Table
-
-    t = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
     summary_cols = {
         "Dataset": ["TABLE", "TARGETS", "UNIFRAC"],
         "Model": ["DIM", "LAYERS(nuc/sample/head)", "HEADS"],
         "HardwareProfile": ["ACCELERATOR", "DEVICES", "STRATEGY", "PRECISION"],
     }[kind]
-    for c in ["NAME", *summary_cols, "SOURCE", "GEN", "AGE"]:
-        t.add_column(c, overflow="fold")
+    t = Table(["NAME", *summary_cols, "SOURCE", "GEN", "AGE"])
     for n, source, gen, applied, m in items:
         s = m["spec"]
         if kind == "Dataset":

@@ -1,0 +1,126 @@
+"""Pretraining throughput (samples/s) and peak memory at the reference model size, in one run.
+
+Each configuration runs in its own process (so peak RSS is its own): batch 8 and 32, per-batch
+ASV de-duplication on and off, on the bundled oral-age data (maxAsvsPerSample 1024, maxBp 150,
+the reference defaults). Prints a table and the ratios; --json writes the numbers.
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--device cpu|cuda] [--json out.json]
+    # on a GPU also: --precision bf16 --attention math|mem_efficient|flash --compile
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ORAL = ROOT / "examples" / "data" / "oral-age"
+REFERENCE_SAMPLES_PER_S = 0.18  # the reference implementation, batch 8, this CPU (issue #5)
+
+
+def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attention: str, compile_: bool) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(ROOT))
+    from aam_runtime.data import batches as B
+    from aam_runtime.data import table as T
+    from aam_runtime.data.unifrac import DistanceLookup, compute
+    from aam_runtime.model import AAM, pairwise_unifrac_loss
+
+    spec = {"embeddingDim": 128, "ffnMultiplier": 4, "dropout": 0.1, "nucleotide": {"heads": 4, "layers": 4},
+            "sample": {"heads": 4, "layers": 4}, "encoderHead": {"heads": 4, "layers": 4},
+            "targetHead": {"heads": 4, "layers": 2, "layerNorm": True, "hidden": [], "outputScale": False, "loss": "huber"},
+            "countEmbedding": "add", "categoricalFusion": "concat", "categoricalEmbeddingDim": 16, "maskRatio": 0.15,
+            "attentionBackend": attention, "gradientCheckpointing": False, "dedupAsvs": dedup}
+    p = T.load({"table": str(ORAL / "table.biom")})
+    enc = B.encode(p, 150, 1024, "abundance")
+    lookup = DistanceLookup(compute(p.sample_ids, p.asv_ids, p.counts, str(ORAL / "tree.nwk")), p.sample_ids)
+    torch.manual_seed(0)
+    model = AAM(spec, max_bp=150).to(device)
+    model.attention_backend = attention
+    fwd = torch.compile(model, dynamic=True) if compile_ else model
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    rng = np.random.default_rng(0)
+    gen = torch.Generator().manual_seed(0)
+    times, occ, uniq = [], 0, 0
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for step in range(steps + 1):  # the first step warms up
+        rows = rng.choice(len(p.sample_ids), size=batch, replace=False)
+        nb = B.collate_numpy(enc, rows)
+        b = B.to_torch(nb, device)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            out = fwd(b, mask_nucleotides=True, generator=gen)
+            target = torch.from_numpy(lookup.sub(rows)).to(device)
+            loss = pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        if step:
+            times.append(time.perf_counter() - t0)
+            occ += int(nb["mask"].sum())
+            uniq += int(nb["tokens"].shape[0])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
+    return {"batch": batch, "dedup": dedup, "samples_per_s": batch * len(times) / sum(times),
+            "s_per_step": sum(times) / len(times), "peak_rss_mib": round(peak), "gpu_peak_mib": gpu_peak,
+            "asv_occurrences_per_unique": occ / max(1, uniq), "threads": torch.get_num_threads(),
+            "device": device, "precision": precision, "attention": attention, "compile": compile_}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="no", choices=["no", "bf16", "fp16"])
+    ap.add_argument("--attention", default="auto", choices=["auto", "math", "mem_efficient", "flash"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--batches", default="8,32")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.one:
+        batch, dedup = a.one.split(":")
+        print(json.dumps(one(int(batch), dedup == "1", a.steps, a.device, a.precision, a.attention, a.compile)))
+        return
+    results = []
+    for batch in [int(x) for x in a.batches.split(",")]:
+        for dedup in (True, False):
+            cmd = [sys.executable, __file__, "--one", f"{batch}:{int(dedup)}", "--steps", str(a.steps), "--device",
+                   a.device, "--precision", a.precision, "--attention", a.attention] + (["--compile"] if a.compile else [])
+            out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            if out.returncode != 0:
+                print(out.stderr[-2000:], file=sys.stderr)
+                sys.exit(1)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            results.append(r)
+            print(f"batch {batch:>3} dedup {'on ' if dedup else 'off'}: {r['samples_per_s']:7.2f} samples/s "
+                  f"({r['s_per_step']:.2f} s/step), peak RSS {r['peak_rss_mib']} MiB"
+                  + (f", GPU peak {r['gpu_peak_mib']:.0f} MiB" if r["gpu_peak_mib"] else "")
+                  + f", ASV occurrences per distinct ASV {r['asv_occurrences_per_unique']:.2f}", flush=True)
+    by = {(r["batch"], r["dedup"]): r for r in results}
+    print("\nratios (same run):")
+    for batch in sorted({r["batch"] for r in results}):
+        on, off = by[(batch, True)], by[(batch, False)]
+        print(f"  batch {batch}: de-dup speed-up {on['samples_per_s'] / off['samples_per_s']:.2f}x, "
+              f"memory {on['peak_rss_mib'] / off['peak_rss_mib']:.2f}x; vs reference (0.18 samples/s at batch 8) "
+              f"{on['samples_per_s'] / REFERENCE_SAMPLES_PER_S:.1f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
