@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 
 
@@ -96,14 +95,9 @@ def main(argv=None) -> int:
     if iface:
         present = os.path.exists(f"/sys/class/net/{iface}")
         add("network interface", "ok" if present else "WARN", f"{iface} {'present' if present else 'not on this node'}")
-    backends = []
-    try:
-        import unifrac  # noqa: F401
-        backends.append("unifrac")
-    except ImportError:
-        pass
-    if shutil.which("ssu"):
-        backends.append("ssu")
+    from .data.unifrac import available_backends
+
+    backends = [b for b in available_backends() if b != "skbio"]
     add("UniFrac", "ok" if backends else "WARN",
         ", ".join(backends) if backends else "only scikit-bio: hundreds of times slower; install unifrac-tools")
 

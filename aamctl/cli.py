@@ -195,11 +195,18 @@ def wait_cmd(ctx, runs, timeout):
     store = _require_store(ctx)
     keys = []
     for name in runs:
-        row = store.latest_run(name)
-        if row is None:
-            raise AamError(Diagnostic(f"run '{name}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+        row = _find_run(store, name)
         keys.append((row["name"], row["generation"]))
     ctx.exit(0 if _wait(store, keys, timeout) else 1)
+
+
+def _find_run(store, name: str, generation: int | None = None):
+    """The run row (latest generation unless given), or a clear error."""
+    row = store.run(name, generation) if generation else store.latest_run(name)
+    if row is None:
+        what = f"run '{name}'" + (f" generation {generation}" if generation else "")
+        raise AamError(Diagnostic(f"{what} not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+    return row
 
 
 def _require_store(ctx):
@@ -334,8 +341,8 @@ def _print_data(data, fmt):
 def status(ctx, run, output, selector, all_generations):
     """Runs with phase, progress, loss and best metric (reconciled now)."""
     store = _require_store(ctx)
-    if run and store.latest_run(run) is None:
-        raise AamError(Diagnostic(f"run '{run}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+    if run:
+        _find_run(store, run)
     observed = _run_rows(store, run, selector, all_generations)
     if output in ("yaml", "json"):
         _print_data(_rows_as_dicts(observed), output)
@@ -428,10 +435,7 @@ def describe(ctx, resource, name, generation):
     if kind != "Run":
         return ctx.invoke(get, resource=resource, name=name, output="yaml", selector=None)
     store = _require_store(ctx)
-    row = store.run(name, generation) if generation else store.latest_run(name)
-    if row is None:
-        raise AamError(Diagnostic(f"run '{name}'" + (f" generation {generation}" if generation else "") + " not found",
-                                  file="aamctl", hint="'aamctl get runs' lists runs"))
+    row = _find_run(store, name, generation)
     (row, phase, reason, st), = _run_rows_one(store, row)
     folder = Path(row["folder"])
     out = [f"Name:        {row['name']}", f"Generation:  {row['generation']}", f"Stage:       {row['stage']}",
@@ -509,9 +513,7 @@ def logs(ctx, run, follow, tail, generation):
     from .store import TERMINAL
 
     store = _require_store(ctx)
-    row = store.run(run, generation) if generation else store.latest_run(run)
-    if row is None:
-        raise AamError(Diagnostic(f"run '{run}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+    row = _find_run(store, run, generation)
     path = Path(row["folder"]) / LOG
     pos = 0
     if path.exists():
@@ -569,9 +571,7 @@ def _cancel_row(store, row) -> bool:
 def cancel(ctx, run):
     """Stop a run (SIGTERM, then SIGKILL after a grace period; scancel on SLURM)."""
     store = _require_store(ctx)
-    row = store.latest_run(run)
-    if row is None:
-        raise AamError(Diagnostic(f"run '{run}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
+    row = _find_run(store, run)
     if _cancel_row(store, row):
         click.echo(f"run/{run} cancelled")
     else:
@@ -587,10 +587,7 @@ def resume(ctx, run):
     from .reconcile import reconcile
 
     store = _require_store(ctx)
-    row = store.latest_run(run)
-    if row is None:
-        raise AamError(Diagnostic(f"run '{run}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
-    (row, phase, reason, _), = reconcile(store, [row])
+    (row, phase, reason, _), = reconcile(store, [_find_run(store, run)])
     if phase in ACTIVE:
         raise AamError(Diagnostic(f"run/{run} is {phase}; nothing to resume", file="aamctl"))
     if phase == "Succeeded":
@@ -641,10 +638,7 @@ def export(ctx, resource, name, generation, new_name):
     if _kind(resource) != "Run":
         raise UsageError("only runs have records: aamctl export run NAME")
     store = _require_store(ctx)
-    row = store.run(name, generation) if generation else store.latest_run(name)
-    if row is None:
-        raise AamError(Diagnostic(f"run '{name}' not found", file="aamctl", hint="'aamctl get runs' lists runs"))
-    (row, phase, reason, st), = _run_rows_one(store, row)
+    (row, phase, reason, st), = _run_rows_one(store, _find_run(store, name, generation))
     click.echo(export_record(row, phase, st, new_name), nl=False)
 
 
