@@ -279,3 +279,43 @@ def test_paths_with_shell_characters_are_quoted(env, tmp_path):
 def test_status_without_state_is_a_clear_error(tmp_path):
     p = aamctl(tmp_path / "none", "status", check=False)
     assert p.returncode == 1 and "no aam state" in p.stderr
+
+
+def test_classification_finetune_predict_baseline(env):
+    """A categorical target end to end: accuracy/F1/AUROC, confusion matrix, class names in predictions."""
+    home, data, tmp = env
+    text = manifest(data, name="pre", epochs=1).replace(
+        "targets: [{name: age, type: regression}]",
+        "targets: [{name: site, type: classification}]\n  categoricalColumns: [site]")
+    text += """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: cls}
+spec:
+  stage: finetune
+  datasetRef: synth
+  initFrom: {run: pre}
+  trainer: {epochs: 2, batchSize: 4, earlyStopping: {metric: accuracy}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: cls-pred}
+spec: {stage: predict, datasetRef: synth, initFrom: {run: cls}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: cls-rf}
+spec: {stage: baseline, datasetRef: synth, baseline: {trees: 20}}
+"""
+    f = tmp / "cls.yaml"
+    f.write_text(text)
+    aamctl(home, "apply", "-f", str(f), "--wait", timeout=600)
+    for run in ("cls", "cls-rf"):
+        fm = _status(home, run)["status"]["final_metrics"]
+        assert {"accuracy", "f1"} <= set(fm), (run, fm)
+        assert 0 <= fm["accuracy"] <= 1
+    folder = Path(_status(home, "cls")["folder"])
+    assert (folder / "plots" / "confusion.png").exists()
+    lines = (Path(_status(home, "cls-pred")["folder"]) / "predictions.tsv").read_text().splitlines()
+    assert len(lines) == 25
+    assert {l.split("\t")[2] for l in lines[1:]} <= {"gum", "tongue"}
