@@ -232,7 +232,9 @@ class Trainer:
 
     def fit(self, data: Data, init_state=None, resume: dict | None = None):
         cfg, tr, acc = self.cfg, self.cfg.trainer, self.acc
-        model = self.build(data, init_state)
+        model = self.build(data, init_state if resume is None else None)
+        if resume is not None:  # before prepare: FSDP shards (and DDP broadcasts) what is loaded here
+            model.load_state_dict(resume["model"])
         params = [p for p in model.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
@@ -249,6 +251,7 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tr["scheduler"], warm, total))
         self.meta = checkpoint_meta(self.cfg, data)
         model, opt = acc.prepare(model, opt)
+        self._wrapped = model
         if cfg.compile_enabled():
             model = torch.compile(model, dynamic=True)
         raw = acc.unwrap_model(model)
@@ -257,8 +260,10 @@ class Trainer:
         state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None, "bad_epochs": 0,
                  "history": []}
         if resume is not None:
-            raw.load_state_dict(resume["model"])
-            opt.load_state_dict(resume["optimizer"])
+            if resume.get("optimizer") is not None:
+                opt.load_state_dict(resume["optimizer"])
+            else:
+                log("resume: the checkpoint has no optimizer state (FSDP); AdamW moments start afresh")
             sched.load_state_dict(resume["scheduler"])
             state.update(resume["state"])
             _set_rng(resume["rng"][self.rank] if self.rank < len(resume["rng"]) else resume["rng"][0])
@@ -489,14 +494,19 @@ class Trainer:
                            step=vm["step"])
 
     def _checkpoint(self, raw, opt, sched, state, which: str):
-        from accelerate.utils import gather_object
+        from accelerate.utils import DistributedType, gather_object
 
         rngs = gather_object([_get_rng()])
+        weights = self.acc.get_state_dict(self._wrapped)  # a collective under FSDP: every rank calls it
+        fsdp = self.acc.distributed_type == DistributedType.FSDP
         if not self.main:
             self.acc.wait_for_everyone()
             return
-        payload = {"model": raw.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                   "state": dict(state), "rng": rngs, "meta": self.meta, "format": 1}
+        # Under FSDP each rank holds a shard of the optimizer state; rank 0's alone would be wrong,
+        # so an FSDP resume restores weights, schedule and data position and restarts AdamW's moments.
+        payload = {"model": weights, "optimizer": None if fsdp else opt.state_dict(),
+                   "scheduler": sched.state_dict(), "state": dict(state), "rng": rngs, "meta": self.meta,
+                   "format": 1}
         path = self.folder.checkpoints / f"{which}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
