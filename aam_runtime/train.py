@@ -185,6 +185,11 @@ class Trainer:
         self.stage = cfg.stage
         tr = cfg.trainer
         hw = cfg.hardware
+        if hw["accelerator"] in ("cuda", "rocm") and not torch.cuda.is_available():
+            build = "ROCm" if getattr(torch.version, "hip", None) else ("CUDA" if torch.version.cuda else "CPU-only")
+            raise T.DataError(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
+                              f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
+                              "(executor slurm), or use hardwareRef: cpu")
         self.acc = make_accelerator(hw["accelerator"], cfg.precision())
         self.main = self.acc.is_main_process
         self.world = self.acc.num_processes

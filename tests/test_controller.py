@@ -319,3 +319,19 @@ spec: {stage: baseline, datasetRef: synth, baseline: {trees: 20}}
     lines = (Path(_status(home, "cls-pred")["folder"]) / "predictions.tsv").read_text().splitlines()
     assert len(lines) == 25
     assert {l.split("\t")[2] for l in lines[1:]} <= {"gum", "tongue"}
+
+
+def test_gpu_profile_without_gpu_fails_with_a_clear_reason(env):
+    home, data, tmp = env
+    f = tmp / "gpu.yaml"
+    f.write_text(manifest(data, name="on-gpu", epochs=1).replace("  modelRef: micro\n", "  modelRef: micro\n  hardwareRef: cuda-h100-one\n")
+                 + """---
+apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {name: cuda-h100-one}
+spec: {accelerator: cuda, devicesPerNode: 1}
+""")
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False)
+    assert p.returncode == 1
+    st = _status(home, "on-gpu")
+    assert st["phase"] == "Failed" and "expects cuda devices" in st["reason"], st["reason"]
