@@ -10,7 +10,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .runfolder import EXIT_DATA_ERROR, EXIT_PREEMPTED, RunFolder, atomic_write
+from .runfolder import EXIT_DATA_ERROR, EXIT_PREEMPTED, RunFolder
 
 
 def main(argv: list[str] | None = None) -> int:

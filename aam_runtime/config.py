@@ -1,7 +1,6 @@
 """The record the controller wrote -> what one run needs to know (plus its W&B connection)."""
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -142,6 +141,3 @@ class RunConfig:
             print(f"warning: W&B finish failed ({exc})", flush=True)
         self._wandb = None
 
-
-def dumps(obj) -> str:
-    return json.dumps(obj, indent=2, default=str)

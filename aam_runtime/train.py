@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from .data import batches as B
 from .data import table as T
 from .data.unifrac import DistanceLookup, compute as compute_unifrac
 from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
-from .runfolder import EXIT_PREEMPTED, RunFolder, atomic_write
+from .runfolder import RunFolder, atomic_write
 
 HIGHER_IS_BETTER = {"r2", "accuracy", "f1", "auroc", "nuc_accuracy"}
 
@@ -428,7 +427,7 @@ class Trainer:
         bs = self.cfg.trainer["batchSize"]
         mine = data.val[self.rank::self.world]
         w = self.cfg.trainer["lossWeights"]
-        rows_out, emb_out, pred_out, losses = [], [], [], {}
+        rows_out, pred_out, losses = [], [], {}
         gen = torch.Generator().manual_seed(12345)
         for i in range(0, len(mine), bs):
             rows = mine[i:i + bs]
@@ -452,7 +451,6 @@ class Trainer:
                     losses.setdefault("target_loss", []).append((float(tl), len(rows)))
                     pred_out.append(res["target"].float().cpu().numpy())
             rows_out.append(rows)
-            emb_out.append(res["embedding"].float().cpu().numpy())
         gathered = gather_object([{"rows": rows_out, "pred": pred_out, "losses": losses}])
         model.train()
         all_losses: dict[str, list] = {}

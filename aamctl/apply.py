@@ -9,8 +9,9 @@ from pathlib import Path
 
 from .errors import AamError, Diagnostic
 from .parse import load_paths
-from .plan import (RunPlan, accelerate_config, dump_documents, launch_command, model_ref, record_documents,
+from .plan import (RunPlan, accelerate_config, dump_documents, launch_command, record_documents,
                    render_local_script)
+from .resolve import effective_model_ref
 from .resolve import MemoryStore, Obj, Resolved, resolve
 
 TERMINAL_BAD = {"Failed", "Cancelled"}
@@ -107,7 +108,7 @@ def build_plan(res: Resolved, run: Obj, generation: int, run_hash: str, home: Pa
         plan.depends_folder = dep[3]
     manifest_dir = run.doc.base_dir if run.doc is not None else None
     ann = annotations(name=run.name, generation=generation, run_hash=run_hash, dataset_spec=ds, hardware=hw,
-                      seed=run.spec["trainer"]["seed"], model=model_ref(res, run), init_checkpoint=init_checkpoint,
+                      seed=run.spec["trainer"]["seed"], model=effective_model_ref(res, run), init_checkpoint=init_checkpoint,
                       init_stage=init_stage, manifest_dir=manifest_dir)
     docs = record_documents(res, run, ann)
     plan.files["record.yaml"] = dump_documents(

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_CODE, LOG
+from aam_runtime.runfolder import EXIT_CODE
 
 from .errors import AamError, Diagnostic
 
@@ -175,5 +175,3 @@ def read_exit_code(folder: Path) -> int | None:
     except (OSError, ValueError):
         return None
 
-
-__all__ = ["LocalExecutor", "SlurmExecutor", "executor_for", "pid_alive", "tail_lines", "read_exit_code", "LOG"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from .resolve import Obj, Resolved, effective_model_ref
+from .resolve import Obj, Resolved
 
 RUNTIME_MODULE = "aam_runtime"
 
@@ -189,6 +189,3 @@ def dump_documents(docs: list[dict], header: str | None = None) -> str:
     body = yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return (f"# {header}\n" if header else "") + body
 
-
-def model_ref(res: Resolved, run: Obj) -> str | None:
-    return effective_model_ref(res, run)

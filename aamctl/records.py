@@ -33,7 +33,6 @@ def export_record(row, phase: str, status: dict, new_name: str | None = None) ->
     if status.get("final_metrics"):
         ann["aam/final-metrics"] = json.dumps(status["final_metrics"], sort_keys=True, default=str)
     if new_name:
-        from .schema import validate_document  # noqa: F401  (name rules come from the schema)
         import re
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new_name) or len(new_name) > 63:
             raise AamError(Diagnostic(f"'{new_name}' is not a valid name", file="aamctl",

@@ -6,7 +6,6 @@ HardwareProfiles, and checks the cross-field rules JSON Schema cannot express.
 """
 from __future__ import annotations
 
-import copy
 import functools
 import hashlib
 import json
@@ -17,7 +16,7 @@ from typing import Protocol
 
 from .errors import AamError, Diagnostic
 from .parse import Document, parse_text
-from .schema import KINDS, fill_defaults, validate_document
+from .schema import fill_defaults, validate_document
 
 RECORD_ANNOTATION = "aam/record-of"
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -449,15 +448,5 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
         if hs["slurm"].get("maxNodes") and nodes > hs["slurm"]["maxNodes"]:
             d.append(run.diag(f"{nodes} nodes exceed the maximum {hs['slurm']['maxNodes']} of HardwareProfile '{hw.name}'",
                               ("spec", "executor", "slurm", "nodes")))
-    if stage == "baseline" and ex["type"] == "local" and (hs["nodes"] * hs["devicesPerNode"]) > 1:
-        pass  # the baseline runs in one process whatever the profile says
     return d
 
-
-def dump_manifest(manifest: dict) -> str:
-    import yaml
-    return yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False, allow_unicode=True)
-
-
-def copy_manifest(m: dict) -> dict:
-    return copy.deepcopy(m)

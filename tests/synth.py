@@ -72,3 +72,21 @@ def dataset_spec(d: dict, **over) -> dict:
             "split": {"validationFraction": 0.2, "seed": 42, "stratifyBy": None}}
     spec.update(over)
     return spec
+
+
+# Manifests shared by the end-to-end tests: a micro model and one- and two-process CPU profiles.
+MICRO_MODEL = """apiVersion: aam/v1alpha1
+kind: Model
+metadata: {name: micro}
+spec: {embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {heads: 2, layers: 1}, sample: {heads: 2, layers: 1}, encoderHead: {heads: 2, layers: 1}, targetHead: {heads: 2, layers: 1}}
+"""
+CPU_PROFILES = """apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {name: cpu-1}
+spec: {accelerator: cpu, cpusPerTask: 1, env: {OMP_NUM_THREADS: "1"}}
+---
+apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {name: cpu-2proc}
+spec: {accelerator: cpu, devicesPerNode: 2, strategy: ddp, cpusPerTask: 1, env: {OMP_NUM_THREADS: "1"}}
+"""

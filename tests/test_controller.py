@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synth import make_dataset
+from synth import MICRO_MODEL, make_dataset
 
 AAMCTL = [sys.executable, "-m", "aamctl.cli"]
 
@@ -36,11 +36,7 @@ spec:
   metadata: {{path: {data['metadata']}}}
   targets: [{{name: age, type: regression}}]
 ---
-apiVersion: aam/v1alpha1
-kind: Model
-metadata: {{name: micro}}
-spec: {{embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
----
+{MICRO_MODEL}---
 apiVersion: aam/v1alpha1
 kind: Run
 metadata: {{name: {name}, labels: {labels}}}

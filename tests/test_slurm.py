@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from aamctl.parse import parse_text
 from aamctl.resolve import resolve
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster
-from synth import make_dataset
+from synth import CPU_PROFILES, MICRO_MODEL, make_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -184,16 +183,7 @@ def aamctl(home, *args, check=True, timeout=300):
 
 
 def _manifest(data, name, epochs=2, hardware="cpu-1", extra_trainer="", slurm_extra=""):
-    return f"""apiVersion: aam/v1alpha1
-kind: HardwareProfile
-metadata: {{name: cpu-1}}
-spec: {{accelerator: cpu, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
----
-apiVersion: aam/v1alpha1
-kind: HardwareProfile
-metadata: {{name: cpu-2task}}
-spec: {{accelerator: cpu, devicesPerNode: 2, cpusPerTask: 1, strategy: ddp, env: {{OMP_NUM_THREADS: "1"}}}}
----
+    return f"""{CPU_PROFILES}---
 apiVersion: aam/v1alpha1
 kind: Dataset
 metadata: {{name: synth}}
@@ -203,11 +193,7 @@ spec:
   metadata: {{path: {data['metadata']}}}
   targets: [{{name: age, type: regression}}]
 ---
-apiVersion: aam/v1alpha1
-kind: Model
-metadata: {{name: micro}}
-spec: {{embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}}}
----
+{MICRO_MODEL}---
 apiVersion: aam/v1alpha1
 kind: Run
 metadata: {{name: {name}}}
@@ -308,7 +294,7 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
 def test_slurm_two_task_distributed_job(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"
-    f.write_text(_manifest(data, "slurm-ddp", epochs=1, hardware="cpu-2task"))
+    f.write_text(_manifest(data, "slurm-ddp", epochs=1, hardware="cpu-2proc"))
     aamctl(home, "apply", "-f", str(f))
     st = _phase(home, "slurm-ddp")
     folder = Path(st["folder"])

@@ -18,7 +18,7 @@ from aam_runtime.data import table as T
 from aam_runtime.model import AAM, choose_attention_backend, pairwise_unifrac_loss
 from aam_runtime.runfolder import read_jsonl
 
-from synth import ORAL, dataset_spec, make_dataset
+from synth import CPU_PROFILES, ORAL, dataset_spec, make_dataset
 from wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -157,16 +157,7 @@ kind: Model
 metadata: {{name: tiny}}
 spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
 ---
-apiVersion: aam/v1alpha1
-kind: HardwareProfile
-metadata: {{name: cpu-1}}
-spec: {{accelerator: cpu, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
----
-apiVersion: aam/v1alpha1
-kind: HardwareProfile
-metadata: {{name: cpu-2proc}}
-spec: {{accelerator: cpu, devicesPerNode: 2, strategy: ddp, cpusPerTask: 1, env: {{OMP_NUM_THREADS: "1"}}}}
-"""
+""" + CPU_PROFILES
 
 
 def _apply(home: Path, *files, wait=True, check=True, timeout=600):
