@@ -242,6 +242,9 @@ def validate_document(doc: Document) -> list[Diagnostic]:
                     key=lambda e: (doc.where(tuple(e.absolute_path))[0] or 0, list(map(str, e.absolute_path))))
     seen = set()
     for err in errors:
+        if tuple(err.absolute_path) == () and err.validator == "required" and \
+                ("'apiVersion'" in err.message or "'kind'" in err.message):
+            continue  # reported above, with a better hint
         if err.validator == "const" and tuple(err.absolute_path) == ("apiVersion",):
             continue  # already reported above
         d = _error_to_diag(doc, kind, err)
