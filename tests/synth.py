@@ -90,3 +90,18 @@ kind: HardwareProfile
 metadata: {name: cpu-2proc}
 spec: {accelerator: cpu, devicesPerNode: 2, strategy: ddp, cpusPerTask: 1, env: {OMP_NUM_THREADS: "1"}}
 """
+
+
+def synth_manifests(data: dict) -> str:
+    """The Dataset 'synth' over make_dataset()'s files, and the micro Model, as YAML documents."""
+    return f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: synth}}
+spec:
+  table: {data['table']}
+  tree: {data['tree']}
+  metadata: {{path: {data['metadata']}}}
+  targets: [{{name: age, type: regression}}]
+---
+{MICRO_MODEL}---
+"""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from synth import MICRO_MODEL, make_dataset
+from synth import make_dataset, synth_manifests
 
 AAMCTL = [sys.executable, "-m", "aamctl.cli"]
 
@@ -27,17 +27,7 @@ def aamctl(home: Path, *args, check=True, timeout=300, input=None, cwd=None):
 
 
 def manifest(data: dict, name="tiny-run", epochs=2, stage="pretrain", extra="", seed=1, labels="{team: oral}") -> str:
-    return f"""apiVersion: aam/v1alpha1
-kind: Dataset
-metadata: {{name: synth}}
-spec:
-  table: {data['table']}
-  tree: {data['tree']}
-  metadata: {{path: {data['metadata']}}}
-  targets: [{{name: age, type: regression}}]
----
-{MICRO_MODEL}---
-apiVersion: aam/v1alpha1
+    return f"""{synth_manifests(data)}apiVersion: aam/v1alpha1
 kind: Run
 metadata: {{name: {name}, labels: {labels}}}
 spec:

@@ -16,7 +16,7 @@ from aamctl.parse import parse_text
 from aamctl.resolve import resolve
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster
-from synth import CPU_PROFILES, MICRO_MODEL, make_dataset
+from synth import CPU_PROFILES, make_dataset, synth_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -184,17 +184,7 @@ def aamctl(home, *args, check=True, timeout=300):
 
 def _manifest(data, name, epochs=2, hardware="cpu-1", extra_trainer="", slurm_extra=""):
     return f"""{CPU_PROFILES}---
-apiVersion: aam/v1alpha1
-kind: Dataset
-metadata: {{name: synth}}
-spec:
-  table: {data['table']}
-  tree: {data['tree']}
-  metadata: {{path: {data['metadata']}}}
-  targets: [{{name: age, type: regression}}]
----
-{MICRO_MODEL}---
-apiVersion: aam/v1alpha1
+{synth_manifests(data)}apiVersion: aam/v1alpha1
 kind: Run
 metadata: {{name: {name}}}
 spec:
