@@ -1,27 +1,35 @@
 """python -m aam_runtime RUN_DIR  (also through `accelerate launch -m aam_runtime RUN_DIR`).
 
 Reads RUN_DIR/record.yaml, runs the stage, writes status, metrics, checkpoints, plots.
-Exit codes: 0 done, 1 failed, 3 bad data, 75 checkpointed after a stop signal (requeue).
+Exit codes are the run folder's contract (runfolder.EXIT_*): 0 done, 1 failed, 3 bad data,
+5 hardware missing, 6 no space (or another write error) in the run folder, 75 checkpointed
+after a stop signal (requeue).
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from .runfolder import EXIT_DATA_ERROR, EXIT_PREEMPTED, RunFolder
+from . import runfolder as RF
+from .runfolder import RunFolder
+
+
+class HardwareMissing(Exception):
+    """The HardwareProfile asks for devices this machine does not have (exit EXIT_NO_HARDWARE)."""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 1 or argv[0] in ("-h", "--help"):
         print("usage: python -m aam_runtime RUN_DIR", file=sys.stderr)
-        return 2
+        return RF.EXIT_USAGE
     run_dir = Path(argv[0])
-    if not (run_dir / "record.yaml").exists():
-        print(f"error: {run_dir}/record.yaml not found; create runs with 'aamctl apply'", file=sys.stderr)
-        return 2
+    if not (run_dir / RF.RECORD).exists():
+        print(f"error: {run_dir}/{RF.RECORD} not found; create runs with 'aamctl apply'", file=sys.stderr)
+        return RF.EXIT_USAGE
     folder = RunFolder(run_dir)
     from .config import RecordError, RunConfig
     from .data.table import DataError
@@ -29,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = None
     rank0 = _rank() == 0
     try:
+        if rank0:
+            folder.reserve_space()
         cfg = RunConfig(run_dir)
         if rank0:
             started = folder.status().get("started") or time.time()
@@ -39,9 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         if rank0:
             folder.update_status(phase="Succeeded", finished=time.time(), final_metrics=summary)
             folder.event("finished", phase="Succeeded")
-        return 0
+            folder.release_reserve()
+        return RF.EXIT_OK
     except (DataError, RecordError) as exc:
-        return _fail(folder, cfg, str(exc), EXIT_DATA_ERROR, rank0)
+        return _fail(folder, cfg, str(exc), RF.EXIT_DATA_ERROR, rank0)
+    except HardwareMissing as exc:
+        return _fail(folder, cfg, str(exc), RF.EXIT_NO_HARDWARE, rank0)
     except KeyboardInterrupt:
         return _fail(folder, cfg, "interrupted", 130, rank0)
     except Exception as exc:
@@ -51,25 +64,56 @@ def main(argv: list[str] | None = None) -> int:
                 folder.update_status(phase="Preempted", reason="checkpointed after a stop signal; requeue to resume")
                 folder.event("preempted")
                 if cfg is not None:
-                    cfg.wandb_finish(exit_code=EXIT_PREEMPTED)
-            return EXIT_PREEMPTED
-        traceback.print_exc()
-        return _fail(folder, cfg, f"{type(exc).__name__}: {exc}", 1, rank0)
+                    cfg.wandb_finish(exit_code=RF.EXIT_PREEMPTED)
+                folder.release_reserve()
+            return RF.EXIT_PREEMPTED
+        cause = RF.storage_cause(exc)
+        if cause is not None:
+            message = RF.describe_storage_error(cause, folder.path)  # free space as the run saw it
+            folder.release_reserve()  # what lets the lines below reach the disk
+            return _fail(folder, cfg, message, RF.EXIT_NO_SPACE, rank0, tracking=False)
+        _say(traceback.format_exc())
+        return _fail(folder, cfg, f"{type(exc).__name__}: {exc}", RF.EXIT_FAILED, rank0)
 
 
-def _fail(folder: RunFolder, cfg, message: str, code: int, rank0: bool) -> int:
-    print(f"error: {message}", file=sys.stderr, flush=True)
+def _say(text: str) -> None:
+    """Print to the log, which may itself be on the full disk: never raise from here."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except OSError:
+        _silence_std_streams()
+
+
+def _silence_std_streams() -> None:
+    # A failed flush at interpreter exit would turn our exit code into 120: point the streams
+    # at /dev/null once they cannot be written.
+    try:
+        devnull = open(os.devnull, "w")
+        sys.stdout, sys.stderr = devnull, devnull
+    except OSError:  # pragma: no cover
+        pass
+
+
+def _fail(folder: RunFolder, cfg, message: str, code: int, rank0: bool, tracking: bool = True) -> int:
+    _say(f"error: {message}")
     if rank0:
-        folder.update_status(phase="Failed", error=message.splitlines()[0] if message else "failed",
-                             finished=time.time(), exit_code=code)
-        folder.event("finished", phase="Failed", error=message)
-        if cfg is not None:
+        try:
+            folder.update_status(phase="Failed", error=message.splitlines()[0] if message else "failed",
+                                 finished=time.time(), exit_code=code)
+            folder.event("finished", phase="Failed", error=message)
+        except OSError as exc:  # the exit code still tells the controller what happened
+            _say(f"error: cannot write {RF.STATUS} either ({exc})")
+        if cfg is not None and tracking:
             cfg.wandb_finish(exit_code=code)
+        folder.release_reserve()
+    try:
+        sys.stdout.flush()
+    except OSError:
+        _silence_std_streams()
     return code
 
 
 def _rank() -> int:
-    import os
     return int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) if "RANK" in os.environ else 0
 
 

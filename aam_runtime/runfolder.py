@@ -1,6 +1,6 @@
 """The run folder: the only place the runtime writes, always by atomic rename.
 
-Layout (runs/<name>/<generation>/):
+Layout (runs/<name>/<generation>/), each name defined once below:
   record.yaml       resolved manifests + provenance (written by aamctl)
   accelerate.yaml   accelerate launch config (aamctl)
   launch.sh | job.sbatch   what the executor runs (aamctl)
@@ -18,6 +18,7 @@ Torch-free: aamctl reads it back.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -25,24 +26,95 @@ import tempfile
 import time
 from pathlib import Path
 
+# -- file names (nothing else in aam spells them)
+RECORD = "record.yaml"
+ACCELERATE_CONFIG = "accelerate.yaml"
+LOCAL_SCRIPT = "launch.sh"
+SLURM_SCRIPT = "job.sbatch"
 STATUS = "status.json"
 METRICS = "metrics.jsonl"
 EVENTS = "events.jsonl"
 LOG = "log.txt"
+LAUNCHER_LOG = "launcher.out"
 EXIT_CODE = "exit_code"
-RECORD = "record.yaml"
+PID = "pid"
+WAITING = "waiting"  # present while a local job waits for its initFrom run
 PREEMPT_FLAG = "PREEMPT"
-EXIT_PREEMPTED = 75  # checkpointed after SIGTERM/SIGUSR1; requeue to continue
-EXIT_DATA_ERROR = 3
+SPLIT = "split.tsv"
+PREDICTIONS = "predictions.tsv"
+CHECKPOINTS = "checkpoints"
+PLOTS = "plots"
+RESERVE = ".space-reserve"  # freed on ENOSPC so the failure itself can still be written down
+SLURM_OUT = "slurm-%j.out"
 
 
-def atomic_write(path: Path, text: str) -> None:
+def checkpoint_name(which: str) -> str:
+    """checkpoints/last.pt or checkpoints/best.pt, relative to the run folder."""
+    return f"{CHECKPOINTS}/{which}.pt"
+
+
+# -- exit codes of a job (the runtime's, or the job script's)
+EXIT_OK = 0
+EXIT_FAILED = 1  # an unexpected error; the log has the traceback
+EXIT_USAGE = 2
+EXIT_DATA_ERROR = 3  # the data (or the record) cannot be used: status.json says why
+EXIT_DEPENDENCY_FAILED = 4  # the initFrom run did not succeed; this one never started
+EXIT_NO_HARDWARE = 5  # the HardwareProfile asks for devices this machine does not have
+EXIT_NO_SPACE = 6  # a write to the run folder failed: no space left (or another I/O error)
+EXIT_PREEMPTED = 75  # checkpointed after SIGTERM/SIGUSR1; requeue (or aamctl resume) to continue
+EXIT_CANCELLED = 143  # written by aamctl cancel for a local run (128 + SIGTERM)
+EXIT_MEANINGS = {
+    EXIT_DATA_ERROR: "bad data",
+    EXIT_DEPENDENCY_FAILED: "its initFrom run did not succeed",
+    EXIT_NO_HARDWARE: "the devices the HardwareProfile asks for are not on this machine",
+    EXIT_NO_SPACE: "no space left on device (or another write error) in the run folder",
+    EXIT_PREEMPTED: "stopped by a signal after checkpointing; 'aamctl resume RUN' continues it",
+}
+
+
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+def storage_cause(exc: BaseException | None) -> OSError | None:
+    """The OSError behind exc (itself, or along its cause/context chain) when it is about storage:
+    no space, quota, read-only file system, I/O error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def describe_storage_error(exc: OSError, where: Path) -> str:
+    """'no space left on device at PATH' (or the OS's words for the other storage errors)."""
+    path = exc.filename or where
+    what = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else (exc.strerror or str(exc)).lower()
+    free = free_bytes(Path(path))
+    return f"{what} at {path}" + (f" ({free // 1024} KiB free)" if free is not None else "")
+
+
+def free_bytes(path: Path) -> int | None:
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        st = os.statvfs(p)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def atomic_write(path: Path, data: str | bytes | memoryview) -> None:
+    """Write a whole file or nothing: a temporary file beside it, renamed over it; the temporary
+    file is removed when anything fails (a full disk leaves no debris)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "w" if isinstance(data, str) else "wb") as f:
+            f.write(data)
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -101,11 +173,11 @@ class RunFolder:
 
     @property
     def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS
 
     @property
     def plots(self) -> Path:
-        return self.path / "plots"
+        return self.path / PLOTS
 
     def status(self) -> dict:
         return dict(self._status)
@@ -127,3 +199,18 @@ class RunFolder:
 
     def preempt_requested(self) -> bool:
         return (self.path / PREEMPT_FLAG).exists()
+
+    # A few hundred KiB set aside at start: when the disk fills, freeing them lets the runtime
+    # still write down why it stopped (status.json, the exit code) instead of vanishing silently.
+    def reserve_space(self, nbytes: int = 256 * 1024) -> None:
+        try:
+            with open(self.path / RESERVE, "wb") as f:
+                f.write(b"\0" * nbytes)
+        except OSError:
+            self.release_reserve()
+
+    def release_reserve(self) -> None:
+        try:
+            os.unlink(self.path / RESERVE)
+        except OSError:
+            pass

@@ -9,7 +9,7 @@ import numpy as np
 from . import plots
 from .config import RunConfig
 from .data.table import DataError
-from .runfolder import RunFolder, atomic_write, read_jsonl
+from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, read_jsonl
 
 
 def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -50,7 +50,7 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     summary.update(best_metric=state["best"], best_step=state["best_step"], train_seconds=round(time.time() - t0, 2))
     if trainer.main:
         images = {}
-        p = plots.loss_curves(read_jsonl(folder.file("metrics.jsonl")), folder.plots)
+        p = plots.loss_curves(read_jsonl(folder.file(METRICS)), folder.plots)
         if p:
             images["loss"] = p
         if cfg.stage == "finetune" and getattr(trainer, "_last_val", None) is not None:
@@ -82,7 +82,7 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation") -
         ok = np.isfinite(t)
         if ok.any():
             images["pred_vs_true"] = plots.scatter(t[ok], p[ok], folder.plots, f"{data.target_name} ({name})")
-    atomic_write(folder.file("predictions.tsv"), "\n".join(lines) + "\n")
+    atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
     return images
 
 

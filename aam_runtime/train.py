@@ -7,6 +7,7 @@ baseline  : random forest on relative abundances, same split, same metrics.
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 import signal
@@ -24,7 +25,7 @@ from .data import batches as B
 from .data import table as T
 from .data.unifrac import DistanceLookup, compute as compute_unifrac
 from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
-from .runfolder import RunFolder, atomic_write
+from .runfolder import SPLIT, RunFolder, atomic_write, checkpoint_name
 
 HIGHER_IS_BETTER = {"r2", "accuracy", "f1", "auroc", "nuc_accuracy"}
 
@@ -114,7 +115,7 @@ def prepare_data(cfg: RunConfig, folder: RunFolder, stage: str, ckpt_meta: dict 
         data.train, data.val = make_split(cfg, prepared, ttype, target)
         lines = ["sample_id\tsplit"] + [f"{prepared.sample_ids[i]}\ttrain" for i in data.train] + \
                 [f"{prepared.sample_ids[i]}\tvalidation" for i in data.val]
-        atomic_write(folder.file("split.tsv"), "\n".join(lines) + "\n")
+        atomic_write(folder.file(SPLIT), "\n".join(lines) + "\n")
     if cat_cols:
         levels = (ckpt_meta or {}).get("cat_levels") or [
             sorted(set(prepared.metadata[c].iloc[data.train])) for c in cat_cols]
@@ -186,7 +187,8 @@ class Trainer:
         hw = cfg.hardware
         if hw["accelerator"] in ("cuda", "rocm") and not torch.cuda.is_available():
             build = "ROCm" if getattr(torch.version, "hip", None) else ("CUDA" if torch.version.cuda else "CPU-only")
-            raise T.DataError(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
+            from .__main__ import HardwareMissing
+            raise HardwareMissing(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
                               f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
                               "(executor slurm), or use hardwareRef: cpu")
         self.acc = make_accelerator(hw["accelerator"], cfg.precision())
@@ -510,11 +512,12 @@ class Trainer:
         payload = {"model": weights, "optimizer": None if fsdp else opt.state_dict(),
                    "scheduler": sched.state_dict(), "state": dict(state), "rng": rngs, "meta": self.meta,
                    "format": 1}
-        path = self.folder.checkpoints / f"{which}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
+        path = self.folder.path / checkpoint_name(which)
+        # Serialised in memory, then written by Python: torch.save straight to disk reports a full
+        # disk as "unexpected pos" and loses the errno; this way ENOSPC reaches the run's status.
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        atomic_write(path, buf.getbuffer())
         self.folder.event("checkpointed", which=which, step=state["step"], epoch=state["epoch"])
         self.acc.wait_for_everyone()
 

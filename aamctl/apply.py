@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aam_runtime import runfolder as RF
+
 from .errors import AamError, Diagnostic
 from .parse import load_paths
 from .plan import (RunPlan, accelerate_config, dump_documents, launch_command, record_documents,
@@ -111,20 +113,20 @@ def build_plan(res: Resolved, run: Obj, generation: int, run_hash: str, home: Pa
                       seed=run.spec["trainer"]["seed"], model=effective_model_ref(res, run), init_checkpoint=init_checkpoint,
                       init_stage=init_stage, manifest_dir=manifest_dir)
     docs = record_documents(res, run, ann)
-    plan.files["record.yaml"] = dump_documents(
+    plan.files[RF.RECORD] = dump_documents(
         docs, f"record of run/{run.name} generation {generation}: apply it to reproduce the run")
     nodes = run.spec["executor"]["slurm"].get("nodes") if ex == "slurm" else None
     stage_hw = hw if run.spec["stage"] != "baseline" else dict(hw, nodes=1, devicesPerNode=1)
     acc = accelerate_config(stage_hw, run.spec, nodes)
-    plan.files["accelerate.yaml"] = dump_documents([acc])
+    plan.files[RF.ACCELERATE_CONFIG] = dump_documents([acc])
     python = _python()
     if ex == "local":
         plan.command = launch_command(python, folder, stage_hw)
-        plan.files["launch.sh"] = render_local_script(plan, stage_hw, python)
+        plan.files[RF.LOCAL_SCRIPT] = render_local_script(plan, stage_hw, python)
     else:
         data_paths = [p for p in (ds.get("table"), ds.get("tree"), ds.get("distanceMatrix"),
                                   (ds.get("metadata") or {}).get("path")) if p]
-        plan.files["job.sbatch"] = render_sbatch(run, run.spec, stage_hw, run.name, generation, folder, python,
+        plan.files[RF.SLURM_SCRIPT] = render_sbatch(run, run.spec, stage_hw, run.name, generation, folder, python,
                                                  data_paths)
     return plan
 
@@ -169,7 +171,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             if src.name in planned:
                 p = planned[src.name]
                 dep = (p.name, p.generation, p.executor, p.folder)
-                init_ckpt = str(p.folder / "checkpoints" / f"{which}.pt")
+                init_ckpt = str(p.folder / RF.checkpoint_name(which))
             else:
                 row = store.latest_run(src.name) if store is not None else None
                 if row is None:
@@ -181,7 +183,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
                     raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
                                             ("spec", "initFrom", "run"),
                                             hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
-                init_ckpt = str(Path(row["folder"]) / "checkpoints" / f"{which}.pt")
+                init_ckpt = str(Path(row["folder"]) / RF.checkpoint_name(which))
                 if phase != "Succeeded":
                     dep = (row["name"], row["generation"], row["executor"], Path(row["folder"]))
             if dep is not None and dep[2] != run.spec["executor"]["type"]:
@@ -218,7 +220,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             echo(f"{obj.kind.lower()}/{obj.name} {state} (dry run)")
         if not output:
             for plan, _ in plans:
-                for fname in (plan.entry, "accelerate.yaml"):
+                for fname in (plan.entry, RF.ACCELERATE_CONFIG):
                     echo(f"--- run/{plan.name} {fname} ({plan.folder / fname})")
                     echo(plan.files[fname].rstrip("\n"))
         return result
@@ -239,14 +241,14 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             init = run.spec.get("initFrom") or {}
             if init.get("run"):
                 ann_ck = str((plan.depends_folder or Path(store.latest_run(init["run"])["folder"]))
-                             / "checkpoints" / f"{init.get('which', 'best')}.pt")
+                             / RF.checkpoint_name(init.get('which', 'best')))
             plan = build_plan(res, run, gen, plan.run_hash, home, dep, ann_ck,
                               res.get("Run", init["run"]).spec["stage"] if init.get("run") else None)
             planned[run.name] = plan
         plan.folder.mkdir(parents=True, exist_ok=True)
         for fname, text in plan.files.items():
             (plan.folder / fname).write_text(text)
-        for script in ("launch.sh", "job.sbatch"):
+        for script in (RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT):
             if (plan.folder / script).exists():
                 os.chmod(plan.folder / script, 0o755)
         store.update_run(plan.name, gen, folder=str(plan.folder))

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from aam_runtime import runfolder as RF
+
 from . import __version__
 from .errors import AamError, Diagnostic, UsageError
 
@@ -29,16 +31,27 @@ def _kind(word: str) -> str:
 
 
 def _store(ctx, create: bool = True):
-    from .store import StateStore, default_home
+    """The state store of --home; with create=False None when no state exists there yet."""
+    from .store import DB_FILE, StateStore, check_home, default_home
 
     home = Path(ctx.obj.get("home") or default_home())
-    if not create and not (home / "state.db").exists():
+    check_home(home)
+    if not create and not (home / DB_FILE).exists():
         return None
-    return StateStore(home)
+    store = StateStore(home)
+    ctx.find_root().obj.setdefault("stores", []).append(store)
+    return store
 
 
 def _echo_err(text: str) -> None:
     click.echo(text, err=True)
+
+
+def _warn_unsaved(ctx) -> None:
+    """Reading commands go on when the state cannot be written; say once that nothing was kept."""
+    for store in (ctx.obj or {}).get("stores", []):
+        if store.write_problem is not None:
+            _echo_err("warning: phase changes observed now were not saved: " + store.write_problem.render())
 
 
 class Group(click.Group):
@@ -46,7 +59,12 @@ class Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            _warn_unsaved(ctx)
+            return result
+        except click.exceptions.Exit:
+            _warn_unsaved(ctx)
+            raise
         except AamError as exc:
             _echo_err(exc.render())
             ctx.exit(exc.exit_code)
@@ -448,9 +466,9 @@ def describe(ctx, resource, name, generation):
     if row["depends_on"]:
         out.append(f"Depends on:  {row['depends_on']}")
     out.append("Paths:")
-    for f in ("record.yaml", "accelerate.yaml", "launch.sh", "job.sbatch", "log.txt", "status.json", "metrics.jsonl",
-              "predictions.tsv", "split.tsv", "checkpoints/best.pt", "checkpoints/last.pt", "plots/loss.png",
-              "plots/pred_vs_true.png", "plots/confusion.png"):
+    for f in (RF.RECORD, RF.ACCELERATE_CONFIG, RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT, RF.LOG, RF.STATUS, RF.METRICS,
+              RF.PREDICTIONS, RF.SPLIT, RF.checkpoint_name("best"), RF.checkpoint_name("last"),
+              f"{RF.PLOTS}/loss.png", f"{RF.PLOTS}/pred_vs_true.png", f"{RF.PLOTS}/confusion.png"):
         if (folder / f).exists():
             out.append(f"  {f}")
     if st:
@@ -477,7 +495,7 @@ def describe(ctx, resource, name, generation):
     for t_, ev, detail in sorted(events, key=lambda x: x[0]):
         out.append(f"  {_ts(t_)}  {ev:<13} {detail}")
     try:
-        docs = [d for d in yaml.safe_load_all((folder / "record.yaml").read_text()) if d]
+        docs = [d for d in yaml.safe_load_all((folder / RF.RECORD).read_text()) if d]
         run_doc = next(d for d in docs if d.get("kind") == "Run" and d["metadata"]["name"] == row["name"])
         out.append("Spec:")
         out.extend("  " + line for line in yaml.safe_dump(run_doc["spec"], sort_keys=False).splitlines())
@@ -559,8 +577,8 @@ def _cancel_row(store, row) -> bool:
         return False
     executor_for(row["executor"]).cancel(row)
     folder = Path(row["folder"])
-    if not (folder / "exit_code").exists() and row["executor"] == "local":
-        (folder / "exit_code").write_text("143\n")
+    if not (folder / RF.EXIT_CODE).exists() and row["executor"] == "local":
+        (folder / RF.EXIT_CODE).write_text(f"{RF.EXIT_CANCELLED}\n")
     store.set_phase(row["name"], row["generation"], "Cancelled", "cancelled by user", finished=time.time())
     return True
 
@@ -594,12 +612,12 @@ def resume(ctx, run):
         raise AamError(Diagnostic(f"run/{run} already succeeded", file="aamctl",
                                   hint="change the manifest (or apply --force) for a new generation"))
     folder = Path(row["folder"])
-    for name in ("exit_code", "PREEMPT", "waiting"):
+    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING):
         (folder / name).unlink(missing_ok=True)
     info = executor_for(row["executor"]).submit(folder)
     store.update_run(row["name"], row["generation"], **info)
     store.set_phase(row["name"], row["generation"], "Pending", "resumed by user", finished=None, exit_code=None)
-    last = folder / "checkpoints" / "last.pt"
+    last = folder / RF.checkpoint_name("last")
     click.echo(f"run/{run} resumed (generation {row['generation']}"
                + (", from its last checkpoint)" if last.exists() else ", from the start: no checkpoint yet)"))
 
@@ -654,6 +672,19 @@ def diff(record_a, record_b):
         click.echo(text)
         sys.exit(1)
     click.echo("records are identical")
+
+
+@cli.command("rebuild-state")
+@click.pass_context
+def rebuild_state_cmd(ctx):
+    """Re-create a lost or damaged state database from the records in the run folders."""
+    from .rebuild import rebuild_state
+    from .store import check_home, default_home
+
+    home = Path(ctx.obj.get("home") or default_home())
+    check_home(home)
+    objects, runs = rebuild_state(home, echo=click.echo)
+    click.echo(f"state rebuilt in {home}: {runs} run(s), {objects} object generation(s)")
 
 
 # ---------------------------------------------------------------- doctor

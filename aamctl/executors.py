@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_CODE
+from aam_runtime.runfolder import EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, SLURM_SCRIPT
 
 from .errors import AamError, Diagnostic
 
@@ -53,8 +53,8 @@ class LocalExecutor:
     name = "local"
 
     def submit(self, folder: Path) -> dict:
-        script = folder / "launch.sh"
-        with open(os.devnull, "rb") as devnull_in, open(folder / "launcher.out", "ab") as out:
+        script = folder / LOCAL_SCRIPT
+        with open(os.devnull, "rb") as devnull_in, open(folder / LAUNCHER_LOG, "ab") as out:
             proc = subprocess.Popen(["bash", str(script)], cwd=str(folder), stdin=devnull_in, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
         # reap the child in the background of this (short-lived) process: nothing to do; the
@@ -118,12 +118,12 @@ class SlurmExecutor:
         cmd = ["sbatch", "--parsable"]
         if dependency:
             cmd.append(f"--dependency=afterok:{dependency}")
-        cmd.append(str(folder / "job.sbatch"))
+        cmd.append(str(folder / SLURM_SCRIPT))
         proc = _run(cmd)
         if proc.returncode != 0:
             msg = (proc.stderr or proc.stdout).strip().splitlines()
             raise AamError(Diagnostic(f"sbatch refused the job: {msg[-1] if msg else proc.returncode}",
-                                      file=str(folder / "job.sbatch"),
+                                      file=str(folder / SLURM_SCRIPT),
                                       hint="check partition, account and limits in the HardwareProfile and Run"))
         job_id = proc.stdout.strip().split(";")[0]
         if not re.fullmatch(r"[0-9]+", job_id):

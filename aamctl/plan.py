@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from aam_runtime.runfolder import ACCELERATE_CONFIG, LOCAL_SCRIPT, SLURM_SCRIPT
+
 from .resolve import Obj, Resolved
 
 RUNTIME_MODULE = "aam_runtime"
@@ -31,7 +33,7 @@ class RunPlan:
 
     @property
     def entry(self) -> str:
-        return "job.sbatch" if self.executor == "slurm" else "launch.sh"
+        return SLURM_SCRIPT if self.executor == "slurm" else LOCAL_SCRIPT
 
 
 def processes(hw: dict, nodes: int | None = None) -> tuple[int, int]:
@@ -97,7 +99,7 @@ def launch_command(python: str, folder: Path, hw: dict, nodes: int | None = None
     n, total = processes(hw, nodes)
     if total == 1:
         return [python, "-m", RUNTIME_MODULE, str(folder)]
-    cmd = [python, "-m", "accelerate.commands.launch", "--config_file", str(folder / "accelerate.yaml")]
+    cmd = [python, "-m", "accelerate.commands.launch", "--config_file", str(folder / ACCELERATE_CONFIG)]
     if multinode:
         # the per-node values are filled in by the job script from SLURM's environment
         cmd += ["--num_machines", str(n), "--num_processes", str(total), "--machine_rank", "${SLURM_NODEID}",

@@ -5,10 +5,10 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, STATUS, read_json
+from aam_runtime.runfolder import EXIT_MEANINGS, LOG, STATUS, WAITING, read_json
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
-from .store import TERMINAL, StateStore
+from .store import TERMINAL, StateError, StateStore
 
 STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagged
 
@@ -16,12 +16,8 @@ STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagg
 def _exit_reason(code: int, folder: Path, status: dict) -> str:
     if status.get("error"):
         return status["error"]
-    if code == 4:
-        return "its initFrom run did not succeed"
-    if code == EXIT_DATA_ERROR:
-        why = "bad data"
-    elif code == EXIT_PREEMPTED:
-        why = "stopped by a signal after checkpointing; 'aamctl resume RUN' continues it"
+    if code in EXIT_MEANINGS:
+        why = EXIT_MEANINGS[code]
     elif code > 128:
         try:
             why = f"killed by {signal.Signals(code - 128).name}"
@@ -47,7 +43,7 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
                 return "Succeeded", None, status
             return "Failed", _exit_reason(code, folder, status), status
         if alive:
-            if (folder / "waiting").exists():
+            if (folder / WAITING).exists():
                 return "Pending", "waiting for its initFrom run", status
             # alive: Running whatever an earlier attempt left in status.json (Preempted, Failed...)
             hb = status.get("heartbeat")
@@ -103,7 +99,11 @@ def reconcile(store: StateStore, rows) -> list[tuple]:
                     extra["exit_code"] = code
             if phase == "Running" and not row["started"]:
                 extra["started"] = status.get("started") or time.time()
-            store.set_phase(row["name"], row["generation"], phase, reason, **extra)
-            row = store.run(row["name"], row["generation"])
+            try:
+                store.set_phase(row["name"], row["generation"], phase, reason, **extra)
+                row = store.run(row["name"], row["generation"])
+            except StateError as exc:
+                # a read-only or full state folder: show what we observed, say once that it was not kept
+                store.write_problem = store.write_problem or exc
         out.append((row, phase, reason, status))
     return out

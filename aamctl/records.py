@@ -7,6 +7,8 @@ from pathlib import Path
 
 import yaml
 
+from aam_runtime.runfolder import RECORD
+
 from .errors import AamError, Diagnostic
 from .plan import dump_documents
 
@@ -20,10 +22,10 @@ def _load(path: str | Path) -> list[dict]:
 
 def export_record(row, phase: str, status: dict, new_name: str | None = None) -> str:
     folder = Path(row["folder"])
-    docs = _load(folder / "record.yaml")
+    docs = _load(folder / RECORD)
     main = next((d for d in docs if d.get("kind") == "Run" and "aam/record-of" in d["metadata"].get("annotations", {})), None)
     if main is None:
-        raise AamError(Diagnostic("record has no annotated Run", file=str(folder / "record.yaml")))
+        raise AamError(Diagnostic("record has no annotated Run", file=str(folder / RECORD)))
     ann = main["metadata"]["annotations"]
     ann["aam/phase"] = phase
     for key, field in (("aam/started", "started"), ("aam/finished", "finished")):

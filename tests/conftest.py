@@ -1,8 +1,30 @@
+"""Shared test helpers: the aamctl command line, the test tiers, and W&B kept offline."""
+from __future__ import annotations
+
 import os
+import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-os.environ.setdefault("WANDB_SILENT", "true")
-os.environ.setdefault("WANDB_MODE", "offline")
+
+AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+
+
+@pytest.fixture(autouse=True)
+def _wandb_offline(monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+
+
+def aamctl(home: Path, *args, check=True, timeout=300, input=None, cwd=None, env=None):
+    """Run aamctl --home HOME ARGS; check=True asserts exit 0. Never a traceback either way."""
+    p = subprocess.run([*AAMCTL, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout,
+                       input=input, cwd=cwd, env=env)
+    if check:
+        assert p.returncode == 0, f"aamctl {' '.join(map(str, args))} -> {p.returncode}\n{p.stdout}\n{p.stderr}"
+    assert "Traceback" not in p.stderr, p.stderr
+    return p
