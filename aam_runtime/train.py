@@ -23,6 +23,7 @@ from . import metrics as M
 from .config import RunConfig
 from .data import batches as B
 from .data import table as T
+from .data.split import make_split
 from .data.unifrac import DistanceLookup, compute as compute_unifrac
 from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
 from .runfolder import SPLIT, RunFolder, atomic_write, checkpoint_name
@@ -54,42 +55,6 @@ class Data:
     cat_columns: list = field(default_factory=list)
 
 
-def make_split(cfg: RunConfig, prepared: T.Prepared, target_type: str | None, target: str | None):
-    ds = cfg.dataset
-    sp = ds["split"]
-    ids = prepared.sample_ids
-    pos = {s: i for i, s in enumerate(ids)}
-    if sp.get("trainIds"):
-        def read(p):
-            return [x.strip() for x in Path(p).read_text().splitlines() if x.strip()]
-        tr = [pos[s] for s in read(sp["trainIds"]) if s in pos]
-        va = [pos[s] for s in read(sp["validationIds"]) if s in pos]
-        if not tr or not va:
-            raise T.DataError(f"split files leave {len(tr)} training and {len(va)} validation samples "
-                              "after the table and metadata are aligned")
-        return np.array(sorted(tr)), np.array(sorted(va))
-    n = len(ids)
-    frac = sp["validationFraction"]
-    rng = np.random.default_rng(sp["seed"])
-    strat_col = sp.get("stratifyBy") or (target if target_type == "classification" else None)
-    if strat_col:
-        labels = prepared.metadata[strat_col].to_numpy()
-        val = []
-        for lab in sorted(set(labels)):
-            members = np.flatnonzero(labels == lab)
-            members = members[rng.permutation(len(members))]
-            k = int(round(len(members) * frac))
-            val.extend(members[:k])
-        val = np.array(sorted(val), dtype=np.int64)
-    else:
-        k = max(1, int(round(n * frac)))
-        val = np.sort(rng.permutation(n)[:k])
-    train = np.setdiff1d(np.arange(n), val)
-    if len(train) < 2 or len(val) < 1:
-        raise T.DataError(f"{n} samples are too few to split into training and validation")
-    return train, val
-
-
 def prepare_data(cfg: RunConfig, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -> Data:
     ds = cfg.dataset
     target = cfg.target_name()
@@ -112,7 +77,7 @@ def prepare_data(cfg: RunConfig, folder: RunFolder, stage: str, ckpt_meta: dict 
         data.train = np.array([], dtype=np.int64)
         data.val = np.arange(prepared.n_samples)
     else:
-        data.train, data.val = make_split(cfg, prepared, ttype, target)
+        data.train, data.val = make_split(cfg.dataset, prepared, ttype, target)
         lines = ["sample_id\tsplit"] + [f"{prepared.sample_ids[i]}\ttrain" for i in data.train] + \
                 [f"{prepared.sample_ids[i]}\tvalidation" for i in data.val]
         atomic_write(folder.file(SPLIT), "\n".join(lines) + "\n")

@@ -68,23 +68,37 @@ def check_record_digests(res: Resolved, allow_change: bool) -> list[Diagnostic]:
     return diags
 
 
-def run_preflight(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
+def run_preflight(res: Resolved, runs: list[Obj], warn=None) -> list[Diagnostic]:
+    """Read each Dataset as its runs will (once per distinct use); errors are returned, warnings
+    go to warn()."""
     from aam_runtime.data.preflight import check_dataset
+
+    from .plan import processes
 
     diags, done = [], set()
     for run in runs:
         ds = res.get("Dataset", run.spec["datasetRef"])
+        hw = res.get("HardwareProfile", run.spec["hardwareRef"]).spec
         stage = run.spec["stage"]
+        tr = run.spec["trainer"]
         target = run.spec.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)
-        need_d = stage == "pretrain" and run.spec["trainer"]["lossWeights"]["unifrac"] > 0
-        key = (ds.name, stage, target, need_d)
+        need_d = stage == "pretrain" and tr["lossWeights"]["unifrac"] > 0
+        nodes = run.spec["executor"]["slurm"].get("nodes") if run.spec["executor"]["type"] == "slurm" else None
+        procs = processes(hw, nodes)[1] if stage in ("pretrain", "finetune") else 1
+        key = (ds.name, stage, target, need_d, tr["batchSize"], procs, tr["seed"])
         if key in done:
             continue
         done.add(key)
-        for problem in check_dataset(ds.spec, stage, target, need_distances=need_d):
-            diags.append(ds.diag(str(problem), getattr(problem, "field", ("spec",)), hint=f"needed by run/{run.name}")
-                         if ds.doc else
-                         Diagnostic(problem, file=f"dataset/{ds.name}", hint=f"needed by run/{run.name}"))
+        for problem in check_dataset(ds.spec, stage, target, need_distances=need_d, batch_size=tr["batchSize"],
+                                     processes=procs, seed=tr["seed"]):
+            owner = run if problem.owner == "run" else ds
+            hint = problem.hint or f"needed by run/{run.name}"
+            d = owner.diag(str(problem), problem.field, hint=hint)
+            if problem.severity == "warning":
+                if warn is not None:
+                    warn("warning: " + d.render())
+            else:
+                diags.append(d)
     return diags
 
 
@@ -133,7 +147,7 @@ def build_plan(res: Resolved, run: Obj, generation: int, run_hash: str, home: Pa
 
 def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = False, force: bool = False,
                     allow_data_change: bool = False, preflight: bool = True, output: str | None = None,
-                    echo=print) -> ApplyResult:
+                    echo=print, warn=None) -> ApplyResult:
     from .executors import executor_for
 
     docs = load_paths(files)
@@ -152,8 +166,13 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
         if latest is not None and latest["run_hash"] == h and not force:
             continue
         new_runs.append((run, h))
-    if preflight and new_runs:
-        diags = run_preflight(res, [r for r, _ in new_runs])
+    if preflight:
+        from aam_runtime.data.preflight import check_dataset_files
+
+        diags = [ds.diag(str(p), p.field, hint=p.hint) for ds in res.given if ds.kind == "Dataset"
+                 for p in check_dataset_files(ds.spec)]
+        if not diags and new_runs:
+            diags = run_preflight(res, [r for r, _ in new_runs], warn=warn)
         if diags:
             raise AamError(diags)
 

@@ -108,11 +108,17 @@ def main():
 @click.pass_context
 def validate(ctx, files):
     """Check manifests: schema, references, cross-field rules (no data is read)."""
-    from .parse import load_paths
+    from .parse import load_documents
     from .resolve import resolve
 
     store = _store(ctx, create=False)
-    res = resolve(load_paths(list(files)), store)
+    docs, problems = load_documents(list(files))
+    try:
+        res = resolve(docs, store)
+    except AamError as exc:
+        raise AamError(problems + exc.diagnostics) from None
+    if problems:  # the readable files were valid; the others were not
+        raise AamError(problems)
     for obj in res.given:
         click.echo(f"{obj.kind.lower()}/{obj.name} valid")
 
@@ -157,7 +163,7 @@ def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, 
     store = _store(ctx, create=not dry_run)
     result = apply_manifests(store, list(files), home=Path(ctx.obj.get("home") or _default_home()),
                              dry_run=dry_run, force=force, allow_data_change=allow_data_change,
-                             preflight=not skip_preflight, output=output, echo=click.echo)
+                             preflight=not skip_preflight, output=output, echo=click.echo, warn=_echo_err)
     if wait and not dry_run and result.started:
         ok = _wait(store, [(p.name, p.generation) for p in result.started], timeout)
         for p in result.started:

@@ -16,8 +16,10 @@ import yaml
 from .errors import AamError, Diagnostic
 
 MAX_NODES = 100_000  # far above any real manifest, far below an alias bomb
+MAX_DEPTH = 64  # real manifests are under 10 levels deep; Python's recursion limit is far beyond this
 MAX_BYTES = 4 * 1024 * 1024
 YAML_SUFFIXES = (".yaml", ".yml")
+STDIN_LABEL = "<stdin>"
 
 
 @dataclass
@@ -30,6 +32,8 @@ class Document:
     positions: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     key_positions: dict[tuple, tuple[int, int]] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    # the text of scalars YAML turned into numbers though they look like times (12:00:00 -> 43200)
+    raw_numbers: dict[tuple, str] = field(default_factory=dict)
 
     def where(self, path: tuple | list, key: bool = False) -> tuple[int | None, int | None]:
         """Line and column (1-based) of the field at path (its key when key=True), or of the
@@ -62,12 +66,37 @@ def format_path(path) -> str:
     return out
 
 
+def _too_deep(file: str, mark) -> AamError:
+    return AamError(Diagnostic(f"nested more than {MAX_DEPTH} levels deep", file=file, line=mark.line + 1,
+                               column=mark.column + 1,
+                               hint="manifests are a few levels deep; is this file generated, or hostile?"))
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose composer stops at MAX_DEPTH with a position, instead of a RecursionError."""
+
+    def __init__(self, text: str, file: str):
+        super().__init__(text)
+        self._file = file
+        self._depth = 0
+
+    def compose_node(self, parent, index):
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _too_deep(self._file, self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 class _Builder:
     def __init__(self, file: str):
         self.file = file
         self.count = 0
         self.positions: dict[tuple, tuple[int, int]] = {}
         self.key_positions: dict[tuple, tuple[int, int]] = {}
+        self.raw_numbers: dict[tuple, str] = {}
         self._scalar = yaml.constructor.SafeConstructor()
 
     def _error(self, node, message, hint=None):
@@ -75,6 +104,8 @@ class _Builder:
                                    column=node.start_mark.column + 1, hint=hint))
 
     def build(self, node, path=()):
+        if len(path) > MAX_DEPTH:  # aliases can nest deeper than the text does
+            raise _too_deep(self.file, node.start_mark)
         self.count += 1
         if self.count > MAX_NODES:
             raise self._error(node, f"document expands to more than {MAX_NODES} nodes",
@@ -88,6 +119,8 @@ class _Builder:
                                   "only plain YAML values are allowed (no !!python tags)") from None
             if isinstance(value, bytes) or not isinstance(value, (str, int, float, bool, type(None))):
                 value = str(node.value)  # timestamps and binaries stay text
+            elif isinstance(value, (int, float)) and not isinstance(value, bool) and ":" in node.value:
+                self.raw_numbers[path] = node.value  # YAML 1.1 base 60: 12:00:00 is 43200
             return value
         if isinstance(node, yaml.SequenceNode):
             if node.tag not in ("tag:yaml.org,2002:seq",):
@@ -138,7 +171,7 @@ def parse_text(text: str, file: str, base_dir: Path | None = None) -> list[Docum
                                   hint="manifests are small; is this a data file?"))
     docs: list[Document] = []
     base = base_dir if base_dir is not None else Path(".")
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text, file)
     try:
         index = 0
         while loader.check_node():
@@ -148,7 +181,8 @@ def parse_text(text: str, file: str, base_dir: Path | None = None) -> list[Docum
             builder = _Builder(file)
             data = builder.build(node)
             docs.append(Document(data=data, file=file, index=index, positions=builder.positions,
-                                 key_positions=builder.key_positions, base_dir=base))
+                                 key_positions=builder.key_positions, base_dir=base,
+                                 raw_numbers=builder.raw_numbers))
             index += 1
     except yaml.YAMLError as exc:
         raise AamError(_yaml_error(exc, file, text)) from None
@@ -176,35 +210,53 @@ def expand_paths(paths: list[str]) -> list[str]:
     return out
 
 
-def load_paths(paths: list[str]) -> list[Document]:
-    """Parse every file; collects all errors of all files before raising."""
+def read_manifest_text(name: str) -> tuple[str, Path]:
+    """The text of a manifest file (or '-' for standard input) and the folder its relative paths
+    are read from; AamError when it is not UTF-8 text or cannot be read."""
+    label = STDIN_LABEL if name == "-" else name
+    try:
+        if name == "-":
+            raw = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+            base = Path(os.getcwd())
+        else:
+            raw = Path(name).read_bytes()
+            base = Path(name).resolve().parent
+    except OSError as exc:
+        raise AamError(Diagnostic(f"cannot read file: {exc.strerror}", file=label)) from None
+    try:
+        return raw.decode("utf-8"), base
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise AamError(Diagnostic(f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})", file=label,
+                                  line=line, hint="manifests are YAML text files; save it as UTF-8")) from None
+
+
+def load_documents(paths: list[str]) -> tuple[list[Document], list[Diagnostic]]:
+    """Parse every file; the documents of the readable files and the problems of the others
+    (one broken file never hides the others)."""
     docs: list[Document] = []
     errors: list[Diagnostic] = []
     for name in expand_paths(paths):
+        label = STDIN_LABEL if name == "-" else name
         try:
-            if name == "-":
-                text = sys.stdin.read()
-                base = Path(os.getcwd())
-            else:
-                raw = Path(name).read_bytes()
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    errors.append(Diagnostic("file is not UTF-8 text", file=name,
-                                             hint="manifests are YAML text files"))
-                    continue
-                base = Path(name).resolve().parent
-            file_docs = parse_text(text, name, base)
+            text, base = read_manifest_text(name)
+            file_docs = parse_text(text, label, base)
             file_docs = [d for d in file_docs if d.data is not None] or file_docs
             if not file_docs or all(d.data is None for d in file_docs):
-                errors.append(Diagnostic("file holds no YAML document", file=name,
+                errors.append(Diagnostic("file holds no YAML document", file=label,
                                          hint="an empty manifest does nothing; add a kind or remove the file"))
                 continue
             docs.extend(file_docs)
         except AamError as exc:
             errors.extend(exc.diagnostics)
-        except OSError as exc:
-            errors.append(Diagnostic(f"cannot read file: {exc.strerror}", file=name))
+        except RecursionError:  # a last line of defence: MAX_DEPTH should stop it first
+            errors.append(Diagnostic("nested too deeply to read", file=label, hint="manifests are a few levels deep"))
+    return docs, errors
+
+
+def load_paths(paths: list[str]) -> list[Document]:
+    """Parse every file; collects all errors of all files before raising."""
+    docs, errors = load_documents(paths)
     if errors:
         raise AamError(errors)
     return docs

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from .errors import AamError, Diagnostic
 from .parse import Document, parse_text
-from .schema import fill_defaults, validate_document
+from .schema import coerce_integers, fill_defaults, validate_document
 
 RECORD_ANNOTATION = "aam/record-of"
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
@@ -113,7 +113,7 @@ def builtin_documents() -> tuple[Document, ...]:
 def normalize(doc: Document) -> Obj:
     """A schema-valid document -> Obj with defaults filled and absolute paths."""
     kind = doc.data["kind"]
-    manifest = fill_defaults(kind, doc.data)
+    manifest = coerce_integers(kind, fill_defaults(kind, doc.data))
     for path in PATH_FIELDS[kind]:
         value = _get(manifest, path)
         if isinstance(value, str) and not URI_RE.match(value):

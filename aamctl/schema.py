@@ -119,6 +119,52 @@ def _fill(node: dict, base: str, value) -> None:
                         _fill(items, sub_base, item)
 
 
+def _types(node: dict, base: str) -> set[str]:
+    """Every JSON type a (resolved) node admits, across oneOf/anyOf branches."""
+    node, base = _resolve(node, base)
+    t = node.get("type")
+    out = set(t if isinstance(t, list) else [t] if t else [])
+    for key in ("oneOf", "anyOf"):
+        for branch in node.get(key, []):
+            out |= _types(branch, base)
+    return out
+
+
+def coerce_integers(kind: str, instance: dict) -> dict:
+    """Integral floats where the schema asks for an integer become ints (in place; returned).
+
+    JSON Schema counts 16.0 as an integer, Python does not: range(16.0) and numpy seeds fail.
+    Every integer field must reach the engine as an int, whatever YAML made of it."""
+    root, base = _kind_root(kind)
+    _coerce(root, base, instance)
+    return instance
+
+
+def _coerce(node: dict, base: str, value):
+    node, base = _object_branch(node, base)
+    if isinstance(value, dict):
+        for name, sub in node.get("properties", {}).items():
+            if name not in value:
+                continue
+            sub_r, sub_base = _resolve(sub, base)
+            v = value[name]
+            if isinstance(v, float) and v.is_integer() and "integer" in _types(sub_r, sub_base) \
+                    and "number" not in _types(sub_r, sub_base):
+                value[name] = int(v)
+            elif isinstance(v, (dict, list)):
+                _coerce(sub_r, sub_base, v)
+    elif isinstance(value, list):
+        items = node.get("items")
+        if isinstance(items, dict):
+            item_r, item_base = _resolve(items, base)
+            whole = "integer" in _types(item_r, item_base) and "number" not in _types(item_r, item_base)
+            for i, v in enumerate(value):
+                if whole and isinstance(v, float) and v.is_integer():
+                    value[i] = int(v)
+                elif isinstance(v, (dict, list)):
+                    _coerce(item_r, item_base, v)
+
+
 def allowed_fields(kind: str, path: tuple) -> list[str]:
     node = field_schema(kind, path)
     return sorted(node.get("properties", {})) if node else []
@@ -168,10 +214,29 @@ def _expected_type(t) -> str:
     return names.get(t, str(t))
 
 
+DURATION_FORMS = "minutes ('30'), 'HH:MM:SS' or 'D-HH:MM:SS'"
+
+
+def _duration_diag(doc: Document, path: tuple, inst) -> Diagnostic:
+    """A SLURM time limit that is not one: say the forms, and when YAML made a number of an
+    unquoted 12:00:00 (base 60), say so and how to quote it."""
+    if isinstance(inst, (int, float)) and not isinstance(inst, bool):
+        raw = doc.raw_numbers.get(path)
+        if raw is not None:
+            hint = f"YAML reads an unquoted {raw} as the number {inst} (base 60): write it in quotes, '{raw}'"
+        else:
+            hint = f"quote it: '{inst}' means {inst} minutes"
+        return doc.diag(f"expected a SLURM time limit as a quoted string: {DURATION_FORMS}; found number {inst}",
+                        path, hint=hint)
+    return doc.diag(f"expected a SLURM time limit: {DURATION_FORMS}; found {_describe_value(inst)}", path)
+
+
 def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
     path = tuple(err.absolute_path)
     v = err.validator
     inst = err.instance
+    if err.schema.get("format") == "slurm-duration" and v in ("type", "pattern"):
+        return _duration_diag(doc, path, inst)
     if v == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extras = [k for k in inst if k not in allowed] if isinstance(inst, dict) else []
@@ -185,7 +250,13 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
         return doc.diag(f"missing required field '{missing}'", path,
                         hint=f"add '{missing}:' under {format_path(path) or 'the document'}")
     if v == "type":
-        return doc.diag(f"expected {_expected_type(err.validator_value)}, found {_describe_value(inst)}", path)
+        hint = None
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        if "string" in wanted and isinstance(inst, (int, float)) and not isinstance(inst, bool):
+            raw = doc.raw_numbers.get(path, inst)
+            hint = f"quote it: '{raw}'" + (f" (YAML reads an unquoted {raw} as the number {inst})" if raw != inst else "")
+        return doc.diag(f"expected {_expected_type(err.validator_value)}, found {_describe_value(inst)}", path,
+                        hint=hint)
     if v == "enum":
         options = ", ".join(str(o) for o in err.validator_value)
         close = difflib.get_close_matches(str(inst), [str(o) for o in err.validator_value], n=1, cutoff=0.5)
@@ -206,10 +277,12 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
         return doc.diag(f"expected a value {word} {err.validator_value}, found {inst}", path)
     if v in ("oneOf", "anyOf"):
         from jsonschema.exceptions import best_match
-        sub = best_match(err.context) if err.context else None
+        # "X or null": when the value is not null, the null branch's complaint says nothing useful
+        context = [e for e in err.context if not (inst is not None and e.validator == "type"
+                                                  and e.validator_value == "null")]
+        sub = best_match(context) if context else None
         if sub is not None:
-            sub.path.extendleft(reversed(list(err.absolute_path)))
-            return _error_to_diag(doc, kind, sub)
+            return _error_to_diag(doc, kind, sub)  # its absolute_path already includes ours
     return doc.diag(err.message, path)
 
 

@@ -10,7 +10,7 @@ from aam_runtime.runfolder import EXIT_PREEMPTED
 from .errors import AamError
 from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
 
-SAFE_PATH = re.compile(r"^[A-Za-z0-9_./+@:=-]+$")
+SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newline slips through
 
 
 def template_path() -> Path:
@@ -22,7 +22,7 @@ def template_path() -> Path:
 
 
 def _check_path(p: str, what: str, obj) -> None:
-    if not SAFE_PATH.match(p):
+    if not SAFE_PATH.fullmatch(p):
         raise AamError(obj.diag(f"{what} '{p}' has characters SLURM directives cannot carry (spaces, quotes, %)",
                                 hint="use a folder whose path has only letters, digits and ._-/+@:="))
 

@@ -252,7 +252,17 @@ def _break(kind: str, d: dict, tmp_path):
         d["metadata"].write_text("\n".join([lines[0]] + [l.split("\t")[0] + "\tNaN\tgum" for l in lines[1:]]) + "\n")
         return spec, "finetune", "has no numeric value"
     if kind == "missing-target-column":
-        return dataset_spec(d, targets=[{"name": "bmi", "type": "regression"}]), "finetune", "no column 'bmi'"
+        return dataset_spec(d, targets=[{"name": "bmi", "type": "regression"}]), "finetune", "target 'bmi' is not a column"
+    if kind == "missing-target-column-pretrain":
+        return dataset_spec(d, targets=[{"name": "bmi", "type": "regression"}]), "pretrain", "target 'bmi' is not a column"
+    if kind == "nan-targets-pretrain":
+        lines = d["metadata"].read_text().splitlines()
+        d["metadata"].write_text("\n".join([lines[0]] + [l.split("\t")[0] + "\tunknown\tgum" for l in lines[1:]]) + "\n")
+        return spec, "pretrain", "has no numeric value"
+    if kind == "rarefied-away":
+        return dataset_spec(d, rarefyDepth=100000), stage, "no sample is left after rarefaction"
+    if kind == "split-leaves-no-training":
+        return dataset_spec(d, split={"validationFraction": 0.99, "seed": 1}), stage, "too few to split"
     if kind == "one-class":
         lines = d["metadata"].read_text().splitlines()
         d["metadata"].write_text("\n".join([lines[0]] + [l.rsplit("\t", 1)[0] + "\tgum" for l in lines[1:]]) + "\n")
@@ -281,6 +291,7 @@ def _break(kind: str, d: dict, tmp_path):
 BROKEN = ["truncated-biom", "garbage-json-biom", "missing-table", "non-acgt-ids", "iupac-with-error-policy",
           "tree-missing-tips", "garbage-tree", "missing-tree", "duplicate-metadata-ids", "metadata-no-overlap",
           "metadata-missing-id-column", "missing-metadata-file", "nan-targets", "missing-target-column", "one-class",
+          "missing-target-column-pretrain", "nan-targets-pretrain", "rarefied-away", "split-leaves-no-training",
           "matrix-missing-samples", "matrix-without-ids", "matrix-not-square", "empty-table", "missing-split-file"]
 
 
@@ -296,16 +307,54 @@ def test_preflight_broken_data(kind, tmp_path):
         assert "\n" not in p and "Traceback" not in p
 
 
+def test_preflight_points_at_the_field_and_hints_the_column(tmp_path):
+    d = make_dataset(tmp_path / "d")
+    spec = dataset_spec(d, targets=[{"name": "age", "type": "regression"}, {"name": "sitee", "type": "regression"}])
+    [p] = check_dataset(spec, "pretrain", "age", need_distances=False)
+    assert p.field == ("spec", "targets", 1, "name") and p.hint == "did you mean 'site'?"
+
+
+def test_some_non_numeric_targets_are_a_warning_with_their_count(tmp_path):
+    d = make_dataset(tmp_path / "d")
+    lines = d["metadata"].read_text().splitlines()
+    lines[1] = lines[1].split("\t")[0] + "\tNA\tgum"
+    lines[2] = lines[2].split("\t")[0] + "\tforty\tgum"
+    d["metadata"].write_text("\n".join(lines) + "\n")
+    [p] = check_dataset(dataset_spec(d), "pretrain", "age")
+    assert p.severity == "warning" and "2 of 24 samples" in p
+
+
+def test_a_batch_larger_than_the_training_split_is_the_runs_problem(ds):
+    [p] = check_dataset(dataset_spec(ds), "pretrain", "age", batch_size=16, processes=2)
+    assert p.owner == "run" and p.field == ("spec", "trainer", "batchSize") and "fewer than one batch" in p
+    assert check_dataset(dataset_spec(ds), "pretrain", "age", batch_size=4, processes=2) == []
+
+
+def test_dataset_files_must_be_regular_files(ds, tmp_path):
+    from aam_runtime.data.preflight import check_dataset_files
+
+    assert check_dataset_files(dataset_spec(ds)) == []
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    problems = check_dataset_files(dataset_spec(ds, table=str(folder), tree=str(tmp_path / "nope" / "t.nwk")))
+    assert [p.field for p in problems] == [("spec", "table"), ("spec", "tree")]
+    assert "is a folder, not a file" in problems[0] and "does not exist either" in problems[1]
+
+
 def test_preflight_accepts_good_data(ds):
     assert check_dataset(dataset_spec(ds), "pretrain", "age", need_distances=True) == []
     assert check_dataset(dataset_spec(ds), "finetune", "age") == []
 
 
 def test_oral_age_preflight_clean():
-    spec = {"table": str(ORAL / "table.biom"), "tree": str(ORAL / "tree.nwk"),
-            "metadata": {"path": str(ORAL / "metadata.tsv"), "sampleIdColumn": "sample_id"},
-            "targets": [{"name": "age", "type": "regression"}]}
-    assert check_dataset(spec, "pretrain", "age", need_distances=True) == []
+    """The shipped Dataset, resolved through the schema as aamctl does, passes every check."""
+    from aamctl.parse import load_paths
+    from aamctl.resolve import resolve
+
+    root = ORAL.parent.parent.parent
+    res = resolve(load_paths([str(root / "manifests" / "pretrain.yaml")]))
+    [ds] = [o for o in res.given if o.kind == "Dataset"]
+    assert check_dataset(ds.spec, "pretrain", "age", need_distances=True, batch_size=32, seed=42) == []
 
 
 def test_load_raises_when_nothing_left(ds):

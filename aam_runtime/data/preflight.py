@@ -1,28 +1,76 @@
-"""check_dataset: the cheap checks the controller runs before a job is queued. Torch-free."""
+"""check_dataset: what the controller checks before a job is queued. Torch-free.
+
+Cheap checks first (files, ids, columns, declared targets) for precise messages; then, when
+those pass, the runtime's own loader and split run here, so a run is never queued that would
+stop before its first step (every sample dropped by rarefaction, a split too small for a batch).
+"""
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 
 from .table import DataError, check_sequences, read_biom, read_metadata
 
 
 class Problem(str):
-    """A one-sentence problem that also knows which Dataset field it is about."""
+    """A one-sentence problem that also knows its field, whose field it is (the Dataset's or the
+    Run's), and whether it stops the run (error) or only deserves a look (warning)."""
 
     field: tuple = ("spec",)
+    owner: str = "dataset"
+    severity: str = "error"
+    hint: str | None = None
 
-    def __new__(cls, text: str, *field: str):
+    def __new__(cls, text: str, *field, owner: str = "dataset", severity: str = "error", hint: str | None = None):
         obj = super().__new__(cls, text)
         obj.field = ("spec", *field) if field else ("spec",)
+        obj.owner, obj.severity, obj.hint = owner, severity, hint
         return obj
 
 
-def check_dataset(spec: dict, stage: str, target: str | None = None, need_distances: bool = False) -> list[str]:
-    """Problems with a resolved Dataset spec, each one sentence; [] when it is usable."""
-    problems: list[str] = []
+FILE_FIELDS = [("table",), ("tree",), ("distanceMatrix",), ("metadata", "path"), ("split", "trainIds"),
+               ("split", "validationIds")]
 
-    def add(field: str, text: str) -> None:
-        problems.append(Problem(text, field))
+
+def check_dataset_files(spec: dict) -> list[Problem]:
+    """Cheap checks for a Dataset applied on its own: each file it names exists, is a regular
+    file and can be read. (The full preflight runs for the runs that use it.)"""
+    import os
+
+    problems = []
+    for path in FILE_FIELDS:
+        value = spec
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        if not isinstance(value, str) or "://" in value:
+            continue
+        p = Path(value)
+        field = ".".join(("spec",) + path)
+        if not p.exists():
+            what = "no such file" if p.parent.is_dir() else f"no such file (the folder {p.parent} does not exist either)"
+            problems.append(Problem(f"{p}: {what}", *path, hint=f"check {field}; relative paths are read from the "
+                                                                 "manifest's folder"))
+        elif p.is_dir():
+            problems.append(Problem(f"{p} is a folder, not a file", *path, hint=f"{field} names one file"))
+        elif not p.is_file():
+            problems.append(Problem(f"{p} is not a regular file", *path, hint=f"{field} names one file"))
+        elif not os.access(p, os.R_OK):
+            problems.append(Problem(f"{p} cannot be read (permission denied)", *path))
+    return problems
+
+
+MISSING_WORDS = {"", "na", "nan", "null", "none", "not applicable", "not collected", "missing"}
+
+
+def check_dataset(spec: dict, stage: str, target: str | None = None, need_distances: bool = False, *,
+                  batch_size: int | None = None, processes: int = 1, seed: int = 0) -> list[Problem]:
+    """Problems with a resolved Dataset spec for one stage, each one sentence; [] when usable.
+    Warnings (severity 'warning') do not stop a run."""
+    problems: list[Problem] = []
+
+    def add(field, text: str, **kw) -> None:
+        field = field if isinstance(field, tuple) else (field,)
+        problems.append(Problem(text, *field, **kw))
     try:
         table = read_biom(spec["table"])
     except DataError as exc:
@@ -49,23 +97,10 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
             add('metadata', f"no sample id of {spec['table']} appears in {spec['metadata']['path']} "
                             f"(table ids look like '{sample_ids[0]}', metadata ids like "
                             f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
-        cols = ([target] if target and stage in ("finetune", "baseline") else []) + list(spec.get("categoricalColumns", []))
-        for col in cols:
+        _check_targets(spec, meta, overlap, add)
+        for col in spec.get("categoricalColumns", []):
             if col not in meta.columns:
                 add('metadata', f"{spec['metadata']['path']}: no column '{col}' (columns: {', '.join(list(meta.columns)[:8])})")
-        if overlap and target and stage in ("finetune", "baseline") and target in meta.columns:
-            ttype = next((t["type"] for t in spec.get("targets", []) if t["name"] == target), "regression")
-            vals = meta.loc[overlap, target]
-            if ttype == "regression":
-                import pandas as pd
-                num = pd.to_numeric(vals, errors="coerce")
-                if num.notna().sum() == 0:
-                    add('metadata', f"{spec['metadata']['path']}: target '{target}' has no numeric value in the "
-                                    f"{len(overlap)} samples of the table (first value: '{vals.iloc[0]}')")
-                elif num.notna().sum() < 2:
-                    add('metadata', f"{spec['metadata']['path']}: target '{target}' is numeric for only one sample")
-            elif vals.nunique() < 2:
-                add('metadata', f"{spec['metadata']['path']}: classification target '{target}' has fewer than 2 classes")
     elif stage in ("finetune", "baseline"):
         add('metadata', "the Dataset has no metadata; finetune and baseline need spec.metadata with the target")
     if need_distances:
@@ -94,4 +129,71 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
         p = spec.get("split", {}).get(key)
         if p and not Path(p).exists():
             add('split', f"{p}: split file not found (check spec.split.{key})")
+    if not any(p.severity == "error" for p in problems):
+        _check_first_step(spec, stage, target, batch_size, processes, seed, add)
     return problems
+
+
+def _check_targets(spec: dict, meta, overlap: list, add) -> None:
+    """Every declared target, whatever the stage: pretraining does not read it, but the user
+    learns of a typo hours later when fine-tuning starts."""
+    import pandas as pd
+
+    path = spec["metadata"]["path"]
+    for i, t in enumerate(spec.get("targets", [])):
+        name = t["name"]
+        where = ("targets", i, "name")
+        if name not in meta.columns:
+            close = difflib.get_close_matches(name, [str(c) for c in meta.columns], n=1, cutoff=0.5)
+            add(where, f"target '{name}' is not a column of {path}",
+                hint=f"did you mean '{close[0]}'?" if close else f"columns: {', '.join(map(str, meta.columns[:8]))}")
+            continue
+        if not overlap:
+            continue
+        vals = meta.loc[overlap, name]
+        missing = vals.astype(str).str.strip().str.lower().isin(MISSING_WORDS)
+        if t["type"] == "regression":
+            num = pd.to_numeric(vals, errors="coerce")
+            usable = int(num.notna().sum())
+            if usable == 0:
+                add(where, f"regression target '{name}' has no numeric value in the {len(overlap)} samples of the "
+                           f"table (first value: '{vals.iloc[0]}')",
+                    hint="declare it as classification (and a categorical column), or fix the metadata")
+            elif usable < 2:
+                add(where, f"regression target '{name}' is numeric for only one sample")
+            elif usable < len(overlap):
+                bad = len(overlap) - usable
+                add(where, f"regression target '{name}': {bad} of {len(overlap)} samples have a missing or "
+                           f"non-numeric value; they are left out of fine-tuning", severity="warning")
+        else:
+            if vals[~missing].nunique() < 2:
+                add(where, f"classification target '{name}' has fewer than 2 classes")
+            elif missing.any():
+                add(where, f"classification target '{name}': {int(missing.sum())} of {len(overlap)} samples have no "
+                           "value; they are left out of fine-tuning", severity="warning")
+
+
+def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: int | None, processes: int,
+                      seed: int, add) -> None:
+    """Load and split exactly as the runtime will, and check a training batch can be formed."""
+    from .split import make_split
+    from .table import load
+
+    need = [target] if target and stage in ("finetune", "baseline") else []
+    try:
+        prepared = load(spec, need_targets=need, seed=seed)
+    except DataError as exc:
+        add("rarefyDepth" if "rarefaction" in str(exc) else "table", str(exc))
+        return
+    if stage == "predict":
+        return
+    ttype = next((t["type"] for t in spec.get("targets", []) if t["name"] == target), None)
+    try:
+        train, _ = make_split(spec, prepared, ttype, target)  # as the runtime does, for every stage
+    except DataError as exc:
+        add("split", str(exc), hint="lower spec.split.validationFraction, or use more samples")
+        return
+    if batch_size and stage in ("pretrain", "finetune") and len(train) < batch_size * processes:
+        add(("trainer", "batchSize"), f"the training split has {len(train)} samples, fewer than one batch of "
+            f"{batch_size} x {processes} process(es): the run would stop before its first step", owner="run",
+            hint="lower spec.trainer.batchSize, or the Dataset's spec.split.validationFraction")

@@ -1,0 +1,48 @@
+"""Training/validation split of the prepared samples. Torch-free: preflight runs it too, so the
+controller counts exactly the samples the runtime will train on."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .table import DataError, Prepared
+
+
+def make_split(dataset: dict, prepared: Prepared, target_type: str | None,
+               target: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, validation rows): from id files, else a seeded fraction (stratified by
+    spec.split.stratifyBy, or by a classification target)."""
+    sp = dataset["split"]
+    ids = prepared.sample_ids
+    pos = {s: i for i, s in enumerate(ids)}
+    if sp.get("trainIds"):
+        def read(p):
+            return [x.strip() for x in Path(p).read_text().splitlines() if x.strip()]
+        tr = [pos[s] for s in read(sp["trainIds"]) if s in pos]
+        va = [pos[s] for s in read(sp["validationIds"]) if s in pos]
+        if not tr or not va:
+            raise DataError(f"split files leave {len(tr)} training and {len(va)} validation samples "
+                            "after the table and metadata are aligned")
+        return np.array(sorted(tr)), np.array(sorted(va))
+    n = len(ids)
+    frac = sp["validationFraction"]
+    rng = np.random.default_rng(sp["seed"])
+    strat_col = sp.get("stratifyBy") or (target if target_type == "classification" else None)
+    if strat_col:
+        labels = prepared.metadata[strat_col].to_numpy()
+        val = []
+        for lab in sorted(set(labels)):
+            members = np.flatnonzero(labels == lab)
+            members = members[rng.permutation(len(members))]
+            k = int(round(len(members) * frac))
+            val.extend(members[:k])
+        val = np.array(sorted(val), dtype=np.int64)
+    else:
+        k = max(1, int(round(n * frac)))
+        val = np.sort(rng.permutation(n)[:k])
+    train = np.setdiff1d(np.arange(n), val)
+    if len(train) < 2 or len(val) < 1:
+        raise DataError(f"{n} samples are too few to split into training and validation "
+                        f"({len(train)} and {len(val)} with validationFraction {frac})")
+    return train, val
