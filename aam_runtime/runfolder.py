@@ -163,6 +163,58 @@ def read_jsonl(path: Path) -> list[dict]:
     return out
 
 
+STATUS_PROBLEM = "status_problem"  # key set on a status rebuilt because status.json was unreadable
+
+
+def read_status(folder: Path) -> dict:
+    """status.json of a run folder ({} before the runtime wrote one). When the file is damaged,
+    what events.jsonl and metrics.jsonl say instead, with STATUS_PROBLEM naming the damage."""
+    path = Path(folder) / STATUS
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        return _recovered(folder, f"{path} cannot be read ({exc.strerror})")
+    try:
+        status = json.loads(text)
+    except ValueError as exc:
+        return _recovered(folder, f"{path} is damaged ({exc})")
+    if not isinstance(status, dict):
+        return _recovered(folder, f"{path} is damaged (not a JSON object)")
+    return status
+
+
+def _recovered(folder: Path, problem: str) -> dict:
+    folder = Path(folder)
+    st: dict = {}
+    events = read_jsonl(folder / EVENTS)
+    metrics = read_jsonl(folder / METRICS)
+    started = [e for e in events if e.get("event") == "started"]
+    finished = [e for e in events if e.get("event") == "finished"]
+    if started:
+        st["started"] = started[0].get("time")
+        st["stage"] = started[-1].get("stage")
+    if finished and (not started or finished[-1].get("time", 0) >= started[-1].get("time", 0)):
+        st["finished"] = finished[-1].get("time")
+        st["phase"] = finished[-1].get("phase")
+        if finished[-1].get("error"):
+            st["error"] = str(finished[-1]["error"]).splitlines()[0]
+    train = [m for m in metrics if m.get("split") == "train"]
+    if train:
+        st["step"], st["epoch"] = train[-1].get("step"), train[-1].get("epoch")
+        st["last_metrics"] = {k: v for k, v in train[-1].items() if k not in ("step", "epoch", "split", "time")}
+    val = [m for m in metrics if m.get("split") in ("validation", "predict")]
+    if val:
+        st["val_metrics"] = val[-1]
+        if st.get("phase") == "Succeeded":
+            st["final_metrics"] = {k: v for k, v in val[-1].items() if k not in ("split", "time")}
+    missing = [k for k in ("started", "finished", "final_metrics") if k not in st]
+    st[STATUS_PROBLEM] = problem + f"; shown from {EVENTS} and {METRICS}" + (
+        f" (not recoverable: {', '.join(missing)})" if missing else "")
+    return st
+
+
 class RunFolder:
     def __init__(self, path: str | Path):
         self.path = Path(path)

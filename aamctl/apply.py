@@ -293,5 +293,19 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
         result.started.append(plan)
     for run in runs:
         if run.name not in planned:
-            echo(f"run/{run.name} unchanged")
+            echo(f"run/{run.name} unchanged" + _unchanged_hint(store, run.name))
     return result
+
+
+def _unchanged_hint(store, name: str) -> str:
+    """An unchanged manifest over a stopped run: say how to go on, since apply will not."""
+    from .reconcile import reconcile
+
+    row = store.latest_run(name)
+    if row is None:
+        return ""
+    (row, phase, _, _), = reconcile(store, [row])
+    if phase not in TERMINAL_BAD:
+        return ""
+    return (f" (generation {row['generation']} is {phase}: 'aamctl resume {name}' continues it from its last "
+            f"checkpoint; 'aamctl apply --force' starts generation {row['generation'] + 1})")

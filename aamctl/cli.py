@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -45,6 +46,13 @@ def _store(ctx, create: bool = True):
 
 def _echo_err(text: str) -> None:
     click.echo(text, err=True)
+
+
+def _warn_damaged(observed) -> None:
+    """One warning per run whose status.json could not be read (what is shown was recovered)."""
+    for _row, _phase, _reason, status in observed:
+        if status.get(RF.STATUS_PROBLEM):
+            _echo_err("warning: " + status[RF.STATUS_PROBLEM])
 
 
 def _warn_unsaved(ctx) -> None:
@@ -268,24 +276,33 @@ def _run_rows(store, name=None, selector=None, all_generations=False):
 
     rows = store.runs(name, all_generations=all_generations)
     if selector:
-        rows = [r for r in rows if _match_labels(json.loads(r["labels"] or "{}"), selector)]
+        terms = parse_selector(selector)
+        rows = [r for r in rows if _match_labels(json.loads(r["labels"] or "{}"), terms)]
     return reconcile(store, rows)
 
 
-def _match_labels(labels: dict, selector: str) -> bool:
+SELECTOR_TERM = re.compile(r"\s*(!?)\s*([A-Za-z0-9][-A-Za-z0-9_./]*)\s*(?:(==|=|!=)\s*([-A-Za-z0-9_.]*))?\s*")
+
+
+def parse_selector(selector: str) -> list[tuple[str, str, str | None]]:
+    """kubectl's equality selectors: key, !key, key=value, key==value, key!=value, comma-separated."""
+    terms = []
     for term in selector.split(","):
-        term = term.strip()
-        if not term:
-            continue
-        if "!=" in term:
-            k, v = term.split("!=", 1)
-            if labels.get(k.strip()) == v.strip():
-                return False
-        elif "=" in term:
-            k, v = term.split("=", 1)
-            if labels.get(k.strip().rstrip("=")) != v.strip():
-                return False
-        elif labels.get(term) is None:
+        m = SELECTOR_TERM.fullmatch(term)
+        if not term.strip() or m is None or (m.group(1) and m.group(3)):
+            raise UsageError(f"invalid label selector '{selector}': '{term.strip()}' is not one of key, !key, "
+                             "key=value or key!=value")
+        neg, key, op, value = m.groups()
+        terms.append((key, "absent" if neg else {"==": "=", None: "exists"}.get(op, op), value))
+    return terms
+
+
+def _match_labels(labels: dict, terms: list) -> bool:
+    for key, op, value in terms:
+        have = labels.get(key)
+        if op == "exists" and have is None or op == "absent" and have is not None:
+            return False
+        if op == "=" and have != value or op == "!=" and have == value:
             return False
     return True
 
@@ -368,6 +385,7 @@ def status(ctx, run, output, selector, all_generations):
     if run:
         _find_run(store, run)
     observed = _run_rows(store, run, selector, all_generations)
+    _warn_damaged(observed)
     if output in ("yaml", "json"):
         _print_data(_rows_as_dicts(observed), output)
         return
@@ -408,7 +426,8 @@ def get(ctx, resource, name, output, selector):
             raise AamError(Diagnostic(f"{kind} '{name}' not found", file="aamctl",
                                       hint=f"'aamctl get {resource}' lists them"))
     if selector:
-        items = [i for i in items if _match_labels(i[4]["metadata"].get("labels", {}), selector)]
+        terms = parse_selector(selector)
+        items = [i for i in items if _match_labels(i[4]["metadata"].get("labels", {}), terms)]
     items.sort(key=lambda i: i[0])
     if output in ("yaml", "json"):
         data = [i[4] for i in items]
@@ -460,7 +479,9 @@ def describe(ctx, resource, name, generation):
         return ctx.invoke(get, resource=resource, name=name, output="yaml", selector=None)
     store = _require_store(ctx)
     row = _find_run(store, name, generation)
-    (row, phase, reason, st), = _run_rows_one(store, row)
+    observed = _run_rows_one(store, row)
+    _warn_damaged(observed)
+    (row, phase, reason, st), = observed
     folder = Path(row["folder"])
     out = [f"Name:        {row['name']}", f"Generation:  {row['generation']}", f"Stage:       {row['stage']}",
            f"Phase:       {phase}" + (f" ({reason})" if reason else ""),
@@ -526,7 +547,7 @@ def _ts(t) -> str:
 @cli.command()
 @click.argument("run")
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
-@click.option("--tail", type=int, default=None, help="Only the last N lines.")
+@click.option("--tail", type=click.IntRange(min=0), default=None, help="Only the last N lines (N >= 0).")
 @click.option("--generation", "-g", type=int, default=None)
 @click.pass_context
 def logs(ctx, run, follow, tail, generation):
@@ -662,7 +683,9 @@ def export(ctx, resource, name, generation, new_name):
     if _kind(resource) != "Run":
         raise UsageError("only runs have records: aamctl export run NAME")
     store = _require_store(ctx)
-    (row, phase, reason, st), = _run_rows_one(store, _find_run(store, name, generation))
+    observed = _run_rows_one(store, _find_run(store, name, generation))
+    _warn_damaged(observed)
+    (row, phase, reason, st), = observed
     click.echo(export_record(row, phase, st, new_name), nl=False)
 
 

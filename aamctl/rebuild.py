@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import EXIT_CODE, LOG, PID, RECORD, STATUS, read_json
+from aam_runtime.runfolder import EXIT_CODE, LOG, PID, RECORD, read_status
 
 from .errors import AamError, Diagnostic
 from .resolve import content_hash
@@ -33,7 +33,7 @@ def run_folders(home: Path) -> list[tuple[str, int, Path]]:
 
 
 def _phase(folder: Path, executor: str) -> tuple[str, str | None, dict]:
-    status = read_json(folder / STATUS) or {}
+    status = read_status(folder)
     try:
         code = int((folder / EXIT_CODE).read_text().strip())
     except (OSError, ValueError):
@@ -89,7 +89,7 @@ def rebuild_state(home: Path, echo=print) -> tuple[int, int]:
             objects += state != "unchanged"
         executor = main["spec"]["executor"]["type"]
         phase, reason, extra = _phase(folder, executor)
-        status = read_json(folder / STATUS) or {}
+        status = read_status(folder)
         store.add_run(name=name, generation=generation, run_hash=ann.get("aam/run-hash", "unknown"),
                       stage=main["spec"]["stage"], executor=executor, folder=str(folder.resolve()), phase=phase,
                       reason=reason, labels=json.dumps(main["metadata"].get("labels", {})),

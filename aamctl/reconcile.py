@@ -5,7 +5,7 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_MEANINGS, LOG, STATUS, WAITING, read_json
+from aam_runtime.runfolder import EXIT_MEANINGS, LOG, WAITING, read_status
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore
@@ -32,7 +32,7 @@ def _exit_reason(code: int, folder: Path, status: dict) -> str:
 def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, dict]:
     """(phase, reason, status.json) of one run row, without writing anything."""
     folder = Path(row["folder"])
-    status = read_json(folder / STATUS) or {}
+    status = read_status(folder)
     if row["phase"] in TERMINAL:
         return row["phase"], row["reason"], status
     code = read_exit_code(folder)

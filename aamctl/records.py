@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import RECORD
+from aam_runtime.runfolder import RECORD, STATUS_PROBLEM
 
 from .errors import AamError, Diagnostic
 from .plan import dump_documents
@@ -34,6 +34,8 @@ def export_record(row, phase: str, status: dict, new_name: str | None = None) ->
             ann[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status[field]))
     if status.get("final_metrics"):
         ann["aam/final-metrics"] = json.dumps(status["final_metrics"], sort_keys=True, default=str)
+    if status.get(STATUS_PROBLEM):
+        ann["aam/record-notes"] = status[STATUS_PROBLEM]
     if new_name:
         import re
         if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new_name) or len(new_name) > 63:

@@ -18,7 +18,6 @@ from .errors import AamError, Diagnostic
 from .parse import Document, parse_text
 from .schema import coerce_integers, fill_defaults, validate_document
 
-RECORD_ANNOTATION = "aam/record-of"
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 # fields holding paths, per kind (relative paths resolve against the manifest's folder)
@@ -224,6 +223,10 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
 
     def missing(obj: Obj, kind: str, name: str, path) -> Diagnostic:
         import difflib
+        other = next((k for k in ("Dataset", "Model", "HardwareProfile", "Run") if k != kind and lookup(k, name)), None)
+        if other is not None:
+            return obj.diag(f"{kind} '{name}' not found; '{name}' is a {other}", path,
+                            hint=f"{path[-1]} names a {kind}; point it at one (aamctl get {kind.lower()}s)")
         close = difflib.get_close_matches(name, known(kind), n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else (
             f"apply a {kind} named '{name}' first or pass its file with -f")

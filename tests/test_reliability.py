@@ -220,3 +220,43 @@ def test_home_on_a_file(tmp_path):
         assert p.returncode == 1, (args, p.stdout, p.stderr)
         assert str(f) in p.stderr and "is a file" in p.stderr, (args, p.stderr)
         assert "No models" not in p.stdout
+
+
+def test_damaged_status_json_is_warned_about_and_recovered_from_events_and_metrics(env, tmp_path):
+    home = tmp_path / "home"
+    _state_with_a_run(env, home)
+    folder = run_folder(home, "kept")
+    good = json.loads((folder / "status.json").read_text())
+    (folder / "status.json").write_text('{"phase": "Succ')  # cut mid-write by a crashed node
+    st = aamctl(home, "status", "kept", "-o", "wide")
+    line = st.stdout.splitlines()[1].split()
+    assert line[3] == "Succeeded" and float(line[5]) > 0, st.stdout  # phase and last loss, recovered
+    assert f"warning: {folder / 'status.json'} is damaged" in st.stderr, st.stderr
+    desc = aamctl(home, "describe", "run", "kept")
+    assert "is damaged" in desc.stderr and "Metrics:" in desc.stdout and "val_loss" in desc.stdout
+    rec = aamctl(home, "export", "run", "kept")
+    assert "is damaged" in rec.stderr
+    import yaml
+    run = next(d for d in yaml.safe_load_all(rec.stdout) if d and d["kind"] == "Run")
+    ann = run["metadata"]["annotations"]
+    assert ann["aam/started"] and ann["aam/finished"] and "val_loss" in json.loads(ann["aam/final-metrics"])
+    assert "status.json is damaged" in ann["aam/record-notes"]
+    assert json.loads(ann["aam/final-metrics"])["val_loss"] == pytest.approx(good["final_metrics"]["val_loss"])
+    # nothing recoverable at all: the record says what it lacks
+    (folder / "events.jsonl").write_text("")
+    (folder / "metrics.jsonl").write_text("")
+    rec = aamctl(home, "export", "run", "kept").stdout
+    run = next(d for d in yaml.safe_load_all(rec) if d and d["kind"] == "Run")
+    assert "not recoverable: started, finished, final_metrics" in run["metadata"]["annotations"]["aam/record-notes"]
+
+
+def test_unchanged_manifest_over_a_cancelled_run_says_how_to_go_on(env, tmp_path):
+    data, tmp = env
+    home = tmp_path / "home"
+    f = tmp / "c.yaml"
+    f.write_text(run_manifest(data, "stopped", epochs=400))
+    aamctl(home, "apply", "-f", str(f))
+    aamctl(home, "cancel", "stopped")
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "run/stopped unchanged (generation 1 is Cancelled: 'aamctl resume stopped' continues it" in out
+    assert "'aamctl apply --force' starts generation 2" in out
