@@ -40,6 +40,7 @@ EXIT_CODE = "exit_code"
 PID = "pid"
 WAITING = "waiting"  # present while a local job waits for its initFrom run
 PREEMPT_FLAG = "PREEMPT"
+CANCEL_FLAG = "CANCEL"  # written by aamctl cancel before scancel: the job script must not requeue
 SPLIT = "split.tsv"
 PREDICTIONS = "predictions.tsv"
 CHECKPOINTS = "checkpoints"

@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import signal
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F

@@ -22,7 +22,6 @@ TERMINAL_BAD = {"Failed", "Cancelled"}
 @dataclass
 class ApplyResult:
     started: list[RunPlan] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)
 
 
 def _topo_runs(res: Resolved) -> list[Obj]:

@@ -15,17 +15,13 @@ from aam_runtime import runfolder as RF
 from . import __version__
 from .errors import AamError, Diagnostic, UsageError
 
-KIND_WORDS = {
-    "run": "Run", "runs": "Run",
-    "dataset": "Dataset", "datasets": "Dataset", "ds": "Dataset",
-    "model": "Model", "models": "Model",
-    "hardwareprofile": "HardwareProfile", "hardwareprofiles": "HardwareProfile", "hw": "HardwareProfile",
-}
 ACTIVE = {"Pending", "Running", "Requeued"}
 
 
 def _kind(word: str) -> str:
-    k = KIND_WORDS.get(word.lower())
+    from .schema import KIND_ALIASES
+
+    k = KIND_ALIASES.get(word.lower())
     if k is None:
         raise UsageError(f"unknown resource type '{word}'; one of runs, datasets, models, hardwareprofiles")
     return k
@@ -615,12 +611,15 @@ def _cancel_row(store, row) -> bool:
 @click.pass_context
 def cancel(ctx, run):
     """Stop a run (SIGTERM, then SIGKILL after a grace period; scancel on SLURM)."""
+    from .reconcile import reconcile
+
     store = _require_store(ctx)
     row = _find_run(store, run)
     if _cancel_row(store, row):
         click.echo(f"run/{run} cancelled")
     else:
-        click.echo(f"run/{run} is not active ({row['phase']}); nothing to cancel")
+        (_, phase, _, _), = reconcile(store, [store.run(row["name"], row["generation"])])
+        click.echo(f"run/{run} is not active ({phase}); nothing to cancel")
 
 
 @cli.command()
@@ -639,7 +638,7 @@ def resume(ctx, run):
         raise AamError(Diagnostic(f"run/{run} already succeeded", file="aamctl",
                                   hint="change the manifest (or apply --force) for a new generation"))
     folder = Path(row["folder"])
-    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING):
+    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING, RF.CANCEL_FLAG):
         (folder / name).unlink(missing_ok=True)
     info = executor_for(row["executor"]).submit(folder)
     store.update_run(row["name"], row["generation"], **info)

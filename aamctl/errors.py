@@ -1,7 +1,7 @@
 """Errors are values with a position and a hint, rendered once at the CLI edge."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,8 @@ class Diagnostic:
         return self.render()
 
 
-@dataclass
 class AamError(Exception):
     """A user-facing failure carrying one or more diagnostics; never a traceback."""
-
-    diagnostics: list[Diagnostic] = field(default_factory=list)
-    exit_code: int = 1
 
     def __init__(self, diagnostics, exit_code: int = 1):
         if isinstance(diagnostics, Diagnostic):

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, SLURM_SCRIPT
+from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, SLURM_SCRIPT
 
 from .errors import AamError, Diagnostic
 
@@ -150,6 +150,10 @@ class SlurmExecutor:
 
     def cancel(self, row, grace: float = 0) -> None:
         if row["job_id"]:
+            try:  # before scancel: its SIGTERM looks like a pre-emption to the job script
+                (Path(row["folder"]) / CANCEL_FLAG).write_text("cancelled by aamctl\n")
+            except OSError:
+                pass
             _run(["scancel", str(row["job_id"])])
 
 

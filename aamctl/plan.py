@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import ACCELERATE_CONFIG, LOCAL_SCRIPT, SLURM_SCRIPT
+from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY_FAILED, LOCAL_SCRIPT, LOG, PID,
+                                   SLURM_SCRIPT, WAITING)
 
 from .resolve import Obj, Resolved
 
@@ -130,29 +131,31 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
              f"# aam local job for run/{plan.name} generation {plan.generation} (written by aamctl; do not edit)",
              "set -u",
              f"cd {q(str(folder))} || exit 1",
-             "echo $$ > pid",
+             f"echo $$ > {PID}",
              *env_lines(hw.get("env", {})),
              "export PYTHONUNBUFFERED=1",
-             "finish() { echo \"$1\" > exit_code.tmp && mv -f exit_code.tmp exit_code; exit \"$1\"; }"]
+             f"finish() {{ echo \"$1\" > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}; exit \"$1\"; }}"]
     if plan.depends_folder is not None:
         dep = q(str(plan.depends_folder))
+        fail = f"finish {EXIT_DEPENDENCY_FAILED}"
         lines += [
             f"dep={dep}",
-            "echo waiting > waiting",
-            f"echo \"[$(date +%H:%M:%S)] waiting for run/{plan.depends_on[0]} generation {plan.depends_on[1]}\" >> log.txt",
-            'while [ ! -f "$dep/exit_code" ]; do',
-            '  if [ -f "$dep/pid" ] && ! kill -0 "$(cat "$dep/pid")" 2>/dev/null; then',
-            '    sleep 3; [ -f "$dep/exit_code" ] || { echo "dependency died without an exit status" >> log.txt; rm -f waiting; finish 4; }',
+            f"echo waiting > {WAITING}",
+            f"echo \"[$(date +%H:%M:%S)] waiting for run/{plan.depends_on[0]} generation {plan.depends_on[1]}\" >> {LOG}",
+            f'while [ ! -f "$dep/{EXIT_CODE}" ]; do',
+            f'  if [ -f "$dep/{PID}" ] && ! kill -0 "$(cat "$dep/{PID}")" 2>/dev/null; then',
+            f'    sleep 3; [ -f "$dep/{EXIT_CODE}" ] || {{ echo "dependency died without an exit status" >> {LOG}; '
+            f'rm -f {WAITING}; {fail}; }}',
             "  fi",
             "  sleep 2",
             "done",
-            "rm -f waiting",
-            'if [ "$(cat "$dep/exit_code")" != "0" ]; then',
-            f'  echo "[$(date +%H:%M:%S)] run/{plan.depends_on[0]} did not succeed; not starting" >> log.txt',
-            "  finish 4",
+            f"rm -f {WAITING}",
+            f'if [ "$(cat "$dep/{EXIT_CODE}")" != "0" ]; then',
+            f'  echo "[$(date +%H:%M:%S)] run/{plan.depends_on[0]} did not succeed; not starting" >> {LOG}',
+            f"  {fail}",
             "fi",
         ]
-    lines += [f"{shell_join(plan.command)} >> log.txt 2>&1 < /dev/null", "finish $?", ""]
+    lines += [f"{shell_join(plan.command)} >> {LOG} 2>&1 < /dev/null", "finish $?", ""]
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from aam_runtime.runfolder import EXIT_MEANINGS, LOG, WAITING, read_status
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
-from .store import TERMINAL, StateError, StateStore
+from .store import TERMINAL, StateError, StateStore, free_bytes
 
 STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagged
 
@@ -50,6 +50,12 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
             if hb and time.time() - hb > STALE_AFTER and status.get("phase") == "Running":
                 return "Running", f"no heartbeat for {int(time.time() - hb)}s", status
             return "Running", None, status
+        if status.get("phase") == "Failed" and status.get("error"):
+            return "Failed", status["error"], status  # it said why, then could not write its exit code
+        free = free_bytes(folder)
+        if free is not None and free < 64 * 1024:
+            return "Failed", f"process ended without an exit status; no space left on device at {folder} " \
+                             f"({free // 1024} KiB free)", status
         last = tail_lines(folder / LOG, 3)
         return "Failed", "process ended without an exit status (killed?)" + (": " + " | ".join(last) if last else ""), status
     # slurm

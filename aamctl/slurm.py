@@ -5,7 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_PREEMPTED
+from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_PREEMPTED, LOG, PREEMPT_FLAG
 
 from .errors import AamError
 from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
@@ -15,10 +15,10 @@ SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newlin
 
 def template_path() -> Path:
     here = Path(__file__).resolve().parent
-    for p in (here.parent / "slurm" / "job.sbatch.tmpl", here / "slurm" / "job.sbatch.tmpl"):
+    for p in (here.parent / "slurm" / "job.sbatch.tmpl", here / "templates" / "job.sbatch.tmpl"):
         if p.exists():
             return p
-    raise FileNotFoundError("slurm/job.sbatch.tmpl not found")
+    raise FileNotFoundError("job.sbatch.tmpl not found: reinstall aam (pip install aam)")
 
 
 def _check_path(p: str, what: str, obj) -> None:
@@ -35,8 +35,8 @@ def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: P
     per_node_tasks = hw["devicesPerNode"] if cpu else 1
     cpus = hw["cpusPerTask"] if cpu else hw["cpusPerTask"] * hw["devicesPerNode"]
     d = [f"--job-name=aam-{name}-g{generation}",
-         f"--output={folder}/log.txt",
-         f"--error={folder}/log.txt",
+         f"--output={folder}/{LOG}",
+         f"--error={folder}/{LOG}",
          "--open-mode=append",
          f"--nodes={nodes}",
          f"--ntasks-per-node={per_node_tasks}",
@@ -104,6 +104,9 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%PORT%%": str(int(sl["port"])),
         "%%SRUN%%": " ".join(shlex.quote(a) for a in srun),
         "%%EXIT_PREEMPTED%%": str(EXIT_PREEMPTED),
+        "%%EXIT_CODE%%": EXIT_CODE,
+        "%%PREEMPT%%": PREEMPT_FLAG,
+        "%%CANCEL%%": CANCEL_FLAG,
         "%%REQUEUE%%": "yes" if sl["requeue"] else "no",
     }
     for k, v in repl.items():

@@ -16,6 +16,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from aam_runtime.runfolder import free_bytes
+
 from .errors import AamError, Diagnostic
 
 SCHEMA_VERSION = 1
@@ -66,18 +68,6 @@ def check_home(home: Path) -> None:
     db = home / DB_FILE
     if db.exists() and not db.is_file():
         raise StateError("the state database is not a regular file", db, hint="move it aside")
-
-
-def free_bytes(path: Path) -> int | None:
-    """Bytes available to this user on the file system holding path (or its nearest parent)."""
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    try:
-        st = os.statvfs(p)
-    except OSError:
-        return None
-    return st.f_bavail * st.f_frsize
 
 
 def explain_sqlite_error(exc: Exception, db: Path, writing: bool = True) -> StateError:

@@ -1,7 +1,6 @@
 """Shared test helpers: the aamctl command line, the test tiers, and W&B kept offline."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

@@ -12,7 +12,7 @@ from aam_runtime.data import table as T
 from aam_runtime.data import unifrac as U
 from aam_runtime.data.preflight import check_dataset
 
-from synth import ORAL, dataset_spec, make_dataset, random_seqs, write_table, write_tree
+from synth import ORAL, dataset_spec, make_dataset, write_table, write_tree
 
 
 @pytest.fixture()
@@ -373,8 +373,3 @@ def test_drop_policy_removes_non_acgt_asvs(tmp_path):
     p2 = T.load(dataset_spec(d, nonACGT="pad"))
     assert p2.report["asvs_with_non_acgt"] == 1
     assert B.encode(p2, 150, 1024, "abundance").non_acgt_bases == 1
-
-
-def test_random_sequences_helper_is_unique():
-    s = random_seqs(50, 12)
-    assert len(set(s)) == 50

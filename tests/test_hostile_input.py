@@ -2,7 +2,6 @@
 usage), never a traceback or 'internal error'."""
 from __future__ import annotations
 
-from pathlib import Path
 
 from conftest import aamctl
 
@@ -59,7 +58,7 @@ def test_non_utf8_stdin_is_the_same_clean_message_as_a_file(tmp_path):
     f = tmp_path / "latin1.yaml"
     f.write_bytes(raw)
     import subprocess
-    import sys
+
     from conftest import AAMCTL
     p_stdin = subprocess.run([*AAMCTL, "--home", str(tmp_path), "validate", "-f", "-"], input=raw, capture_output=True)
     p_file = subprocess.run([*AAMCTL, "--home", str(tmp_path), "validate", "-f", str(f)], capture_output=True)

@@ -17,7 +17,7 @@ from aamctl.schema import explain
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD = sorted((ROOT / "tests" / "bad_manifests").glob("*.yaml"))
-AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+from conftest import AAMCTL  # noqa: E402
 
 
 def _expectation(path: Path):
@@ -25,10 +25,6 @@ def _expectation(path: Path):
     line = re.search(r"# expect-line: (\S+)", text)
     msg = re.search(r"# expect: (.*)", text)
     return (line.group(1) if line else "none"), (msg.group(1) if msg else "holds no YAML document")
-
-
-def test_corpus_is_large_enough():
-    assert len(BAD) >= 40
 
 
 @pytest.mark.parametrize("path", BAD, ids=[p.stem for p in BAD])

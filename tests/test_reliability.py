@@ -3,7 +3,6 @@ read-only state folder (a read-only mount), damaged SQLite files, --home on a fi
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -99,7 +98,7 @@ def test_full_disk_during_training_is_reported_and_leaves_no_debris(env, small_f
     folder = run_folder(home, "long")
     wait_for(lambda: (json.loads((folder / "status.json").read_text()).get("step") or 0) >= 2
              if (folder / "status.json").exists() else False)
-    filler = fill(small_fs)
+    fill(small_fs)
 
     wait_for(lambda: (folder / "exit_code").exists() or "Failed" in aamctl(home, "status", "long").stdout)
     status = aamctl(home, "status", "long", "-o", "wide")

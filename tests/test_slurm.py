@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from synth import CPU_PROFILES, make_dataset, synth_manifests
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
-AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+from conftest import AAMCTL, aamctl  # noqa: E402
 PROFILES = ["cpu", "cuda-a100", "cuda-h100", "cosmos-mi300a"]
 
 
@@ -50,11 +49,9 @@ spec:
 """
     res = resolve(parse_text(text, "golden.yaml", Path("/")))
     run = res.get("Run", name)
-    os.environ["AAM_PYTHON"] = "/opt/aam/venv/bin/python"
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AAM_PYTHON", "/opt/aam/venv/bin/python")
         plan = build_plan(res, run, 1, "0123456789abcdef", Path("/aam-home"), None, None, None)
-    finally:
-        del os.environ["AAM_PYTHON"]
     return plan.files
 
 
@@ -163,23 +160,11 @@ def slurm(tmp_path_factory):
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"CI must run the SLURM tests, but the local cluster did not start: {exc}")
         pytest.skip(f"no local SLURM cluster: {exc}")
-    old = {k: os.environ.get(k) for k in cluster.env}
-    os.environ.update(cluster.env)
-    yield cluster
-    cluster.stop()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
-
-
-def aamctl(home, *args, check=True, timeout=300):
-    p = subprocess.run([*AAMCTL, "--home", str(home), *args], capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert p.returncode == 0, f"{args}: {p.stdout}\n{p.stderr}"
-    assert "Traceback" not in p.stderr
-    return p
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in cluster.env.items():
+            mp.setenv(k, v)
+        yield cluster
+        cluster.stop()
 
 
 def _manifest(data, name, epochs=2, hardware="cpu-1", extra_trainer="", slurm_extra=""):
@@ -207,6 +192,8 @@ def _phase(home, name):
     return json.loads(aamctl(home, "status", name, "-o", "json").stdout)[0]
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_run_pending_running_succeeded(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"
@@ -230,6 +217,8 @@ def test_slurm_run_pending_running_succeeded(slurm, env):
     assert "Succeeded" in aamctl(home, "describe", "run", "slurm-quick").stdout
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_cancel(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"
@@ -249,6 +238,8 @@ def test_slurm_cancel(slurm, env):
     assert not q
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"
@@ -281,6 +272,9 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     assert "Restarts=1" in restarts
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.ddp
 def test_slurm_two_task_distributed_job(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"
@@ -296,6 +290,8 @@ def test_slurm_two_task_distributed_job(slurm, env):
     assert status["world_size"] == 2
 
 
+@pytest.mark.slow
+@pytest.mark.slurm
 def test_slurm_dependency_afterok(slurm, env):
     home, data, tmp = env
     f = tmp / "r.yaml"

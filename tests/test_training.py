@@ -22,7 +22,7 @@ from synth import CPU_PROFILES, ORAL, dataset_spec, make_dataset
 from wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
-AAMCTL = [sys.executable, "-m", "aamctl.cli"]
+from conftest import AAMCTL  # noqa: E402
 
 SMALL_MODEL = {"embeddingDim": 16, "ffnMultiplier": 2, "dropout": 0.0, "nucleotide": {"heads": 2, "layers": 1},
                "sample": {"heads": 2, "layers": 1}, "encoderHead": {"heads": 2, "layers": 1},
@@ -176,7 +176,12 @@ def _apply(home: Path, *files, wait=True, check=True, timeout=600):
 def pipeline(tmp_path_factory):
     """pretrain -> finetune -> predict (new samples) + baseline, applied in one go."""
     home = tmp_path_factory.mktemp("pipe")
-    os.environ["AAM_CACHE_DIR"] = str(home / "cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AAM_CACHE_DIR", str(home / "cache"))
+        yield _run_pipeline(home)
+
+
+def _run_pipeline(home):
     runs = """---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -224,6 +229,7 @@ def _folder(home: Path, name: str, gen: int = 1) -> Path:
     return home / "runs" / name / str(gen)
 
 
+@pytest.mark.slow
 def test_pipeline_runs_in_order(pipeline):
     home, out = pipeline
     started = {n: json.loads((_folder(home, n) / "status.json").read_text())["started"] for n in ("pre", "fine", "pred")}
@@ -233,6 +239,7 @@ def test_pipeline_runs_in_order(pipeline):
         assert json.loads((_folder(home, n) / "status.json").read_text())["phase"] == "Succeeded"
 
 
+@pytest.mark.slow
 def test_pretraining_learns(pipeline):
     home, _ = pipeline
     m = read_jsonl(_folder(home, "pre") / "metrics.jsonl")
@@ -244,6 +251,7 @@ def test_pretraining_learns(pipeline):
     assert (_folder(home, "pre") / "plots" / "loss.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_finetune_beats_predicting_the_mean(pipeline):
     home, _ = pipeline
     folder = _folder(home, "fine")
@@ -258,6 +266,7 @@ def test_finetune_beats_predicting_the_mean(pipeline):
     assert (folder / "plots" / "pred_vs_true.png").exists()
 
 
+@pytest.mark.slow
 def test_predict_on_new_samples(pipeline):
     home, _ = pipeline
     folder = _folder(home, "pred")
@@ -270,6 +279,7 @@ def test_predict_on_new_samples(pipeline):
     assert "mae" in st["final_metrics"]  # truth was in the metadata
 
 
+@pytest.mark.slow
 def test_baseline_same_split_same_metrics(pipeline):
     home, _ = pipeline
     a = (_folder(home, "rf") / "split.tsv").read_text()
@@ -279,6 +289,7 @@ def test_baseline_same_split_same_metrics(pipeline):
     assert {"mae", "rmse", "r2"} <= set(st["final_metrics"])
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_read_back(pipeline):
     home, _ = pipeline
     run = read_run(_folder(home, "pre"))
@@ -292,9 +303,11 @@ def test_wandb_offline_run_read_back(pipeline):
     assert "WANDB_API_KEY" not in blob
 
 
-def test_ddp_two_processes_equal_single_process(tmp_path):
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_two_processes_equal_single_process(tmp_path, monkeypatch):
     """2 CPU processes (gloo, accelerate launch) x batch 4 == 1 process x batch 8: same losses, same weights."""
-    os.environ["AAM_CACHE_DIR"] = str(tmp_path / "cache")
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
     runs = """---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -333,6 +346,8 @@ spec:
     assert va["val_loss"] == pytest.approx(vb["val_loss"], rel=0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_gradients_equal_single_process(tmp_path):
     """Pairwise UniFrac loss under DDP (2 CPU processes, gloo, accelerate launch): same loss and gradients."""
     from aamctl.plan import accelerate_config, dump_documents
@@ -360,8 +375,9 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     assert big > 10  # the comparison is not between zeros
 
 
-def test_resume_after_sigterm_gives_identical_weights(tmp_path):
-    os.environ["AAM_CACHE_DIR"] = str(tmp_path / "cache")
+@pytest.mark.slow
+def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
     run = """---
 apiVersion: aam/v1alpha1
 kind: Run
