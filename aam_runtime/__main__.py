@@ -14,11 +14,8 @@ import traceback
 from pathlib import Path
 
 from . import runfolder as RF
+from .errors import HardwareMissing
 from .runfolder import RunFolder
-
-
-class HardwareMissing(Exception):
-    """The HardwareProfile asks for devices this machine does not have (exit EXIT_NO_HARDWARE)."""
 
 
 def main(argv: list[str] | None = None) -> int:

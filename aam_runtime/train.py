@@ -21,6 +21,7 @@ from .config import RunConfig
 from .data import batches as B
 from .data import table as T
 from .data.split import make_split
+from .errors import HardwareMissing
 from .data.unifrac import DistanceLookup, compute as compute_unifrac
 from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
 from .runfolder import SPLIT, RunFolder, atomic_write, checkpoint_name
@@ -149,7 +150,6 @@ class Trainer:
         hw = cfg.hardware
         if hw["accelerator"] in ("cuda", "rocm") and not torch.cuda.is_available():
             build = "ROCm" if getattr(torch.version, "hip", None) else ("CUDA" if torch.version.cuda else "CPU-only")
-            from .__main__ import HardwareMissing
             raise HardwareMissing(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
                               f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
                               "(executor slurm), or use hardwareRef: cpu")
