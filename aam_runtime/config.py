@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .runfolder import RECORD
+from .runfolder import METRICS, RECORD
 
 
 class RecordError(Exception):
@@ -107,7 +107,7 @@ class RunConfig:
         try:
             import wandb
         except ImportError:
-            print("warning: wandb is not installed; metrics stay in metrics.jsonl", flush=True)
+            print(f"warning: wandb is not installed; metrics stay in {METRICS}", flush=True)
             return
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = [f"{k}:{v}" for k, v in self.labels.items()] + list(wb.get("tags", [])) + [self.stage]
@@ -119,7 +119,7 @@ class RunConfig:
                                      tags=[t[:64] for t in tags], job_type=self.stage, reinit=True)
             folder.update_status(wandb={"mode": wb["mode"], "id": run_id, "dir": str(folder.path / "wandb")})
         except Exception as exc:  # tracking must never kill training
-            print(f"warning: W&B could not start ({exc}); metrics stay in metrics.jsonl", flush=True)
+            print(f"warning: W&B could not start ({exc}); metrics stay in {METRICS}", flush=True)
             self._wandb = None
 
     def wandb_log(self, row: dict, step: int | None = None) -> None:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .runfolder import CONFUSION_PLOT, LOSS_PLOT, PRED_PLOT
+
 
 def _plt():
     import matplotlib
@@ -30,14 +32,14 @@ def loss_curves(metrics: list[dict], out: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.legend()
     fig.tight_layout()
-    path = out / "loss.png"
+    path = out / LOSS_PLOT
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
-def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = "pred_vs_true.png") -> Path:
+def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRED_PLOT) -> Path:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(y, p, s=8, alpha=0.6)
@@ -73,7 +75,7 @@ def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: 
     ax.set_title(title)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / "confusion.png"
+    path = out / CONFUSION_PLOT
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

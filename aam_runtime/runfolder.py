@@ -45,8 +45,11 @@ SPLIT = "split.tsv"
 PREDICTIONS = "predictions.tsv"
 CHECKPOINTS = "checkpoints"
 PLOTS = "plots"
+LOSS_PLOT = "loss.png"
+PRED_PLOT = "pred_vs_true.png"
+CONFUSION_PLOT = "confusion.png"
 RESERVE = ".space-reserve"  # freed on ENOSPC so the failure itself can still be written down
-SLURM_OUT = "slurm-%j.out"
+LOW_SPACE = 64 * 1024  # below this many free bytes, a write that failed is taken for a full disk
 
 
 def checkpoint_name(which: str) -> str:

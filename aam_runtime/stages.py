@@ -9,7 +9,7 @@ import numpy as np
 from . import plots
 from .config import RunConfig
 from .data.table import DataError
-from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, read_jsonl
+from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, checkpoint_name, read_jsonl
 
 
 def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -34,7 +34,7 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
 
     trainer = Trainer(cfg, folder)
     resume = None
-    last = folder.checkpoints / "last.pt"
+    last = folder.path / checkpoint_name("last")
     if last.exists():
         resume = _load_checkpoint(last)
     init_state = None

@@ -491,7 +491,7 @@ def describe(ctx, resource, name, generation):
     out.append("Paths:")
     for f in (RF.RECORD, RF.ACCELERATE_CONFIG, RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT, RF.LOG, RF.STATUS, RF.METRICS,
               RF.PREDICTIONS, RF.SPLIT, RF.checkpoint_name("best"), RF.checkpoint_name("last"),
-              f"{RF.PLOTS}/loss.png", f"{RF.PLOTS}/pred_vs_true.png", f"{RF.PLOTS}/confusion.png"):
+              *(f"{RF.PLOTS}/{p}" for p in (RF.LOSS_PLOT, RF.PRED_PLOT, RF.CONFUSION_PLOT))):
         if (folder / f).exists():
             out.append(f"  {f}")
     if st:

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import EXIT_CODE, LOG, PID, RECORD, read_status
+from aam_runtime.runfolder import LOG, PID, RECORD, read_status
 
 from .errors import AamError, Diagnostic
+from .executors import read_exit_code
 from .resolve import content_hash
 from .store import DB_FILE, RUNS_DIR, StateStore
 
@@ -32,12 +33,8 @@ def run_folders(home: Path) -> list[tuple[str, int, Path]]:
     return sorted(out, key=lambda x: (x[2].joinpath(RECORD).stat().st_mtime, x[0], x[1]))
 
 
-def _phase(folder: Path, executor: str) -> tuple[str, str | None, dict]:
-    status = read_status(folder)
-    try:
-        code = int((folder / EXIT_CODE).read_text().strip())
-    except (OSError, ValueError):
-        code = None
+def _phase(folder: Path, executor: str, status: dict) -> tuple[str, str | None, dict]:
+    code = read_exit_code(folder)
     if code == 0:
         return "Succeeded", None, {"exit_code": 0}
     if code is not None:
@@ -88,8 +85,8 @@ def rebuild_state(home: Path, echo=print) -> tuple[int, int]:
             state, _ = store.put_object(d["kind"], d["metadata"]["name"], manifest, content_hash(manifest))
             objects += state != "unchanged"
         executor = main["spec"]["executor"]["type"]
-        phase, reason, extra = _phase(folder, executor)
         status = read_status(folder)
+        phase, reason, extra = _phase(folder, executor, status)
         store.add_run(name=name, generation=generation, run_hash=ann.get("aam/run-hash", "unknown"),
                       stage=main["spec"]["stage"], executor=executor, folder=str(folder.resolve()), phase=phase,
                       reason=reason, labels=json.dumps(main["metadata"].get("labels", {})),

@@ -5,7 +5,7 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_MEANINGS, LOG, WAITING, read_status
+from aam_runtime.runfolder import EXIT_MEANINGS, LOG, LOW_SPACE, WAITING, read_status
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore, free_bytes
@@ -53,7 +53,7 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         if status.get("phase") == "Failed" and status.get("error"):
             return "Failed", status["error"], status  # it said why, then could not write its exit code
         free = free_bytes(folder)
-        if free is not None and free < 64 * 1024:
+        if free is not None and free < LOW_SPACE:
             return "Failed", f"process ended without an exit status; no space left on device at {folder} " \
                              f"({free // 1024} KiB free)", status
         last = tail_lines(folder / LOG, 3)

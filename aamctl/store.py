@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from aam_runtime.runfolder import free_bytes
+from aam_runtime.runfolder import LOW_SPACE, free_bytes
 
 from .errors import AamError, Diagnostic
 
@@ -70,14 +70,14 @@ def check_home(home: Path) -> None:
         raise StateError("the state database is not a regular file", db, hint="move it aside")
 
 
-def explain_sqlite_error(exc: Exception, db: Path, writing: bool = True) -> StateError:
+def explain_sqlite_error(exc: Exception, db: Path) -> StateError:
     """Turn a sqlite3 or OS error into one sentence with the path and what to do."""
     name = getattr(exc, "sqlite_errorname", "") or ""
     text = str(exc)
     home = db.parent
     runs = home / RUNS_DIR
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "SQLITE_FULL" in name or "disk is full" in text or (
-            ("SQLITE_IOERR" in name or "disk I/O error" in text) and (free_bytes(db) or 0) < 64 * 1024):
+            ("SQLITE_IOERR" in name or "disk I/O error" in text) and (free_bytes(db) or 0) < LOW_SPACE):
         return StateError(f"no space left on device: the state database could not be written ({text}); nothing "
                           "was changed", db, hint=f"free space on the file system of {home} (df -h {home}) and run "
                                                   "the command again; runs and records written earlier are intact")
@@ -131,13 +131,13 @@ class StateStore:
         try:
             return self._conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise explain_sqlite_error(exc, self.path, writing=False) from None
+            raise explain_sqlite_error(exc, self.path) from None
 
     def _one(self, sql: str, params=()):
         try:
             return self._conn.execute(sql, params).fetchone()
         except sqlite3.Error as exc:
-            raise explain_sqlite_error(exc, self.path, writing=False) from None
+            raise explain_sqlite_error(exc, self.path) from None
 
     @contextmanager
     def tx(self):

@@ -105,3 +105,17 @@ spec:
 ---
 {MICRO_MODEL}---
 """
+
+
+def pretrain_run(data: dict, name: str, epochs: int = 2, hardware: str = "cpu", trainer_extra: str = "") -> str:
+    """synth_manifests() and a pretraining Run of the micro model on them (a short CPU schedule)."""
+    return f"""{synth_manifests(data)}apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}}}
+spec:
+  stage: pretrain
+  datasetRef: synth
+  modelRef: micro
+  hardwareRef: {hardware}
+  trainer: {{epochs: {epochs}, batchSize: 4, learningRate: 0.001, warmupSteps: 1, logEverySteps: 1{trainer_extra}}}
+"""

@@ -11,22 +11,13 @@ from pathlib import Path
 import pytest
 
 from conftest import aamctl
-from synth import make_dataset, synth_manifests
+from synth import make_dataset, pretrain_run
 
 pytestmark = pytest.mark.slow
 
 
 def run_manifest(data: dict, name: str, epochs: int = 2, extra: str = "") -> str:
-    return f"""{synth_manifests(data)}apiVersion: aam/v1alpha1
-kind: Run
-metadata: {{name: {name}}}
-spec:
-  stage: pretrain
-  datasetRef: synth
-  modelRef: micro
-  hardwareRef: cpu
-  trainer: {{epochs: {epochs}, batchSize: 4, learningRate: 0.001, warmupSteps: 1, logEverySteps: 1, seed: 1{extra}}}
-"""
+    return pretrain_run(data, name, epochs, trainer_extra=", seed: 1" + extra)
 
 
 @pytest.fixture()

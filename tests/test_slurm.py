@@ -15,7 +15,7 @@ from aamctl.parse import parse_text
 from aamctl.resolve import resolve
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster
-from synth import CPU_PROFILES, make_dataset, synth_manifests
+from synth import CPU_PROFILES, make_dataset, pretrain_run
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -168,18 +168,8 @@ def slurm(tmp_path_factory):
 
 
 def _manifest(data, name, epochs=2, hardware="cpu-1", extra_trainer="", slurm_extra=""):
-    return f"""{CPU_PROFILES}---
-{synth_manifests(data)}apiVersion: aam/v1alpha1
-kind: Run
-metadata: {{name: {name}}}
-spec:
-  stage: pretrain
-  datasetRef: synth
-  modelRef: micro
-  hardwareRef: {hardware}
-  trainer: {{epochs: {epochs}, batchSize: 4, learningRate: 0.001, warmupSteps: 1, logEverySteps: 1{extra_trainer}}}
-  executor: {{type: slurm, slurm: {{timeLimit: "00:10:00"{slurm_extra}}}}}
-"""
+    return (f"{CPU_PROFILES}---\n" + pretrain_run(data, name, epochs, hardware, extra_trainer)
+            + f'  executor: {{type: slurm, slurm: {{timeLimit: "00:10:00"{slurm_extra}}}}}\n')
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .table import DataError, check_sequences, read_biom, read_metadata
+from .table import MISSING_VALUES, DataError, check_sequences, read_biom, read_metadata
 
 
 class Problem(str):
@@ -57,9 +57,6 @@ def check_dataset_files(spec: dict) -> list[Problem]:
         elif not os.access(p, os.R_OK):
             problems.append(Problem(f"{p} cannot be read (permission denied)", *path))
     return problems
-
-
-MISSING_WORDS = {"", "na", "nan", "null", "none", "not applicable", "not collected", "missing"}
 
 
 def check_dataset(spec: dict, stage: str, target: str | None = None, need_distances: bool = False, *,
@@ -130,7 +127,7 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
         if p and not Path(p).exists():
             add('split', f"{p}: split file not found (check spec.split.{key})")
     if not any(p.severity == "error" for p in problems):
-        _check_first_step(spec, stage, target, batch_size, processes, seed, add)
+        _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta)
     return problems
 
 
@@ -151,7 +148,7 @@ def _check_targets(spec: dict, meta, overlap: list, add) -> None:
         if not overlap:
             continue
         vals = meta.loc[overlap, name]
-        missing = vals.astype(str).str.strip().str.lower().isin(MISSING_WORDS)
+        missing = vals.astype(str).str.strip().isin(MISSING_VALUES)
         if t["type"] == "regression":
             num = pd.to_numeric(vals, errors="coerce")
             usable = int(num.notna().sum())
@@ -174,14 +171,14 @@ def _check_targets(spec: dict, meta, overlap: list, add) -> None:
 
 
 def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: int | None, processes: int,
-                      seed: int, add) -> None:
+                      seed: int, add, table, meta) -> None:
     """Load and split exactly as the runtime will, and check a training batch can be formed."""
     from .split import make_split
     from .table import load
 
     need = [target] if target and stage in ("finetune", "baseline") else []
     try:
-        prepared = load(spec, need_targets=need, seed=seed)
+        prepared = load(spec, need_targets=need, seed=seed, table=table, metadata=meta)
     except DataError as exc:
         add("rarefyDepth" if "rarefaction" in str(exc) else "table", str(exc))
         return

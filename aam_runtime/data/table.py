@@ -24,6 +24,10 @@ for _ch, _tok in zip(b"ACGT", (A, C, G, T)):
 IUPAC = set("ACGTURYSWKMBDHVN.-acgturyswkmbdhvn")
 
 
+# metadata values that mean "no value" (compared after stripping white space); preflight uses them too
+MISSING_VALUES = ("", "NA", "NaN", "nan", "null", "None", "not applicable", "not collected", "missing")
+
+
 class DataError(Exception):
     """A problem with the user's data, phrased for the user (file, what, how to fix)."""
 
@@ -152,12 +156,15 @@ def rarefy(counts, depth: int, seed: int):
     return m, keep
 
 
-def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0) -> Prepared:
-    """Read and prepare a Dataset spec (resolved: absolute paths, defaults filled)."""
+def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, table=None,
+         metadata=None) -> Prepared:
+    """Read and prepare a Dataset spec (resolved: absolute paths, defaults filled). table and
+    metadata, when given, are what read_biom and read_metadata returned for it (preflight has
+    read them already)."""
     import pandas as pd
 
     report: dict = {}
-    table = read_biom(spec["table"])
+    table = read_biom(spec["table"]) if table is None else table
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise DataError(f"{spec['table']}: the table is empty ({table.shape[1]} samples x {table.shape[0]} ASVs)")
     sample_ids = [str(s) for s in table.ids(axis="sample")]
@@ -179,7 +186,8 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0) ->
 
     meta_spec = spec.get("metadata")
     if meta_spec:
-        meta = read_metadata(meta_spec["path"], meta_spec.get("sampleIdColumn", "sample_id"))
+        meta = read_metadata(meta_spec["path"], meta_spec.get("sampleIdColumn", "sample_id")) \
+            if metadata is None else metadata
     else:
         meta = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
     in_both = [i for i, s in enumerate(sample_ids) if s in meta.index]
@@ -201,8 +209,7 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0) ->
     keep = np.ones(len(sample_ids), dtype=bool)
     for col in need_targets or []:
         values = meta.loc[sample_ids, col]
-        missing = values.str.strip().isin(["", "NA", "NaN", "nan", "null", "None", "not applicable",
-                                           "not collected", "missing"]).to_numpy()
+        missing = values.str.strip().isin(MISSING_VALUES).to_numpy()
         if target_types.get(col) == "regression":
             numeric = pd.to_numeric(values, errors="coerce")
             bad = numeric.isna().to_numpy() | ~np.isfinite(numeric.fillna(0).to_numpy())
