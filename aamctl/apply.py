@@ -14,7 +14,8 @@ from .parse import load_paths
 from .plan import (RunPlan, accelerate_config, dump_documents, launch_command, record_documents,
                    render_local_script)
 from .resolve import effective_model_ref
-from .resolve import MemoryStore, Obj, Resolved, resolve
+from .resolve import MemoryStore, Obj, Resolved
+from .validate import validate
 
 TERMINAL_BAD = {"Failed", "Cancelled"}
 
@@ -150,7 +151,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
     from .executors import executor_for
 
     docs = load_paths(files)
-    res = resolve(docs, store or MemoryStore())
+    res = validate(docs, store or MemoryStore())
     diags = check_record_digests(res, allow_data_change)
     if diags:
         raise AamError(diags)

@@ -113,12 +113,12 @@ def main():
 def validate(ctx, files):
     """Check manifests: schema, references, cross-field rules (no data is read)."""
     from .parse import load_documents
-    from .resolve import resolve
+    from .validate import validate as check
 
     store = _store(ctx, create=False)
     docs, problems = load_documents(list(files))
     try:
-        res = resolve(docs, store)
+        res = check(docs, store)
     except AamError as exc:
         raise AamError(problems + exc.diagnostics) from None
     if problems:  # the readable files were valid; the others were not

@@ -1,8 +1,9 @@
 """Validated documents -> fully resolved, canonical objects with stable content hashes.
 
-Resolution fills schema defaults, makes paths absolute (against the manifest's folder), looks
+Resolution fills schema defaults, makes paths absolute (against the manifest's folder) and looks
 references up among the given documents, the store of applied objects and the built-in
-HardwareProfiles, and checks the cross-field rules JSON Schema cannot express.
+HardwareProfiles. It checks nothing else: validate.py runs the schema before and the cross-field
+rules after it.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Protocol
 
 from .errors import AamError, Diagnostic
 from .parse import Document, parse_text
-from .schema import coerce_integers, fill_defaults, validate_document
+from .schema import coerce_integers, fill_defaults
 
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
@@ -173,27 +174,17 @@ def effective_model_ref(res: Resolved, run: Obj, _seen=None) -> str | None:
 
 
 def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
-    """Validate, normalize and resolve documents; raises AamError with every problem found."""
+    """Schema-valid, uniquely named documents -> defaults filled, paths absolute, references looked
+    up (given documents first, then the store, then the built-ins). Raises AamError listing every
+    reference that cannot be found and every initFrom cycle."""
     store = store or MemoryStore()
     diags: list[Diagnostic] = []
     given: list[Obj] = []
     seen: dict[tuple[str, str], Obj] = {}
     for doc in docs:
-        problems = validate_document(doc)
-        if problems:
-            diags.extend(problems)
-            continue
         obj = normalize(doc)
-        if obj.key in seen:
-            first = seen[obj.key].doc
-            diags.append(doc.diag(f"duplicate {obj.kind} named '{obj.name}'", ("metadata", "name"),
-                                  hint=f"first defined at {first.file}:{first.where(('metadata', 'name'))[0]}; "
-                                       "names are unique per kind"))
-            continue
         seen[obj.key] = obj
         given.append(obj)
-    if diags:
-        raise AamError(diags)
 
     res = Resolved(given=given, objects=dict(seen))
 
@@ -271,185 +262,4 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
                 break
     if diags:
         raise AamError(diags)
-
-    for obj in given:
-        diags.extend(check_rules(res, obj))
-    if diags:
-        raise AamError(diags)
     return res
-
-
-def _time_seconds(text: str) -> int:
-    """SLURM time (MM, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]) -> seconds."""
-    days = 0
-    if "-" in text:
-        d, text = text.split("-", 1)
-        days = int(d)
-        parts = [int(x) for x in text.split(":")] + [0, 0]
-        h, m, s = parts[0], parts[1], parts[2]
-    else:
-        parts = [int(x) for x in text.split(":")]
-        if len(parts) == 1:
-            h, m, s = 0, parts[0], 0
-        elif len(parts) == 2:
-            h, m, s = 0, parts[0], parts[1]
-        else:
-            h, m, s = parts
-    return ((days * 24 + h) * 60 + m) * 60 + s
-
-
-def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
-    """Cross-field rules that JSON Schema cannot express."""
-    d: list[Diagnostic] = []
-    s = obj.spec
-    if obj.kind == "Dataset":
-        split = s["split"]
-        if bool(split.get("trainIds")) != bool(split.get("validationIds")):
-            d.append(obj.diag("trainIds and validationIds go together", ("spec", "split"),
-                              hint="give both files, or neither to split by validationFraction"))
-        names = [t["name"] for t in s["targets"]]
-        for i, t in enumerate(s["targets"]):
-            if t["type"] == "classification" and t["name"] not in s["categoricalColumns"]:
-                d.append(obj.diag(f"classification target '{t['name']}' is not a categorical column",
-                                  ("spec", "targets", i, "name"),
-                                  hint=f"add '{t['name']}' to spec.categoricalColumns"))
-            if names.count(t["name"]) > 1 and names.index(t["name"]) != i:
-                d.append(obj.diag(f"target '{t['name']}' is listed twice", ("spec", "targets", i, "name")))
-        strat = split.get("stratifyBy")
-        if strat and strat not in s["categoricalColumns"]:
-            d.append(obj.diag(f"stratifyBy column '{strat}' is not a categorical column",
-                              ("spec", "split", "stratifyBy"), hint=f"add '{strat}' to spec.categoricalColumns"))
-    elif obj.kind == "Model":
-        dim = s["embeddingDim"]
-        by_default: dict[int, list[str]] = {}
-        for level in ("nucleotide", "sample", "encoderHead", "targetHead"):
-            heads = s[level]["heads"]
-            if dim % heads == 0:
-                continue
-            written = obj.doc is not None and ("spec", level, "heads") in obj.doc.key_positions
-            if written:
-                d.append(obj.diag(f"embeddingDim {dim} is not divisible by {heads} heads",
-                                  ("spec", level, "heads"), hint="choose heads that divide embeddingDim"))
-            else:
-                by_default.setdefault(heads, []).append(level)
-        for heads, levels in by_default.items():
-            d.append(obj.diag(f"embeddingDim {dim} is not divisible by {heads} heads (the default of "
-                              f"{', '.join(levels)})", ("spec", "embeddingDim"),
-                              hint=f"use a multiple of {heads}, or set heads for those levels"))
-    elif obj.kind == "HardwareProfile":
-        total = s["nodes"] * s["devicesPerNode"]
-        if s["strategy"] == "fsdp" and total < 2:
-            d.append(obj.diag("strategy fsdp needs more than one device", ("spec", "strategy"),
-                              hint="use strategy none for a single device, or raise devicesPerNode/nodes"))
-        if s["strategy"] == "none" and total > 1:
-            d.append(obj.diag(f"{total} devices but strategy none", ("spec", "strategy"),
-                              hint="use ddp (or fsdp) to train on several devices"))
-        if s["accelerator"] == "cpu" and s["precision"] == "fp16":
-            d.append(obj.diag("fp16 is not supported on CPU", ("spec", "precision"), hint="use bf16 or no"))
-        if s["accelerator"] == "rocm" and s["compileAllowed"]:
-            d.append(obj.diag("torch.compile fails on ROCm (inductor type error)", ("spec", "compileAllowed"),
-                              hint="set compileAllowed: false"))
-        if s["attentionBackend"] == "flash" and s["accelerator"] != "cuda":
-            d.append(obj.diag(f"flash attention is not available on {s['accelerator']}", ("spec", "attentionBackend"),
-                              hint="use auto, math or mem_efficient"))
-        lim = s["slurm"]
-        if lim.get("maxTimeLimit") and _time_seconds(lim["defaultTimeLimit"]) > _time_seconds(lim["maxTimeLimit"]):
-            d.append(obj.diag("defaultTimeLimit exceeds maxTimeLimit", ("spec", "slurm", "defaultTimeLimit")))
-        if lim.get("maxNodes") and s["nodes"] > lim["maxNodes"]:
-            d.append(obj.diag(f"nodes {s['nodes']} exceeds maxNodes {lim['maxNodes']}", ("spec", "nodes")))
-    elif obj.kind == "Run":
-        d.extend(_check_run(res, obj))
-    return d
-
-
-def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
-    d: list[Diagnostic] = []
-    s = run.spec
-    stage = s["stage"]
-    ds = res.get("Dataset", s["datasetRef"])
-    hw = res.get("HardwareProfile", s["hardwareRef"])
-    tr = s["trainer"]
-    init = s.get("initFrom") or {}
-    if init:
-        if bool(init.get("run")) == bool(init.get("checkpoint")):
-            d.append(run.diag("initFrom needs exactly one of run or checkpoint", ("spec", "initFrom"),
-                              hint="initFrom: {run: NAME} or initFrom: {checkpoint: PATH}"))
-        elif init.get("run"):
-            src = res.get("Run", init["run"])
-            if src.spec["stage"] not in ("pretrain", "finetune"):
-                d.append(run.diag(f"initFrom run '{src.name}' is a {src.spec['stage']} run",
-                                  ("spec", "initFrom", "run"), hint="start from a pretrain or finetune run"))
-            if stage == "predict" and src.spec["stage"] != "finetune":
-                d.append(run.diag("predict needs a finetune run to start from", ("spec", "initFrom", "run"),
-                                  hint="point initFrom.run at the finetune run whose head predicts the target"))
-        elif init.get("checkpoint") and not Path(init["checkpoint"]).exists() and run.source == "file":
-            d.append(run.diag(f"checkpoint not found: {init['checkpoint']}", ("spec", "initFrom", "checkpoint")))
-    model_ref = effective_model_ref(res, run)
-    if stage in ("pretrain", "finetune") and not model_ref:
-        d.append(run.diag(f"a {stage} run needs a model", ("spec",),
-                          hint="add spec.modelRef (finetune may also inherit it from initFrom.run)"))
-    if stage == "predict" and not init:
-        d.append(run.diag("a predict run needs initFrom", ("spec",),
-                          hint="initFrom: {run: FINETUNE-RUN} or {checkpoint: PATH}"))
-    if stage == "baseline" and init:
-        d.append(run.diag("a baseline run does not start from weights", ("spec", "initFrom"), hint="remove initFrom"))
-    if stage == "finetune" and init.get("run") and s.get("modelRef"):
-        src_model = effective_model_ref(res, res.get("Run", init["run"]))
-        if src_model and src_model != s["modelRef"]:
-            d.append(run.diag(f"modelRef '{s['modelRef']}' differs from the model of initFrom run ('{src_model}')",
-                              ("spec", "modelRef"), hint="drop modelRef to inherit the pretrained model"))
-    if stage == "pretrain":
-        uw = tr["lossWeights"]["unifrac"]
-        if uw > 0:
-            if tr["batchSize"] < 2 or tr["batchSize"] % 2:
-                d.append(run.diag(f"UniFrac pretraining needs an even batch size of at least 2, found {tr['batchSize']}",
-                                  ("spec", "trainer", "batchSize"), hint="pairs of samples are compared; use 8, 16, 32..."))
-            if not ds.spec.get("tree") and not ds.spec.get("distanceMatrix"):
-                d.append(run.diag(f"Dataset '{ds.name}' has neither tree nor distanceMatrix",
-                                  ("spec", "datasetRef"),
-                                  hint="add spec.tree or spec.distanceMatrix to the Dataset, or set lossWeights.unifrac: 0"))
-        if uw == 0 and tr["lossWeights"]["nucleotide"] == 0 and tr["lossWeights"]["count"] == 0:
-            d.append(run.diag("every pretraining loss weight is 0", ("spec", "trainer", "lossWeights"),
-                              hint="give unifrac or nucleotide a positive weight"))
-    if stage in ("finetune", "baseline", "predict"):
-        names = [t["name"] for t in ds.spec["targets"]]
-        if s.get("target") and s["target"] not in names:
-            d.append(run.diag(f"target '{s['target']}' is not a target of Dataset '{ds.name}'", ("spec", "target"),
-                              hint=f"one of: {', '.join(names)}" if names else "add it to the Dataset's spec.targets"))
-        elif not names and stage != "predict":
-            d.append(run.diag(f"Dataset '{ds.name}' has no targets", ("spec", "datasetRef"),
-                              hint="add spec.targets to the Dataset"))
-    metric = tr["earlyStopping"]["metric"]
-    metric_stage = {"mae": "finetune", "rmse": "finetune", "r2": "finetune", "accuracy": "finetune",
-                    "f1": "finetune", "auroc": "finetune", "unifrac_mae": "pretrain", "nuc_accuracy": "pretrain"}
-    if stage in ("pretrain", "finetune") and metric in metric_stage and metric_stage[metric] != stage:
-        d.append(run.diag(f"metric '{metric}' is not computed by a {stage} run",
-                          ("spec", "trainer", "earlyStopping", "metric"), hint="use val_loss"))
-    if stage == "finetune":
-        tname = s.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)
-        ttype = next((t["type"] for t in ds.spec["targets"] if t["name"] == tname), None)
-        if ttype == "regression" and metric in ("accuracy", "f1", "auroc"):
-            d.append(run.diag(f"metric '{metric}' needs a classification target", ("spec", "trainer", "earlyStopping", "metric"),
-                              hint="use val_loss, mae, rmse or r2"))
-        if ttype == "classification" and metric in ("mae", "rmse", "r2"):
-            d.append(run.diag(f"metric '{metric}' needs a regression target", ("spec", "trainer", "earlyStopping", "metric"),
-                              hint="use val_loss, accuracy, f1 or auroc"))
-    if s["freezeBase"] and not init:
-        d.append(run.diag("freezeBase needs pretrained weights", ("spec", "freezeBase"), hint="add initFrom or remove freezeBase"))
-    ex = s["executor"]
-    hs = hw.spec
-    if ex["type"] == "local" and hs["nodes"] > 1:
-        d.append(run.diag(f"HardwareProfile '{hw.name}' spans {hs['nodes']} nodes; the local executor runs on one machine",
-                          ("spec", "executor", "type"), hint="use executor type slurm"))
-    if ex["type"] == "slurm":
-        sl = ex["slurm"]
-        limit = hs["slurm"].get("maxTimeLimit")
-        if sl.get("timeLimit") and limit and _time_seconds(sl["timeLimit"]) > _time_seconds(limit):
-            d.append(run.diag(f"timeLimit {sl['timeLimit']} exceeds the maximum {limit} of HardwareProfile '{hw.name}'",
-                              ("spec", "executor", "slurm", "timeLimit"), hint=f"use at most {limit}"))
-        nodes = sl.get("nodes") or hs["nodes"]
-        if hs["slurm"].get("maxNodes") and nodes > hs["slurm"]["maxNodes"]:
-            d.append(run.diag(f"{nodes} nodes exceed the maximum {hs['slurm']['maxNodes']} of HardwareProfile '{hw.name}'",
-                              ("spec", "executor", "slurm", "nodes")))
-    return d
-

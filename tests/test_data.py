@@ -349,10 +349,10 @@ def test_preflight_accepts_good_data(ds):
 def test_oral_age_preflight_clean():
     """The shipped Dataset, resolved through the schema as aamctl does, passes every check."""
     from aamctl.parse import load_paths
-    from aamctl.resolve import resolve
+    from aamctl.validate import validate
 
     root = ORAL.parent.parent.parent
-    res = resolve(load_paths([str(root / "manifests" / "pretrain.yaml")]))
+    res = validate(load_paths([str(root / "manifests" / "pretrain.yaml")]))
     [ds] = [o for o in res.given if o.kind == "Dataset"]
     assert check_dataset(ds.spec, "pretrain", "age", need_distances=True, batch_size=32, seed=42) == []
 

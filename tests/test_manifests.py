@@ -12,7 +12,8 @@ import yaml
 
 from aamctl.errors import AamError
 from aamctl.parse import load_paths, parse_text
-from aamctl.resolve import MemoryStore, resolve
+from aamctl.resolve import MemoryStore
+from aamctl.validate import validate
 from aamctl.schema import explain
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,7 +32,7 @@ def _expectation(path: Path):
 def test_bad_manifest_message_and_line(path):
     want_line, want = _expectation(path)
     with pytest.raises(AamError) as info:
-        resolve(load_paths([str(path)]))
+        validate(load_paths([str(path)]))
     diags = info.value.diagnostics
     rendered = [d.render() for d in diags]
     assert any(want in r for r in rendered), rendered
@@ -60,7 +61,7 @@ def test_all_errors_of_a_file_reported_at_once(tmp_path):
     f.write_text("apiVersion: aam/v1alpha1\nkind: Model\nmetadata:\n  name: m\nspec:\n"
                  "  embeddingDim: wide\n  dropout: 2\n  layerz: 3\n")
     with pytest.raises(AamError) as info:
-        resolve(load_paths([str(f)]))
+        validate(load_paths([str(f)]))
     lines = sorted(d.line for d in info.value.diagnostics)
     assert lines == [6, 7, 8]
 
@@ -96,7 +97,7 @@ def test_controller_does_not_import_torch():
 
 
 def test_defaults_filled_and_paths_absolute():
-    res = resolve(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
+    res = validate(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
     run = res.get("Run", "quickstart-pretrain")
     assert run.spec["trainer"]["weightDecay"] == 0.01  # schema default
     assert run.spec["trainer"]["scheduler"] == "cosine"
@@ -109,9 +110,9 @@ def test_defaults_filled_and_paths_absolute():
 
 
 def test_round_trip_resolve_dump_parse_resolve_is_stable(tmp_path):
-    res = resolve(load_paths([str(ROOT / "manifests")]))
+    res = validate(load_paths([str(ROOT / "manifests")]))
     dumped = yaml.safe_dump_all([o.manifest for o in res.given], sort_keys=False)
-    res2 = resolve(parse_text(dumped, "dumped.yaml", tmp_path))
+    res2 = validate(parse_text(dumped, "dumped.yaml", tmp_path))
     for a, b in zip(res.given, res2.given):
         assert a.manifest == b.manifest
         assert a.hash == b.hash
@@ -120,7 +121,7 @@ def test_round_trip_resolve_dump_parse_resolve_is_stable(tmp_path):
 
 
 def test_hash_changes_with_spec_and_not_with_annotations():
-    res = resolve(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
+    res = validate(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
     run = res.get("Run", "quickstart-pretrain")
     h = run.hash
     run.manifest["metadata"]["annotations"]["note"] = "x"
@@ -130,7 +131,7 @@ def test_hash_changes_with_spec_and_not_with_annotations():
 
 
 def test_changing_model_changes_run_hash():
-    res = resolve(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
+    res = validate(load_paths([str(ROOT / "examples" / "quickstart.yaml")]))
     run = res.get("Run", "quickstart-finetune")
     before = res.run_hash(run)
     res.get("Model", "quickstart-tiny").manifest["spec"]["dropout"] = 0.2
@@ -138,9 +139,9 @@ def test_changing_model_changes_run_hash():
 
 
 def test_refs_resolve_from_store():
-    res = resolve(load_paths([str(ROOT / "manifests" / "pretrain.yaml")]))
+    res = validate(load_paths([str(ROOT / "manifests" / "pretrain.yaml")]))
     store = MemoryStore({k: o.manifest for k, o in res.objects.items() if o.source == "file"})
-    res2 = resolve(load_paths([str(ROOT / "manifests" / "finetune.yaml")]), store)
+    res2 = validate(load_paths([str(ROOT / "manifests" / "finetune.yaml")]), store)
     assert res2.get("Dataset", "oral-age").source == "store"
     assert res2.run_bundle(res2.get("Run", "oral-age-finetune"))["model"].name == "aam-small"
 
@@ -149,7 +150,7 @@ def test_user_profile_overrides_builtin(tmp_path):
     f = tmp_path / "hw.yaml"
     f.write_text("apiVersion: aam/v1alpha1\nkind: HardwareProfile\nmetadata:\n  name: cpu\nspec:\n"
                  "  accelerator: cpu\n  devicesPerNode: 2\n  strategy: ddp\n")
-    res = resolve(load_paths([str(f)]))
+    res = validate(load_paths([str(f)]))
     assert res.get("HardwareProfile", "cpu").spec["devicesPerNode"] == 2
 
 

@@ -11,7 +11,7 @@ from jsonschema import Draft202012Validator
 
 from aamctl.errors import AamError
 from aamctl.parse import parse_text
-from aamctl.resolve import resolve
+from aamctl.validate import validate
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "v1alpha1"
 
@@ -72,7 +72,7 @@ MANIFEST_WITH = {
 @pytest.mark.parametrize("what", sorted(MANIFEST_WITH))
 def test_manifest_values_with_a_trailing_newline_are_refused(what):
     with pytest.raises(AamError) as err:
-        resolve(parse_text(MANIFEST_WITH[what], "m.yaml"))
+        validate(parse_text(MANIFEST_WITH[what], "m.yaml"))
     assert "m.yaml:" in err.value.render()
 
 
@@ -97,7 +97,7 @@ kind: Dataset
 metadata: {name: d}
 spec: {table: t.biom, tree: t.nwk, split: {seed: 3.0}}
 """
-    res = resolve(parse_text(text, "m.yaml", Path("/tmp")))
+    res = validate(parse_text(text, "m.yaml", Path("/tmp")))
     tr = res.get("Run", "r").spec["trainer"]
     assert [type(tr[k]) for k in ("batchSize", "epochs", "seed")] == [int, int, int]
     assert isinstance(tr["learningRate"], float)
@@ -235,7 +235,7 @@ def test_extreme_values_resolve_cleanly_and_train_a_first_step(kind, path, end, 
     f = tmp_path / "m.yaml"
     f.write_text(yaml.safe_dump_all(list(docs.values()), sort_keys=False))
     try:
-        res = resolve(parse_text(f.read_text(), str(f), tmp_path))
+        res = validate(parse_text(f.read_text(), str(f), tmp_path))
         run = res.get("Run", "extreme")
         diags = run_preflight(res, [run]) if stage else []
         if diags:

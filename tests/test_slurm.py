@@ -12,7 +12,7 @@ import pytest
 from aamctl.apply import build_plan
 from aamctl.errors import AamError
 from aamctl.parse import parse_text
-from aamctl.resolve import resolve
+from aamctl.validate import validate
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 from synth import CPU_PROFILES, make_dataset, pretrain_run
@@ -47,7 +47,7 @@ spec:
     type: slurm
     slurm: {{nodes: {nodes}, timeLimit: "12:00:00", account: aam-test, partition: gpu}}
 """
-    res = resolve(parse_text(text, "golden.yaml", Path("/")))
+    res = validate(parse_text(text, "golden.yaml", Path("/")))
     run = res.get("Run", name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AAM_PYTHON", "/opt/aam/venv/bin/python")
@@ -103,7 +103,7 @@ spec:
   executor: {type: slurm, slurm: {timeLimit: "1-00:00:01", nodes: 5}}
 """
     with pytest.raises(AamError) as info:
-        resolve(parse_text(text, "r.yaml", Path("/")))
+        validate(parse_text(text, "r.yaml", Path("/")))
     msgs = info.value.render()
     assert "exceeds the maximum 24:00:00" in msgs and "5 nodes exceed the maximum 4" in msgs
 
@@ -133,7 +133,7 @@ kind: Run
 metadata: {{name: r}}
 spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor: {{type: slurm}}}}
 """
-    res = resolve(parse_text(text, "r.yaml", tmp_path))
+    res = validate(parse_text(text, "r.yaml", tmp_path))
     plan = build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "home", None, None, None)
     script = plan.files["job.sbatch"]
     env_line = next(l for l in script.splitlines() if l.startswith("export EVIL="))
@@ -143,7 +143,7 @@ spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor
     # a module name or a partition with shell syntax never gets that far: the schema refuses it
     bad = text.replace("modules: [gcc/12.2]", "modules: ['gcc; rm -rf /']")
     with pytest.raises(AamError, match="does not have the expected form"):
-        resolve(parse_text(bad, "r.yaml", tmp_path))
+        validate(parse_text(bad, "r.yaml", tmp_path))
     # a run folder SLURM directives cannot carry is refused with a clear message
     with pytest.raises(AamError, match="SLURM directives cannot carry"):
         build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "my home", None, None, None)
