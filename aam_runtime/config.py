@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .runfolder import METRICS, RECORD
+from .runfolder import METRICS, RECORD, RESOLVED_KEY
 
 
 class RecordError(Exception):
@@ -15,7 +15,8 @@ class RecordError(Exception):
 
 
 class RunConfig:
-    """Accessors over the resolved manifests of record.yaml (defaults already filled by aamctl)."""
+    """Accessors over record.yaml: the resolved manifests (defaults filled by aamctl) and the main
+    Run's `resolved:` section (effective model, starting checkpoint, precision, generation)."""
 
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
@@ -24,24 +25,25 @@ class RunConfig:
             docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
         except (OSError, yaml.YAMLError) as exc:
             raise RecordError(f"{path}: cannot read the run record ({exc})") from None
-        runs = [d for d in docs if d.get("kind") == "Run" and "aam/record-of" in d["metadata"].get("annotations", {})]
+        runs = [d for d in docs if isinstance(d, dict) and d.get("kind") == "Run" and RESOLVED_KEY in d]
         if not runs:
-            raise RecordError(f"{path}: no Run annotated aam/record-of")
+            raise RecordError(f"{path}: no Run with a '{RESOLVED_KEY}:' section; was it written by aamctl apply?")
         self.run = runs[0]
-        self.ann = self.run["metadata"].get("annotations", {})
+        settings = self.run[RESOLVED_KEY]
         by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
         s = self.run["spec"]
         self.spec = s
         self.name = self.run["metadata"]["name"]
-        self.generation = int(self.ann.get("aam/generation", "1"))
+        self.generation = int(settings["generation"])
+        self.run_hash = settings["runHash"]
         self.dataset = by[("Dataset", s["datasetRef"])]["spec"]
         self.hardware = by[("HardwareProfile", s["hardwareRef"])]["spec"]
-        model_name = self.ann.get("aam/model")
-        self.model = by[("Model", model_name)]["spec"] if model_name and ("Model", model_name) in by else None
+        self.model = (settings.get("model") or {}).get("spec")
+        self.init_checkpoint = settings.get("initCheckpoint")
+        self.init_stage = settings.get("initStage")
+        self.precision = settings["precision"]
         self.labels = self.run["metadata"].get("labels", {})
         self.manifests = docs
-        init = s.get("initFrom") or {}
-        self.init_checkpoint = self.ann.get("aam/init-checkpoint") or init.get("checkpoint")
         self._wandb = None
 
     @property
@@ -66,29 +68,14 @@ class RunConfig:
         return next((t["type"] for t in self.dataset.get("targets", []) if t["name"] == name), None)
 
     def target_normalize(self, name) -> str:
-        return next((t.get("normalize", "zscore") for t in self.dataset.get("targets", []) if t["name"] == name), "none")
+        """The declared scaling of a target ('none' for a column the Dataset does not declare)."""
+        return next((t["normalize"] for t in self.dataset["targets"] if t["name"] == name), "none")
 
     def loss_weight(self, name) -> float:
         return float(self.trainer["lossWeights"][name])
 
     def init_is_finetune(self) -> bool:
-        return self.ann.get("aam/init-stage") == "finetune"
-
-    def precision(self) -> str:
-        p = self.trainer["precision"]
-        if p == "auto":
-            p = self.hardware["precision"]
-        if p == "auto":
-            if self.hardware["accelerator"] == "cpu":
-                return "no"
-            try:
-                import torch
-                return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-            except Exception:
-                return "no"
-        if p == "fp16" and self.hardware["accelerator"] == "cpu":
-            return "no"
-        return p
+        return self.init_stage == "finetune"
 
     def compile_enabled(self) -> bool:
         c = self.trainer["compile"]
@@ -111,7 +98,7 @@ class RunConfig:
             return
         os.environ.setdefault("WANDB_SILENT", "true")
         tags = [f"{k}:{v}" for k, v in self.labels.items()] + list(wb.get("tags", [])) + [self.stage]
-        run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.name}-g{self.generation}-{self.ann.get('aam/run-hash', 'x')}")
+        run_id = re.sub(r"[^A-Za-z0-9_-]", "-", f"{self.name}-g{self.generation}-{self.run_hash}")
         try:
             self._wandb = wandb.init(mode=wb["mode"], project=wb["project"], entity=wb.get("entity"),
                                      name=f"{self.name}-g{self.generation}", id=run_id, resume="allow",

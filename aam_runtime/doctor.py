@@ -22,10 +22,12 @@ def main(argv=None) -> int:
 
     import torch
 
+    from .jobenv import INTERFACE_VARS, job_env
+
     hip = getattr(torch.version, "hip", None)
     build = f"ROCm {hip}" if hip else (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
     add("torch", "ok", f"{torch.__version__} ({build})")
-    want = spec.get("accelerator")
+    want = spec.get("accelerator")  # None: no profile named, check the machine only
     if want == "rocm" and not hip:
         add("torch build", "FAIL", "profile wants ROCm but this torch is not a HIP build")
     elif want == "cuda" and (hip or not torch.version.cuda):
@@ -33,8 +35,8 @@ def main(argv=None) -> int:
     elif want:
         add("torch build", "ok", f"matches accelerator {want}")
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    per_node = spec.get("devicesPerNode", 1)
     if want in ("cuda", "rocm"):
+        per_node = spec["devicesPerNode"]
         add("devices", "ok" if n >= per_node else "FAIL", f"{n} visible, profile expects {per_node} per node"
             + (f" ({torch.cuda.get_device_name(0)})" if n else ""))
     else:
@@ -85,9 +87,10 @@ def main(argv=None) -> int:
     else:
         add("torch.compile", "skip", "not allowed by the profile" + (" (never on ROCm)" if hip else ""))
     iface = spec.get("networkInterface")
-    for var in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+    wanted = job_env(spec) if spec else {}
+    for var in INTERFACE_VARS:
         val = os.environ.get(var)
-        expected = (spec.get("env") or {}).get(var)
+        expected = wanted.get(var)
         if expected and val != expected:
             add(var, "WARN", f"is {val!r}, profile sets {expected!r} in the job")
         elif val:

@@ -6,6 +6,7 @@ batch, L tokens per ASV (START + bases), D embedding width.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -13,7 +14,77 @@ import torch.nn.functional as F
 
 from .data.table import MASK, PAD, START, VOCAB_SIZE
 
-MAX_SAMPLE_POSITIONS = 65536
+# Modules that belong to the target head: what finetuning starts afresh (unless it continues a
+# finetune run) and what freezeBase leaves trainable.
+HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", "cat_embs", "cat_proj", "cat_gate", "out", "out_scale", "out_bias")
+
+
+def is_head_key(name: str) -> bool:
+    """Is this state-dict key or parameter name part of the target head?"""
+    return name.split(".")[0] in HEAD_MODULES
+
+
+@dataclass(frozen=True)
+class Level:
+    heads: int
+    layers: int
+
+
+@dataclass(frozen=True)
+class TargetHead:
+    heads: int
+    layers: int
+    layer_norm: bool
+    hidden: tuple[int, ...]
+    output_scale: bool
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network's shape, built from a resolved Model spec (schema defaults already filled)."""
+
+    embedding_dim: int
+    ffn_multiplier: int
+    dropout: float
+    nucleotide: Level
+    sample: Level
+    encoder_head: Level
+    target_head: TargetHead
+    count_embedding: str
+    categorical_fusion: str
+    categorical_embedding_dim: int
+    mask_ratio: float
+    gradient_checkpointing: bool
+    dedup_asvs: bool
+
+    @classmethod
+    def from_spec(cls, spec: dict) -> "ModelConfig":
+        th = spec["targetHead"]
+        return cls(embedding_dim=spec["embeddingDim"], ffn_multiplier=spec["ffnMultiplier"], dropout=spec["dropout"],
+                   nucleotide=Level(**spec["nucleotide"]), sample=Level(**spec["sample"]),
+                   encoder_head=Level(**spec["encoderHead"]),
+                   target_head=TargetHead(heads=th["heads"], layers=th["layers"], layer_norm=th["layerNorm"],
+                                          hidden=tuple(th["hidden"]), output_scale=th["outputScale"]),
+                   count_embedding=spec["countEmbedding"], categorical_fusion=spec["categoricalFusion"],
+                   categorical_embedding_dim=spec["categoricalEmbeddingDim"], mask_ratio=spec["maskRatio"],
+                   gradient_checkpointing=spec["gradientCheckpointing"], dedup_asvs=spec["dedupAsvs"])
+
+
+def sample_positions(max_asvs_per_sample: int) -> int:
+    """Rows of the sample-level position table (at least 1024, so small data sets share a shape)."""
+    return max(1024, max_asvs_per_sample)
+
+
+def build_model(spec: dict, hardware: dict, *, max_bp: int, n_outputs: int = 0,
+                categorical_sizes: list[int] | None = None, max_asvs: int = 1024) -> "AAM":
+    """The one way training and predict make the network: shape from the Model spec, attention
+    kernel from the Model (or, on auto, the HardwareProfile) and the machine."""
+    model = AAM(ModelConfig.from_spec(spec), max_bp=max_bp, n_outputs=n_outputs,
+                categorical_sizes=categorical_sizes, max_asvs=max_asvs)
+    requested = spec["attentionBackend"] if spec["attentionBackend"] != "auto" else hardware["attentionBackend"]
+    model.attention_backend = choose_attention_backend(requested, hardware["accelerator"], hardware.get("rocmVersion"),
+                                                       getattr(torch.version, "hip", None))
+    return model
 
 
 def sdpa_context(backend: str):
@@ -104,25 +175,29 @@ class AttentionPool(nn.Module):
 
 
 class AAM(nn.Module):
-    def __init__(self, spec: dict, max_bp: int, n_outputs: int = 0, categorical_sizes: list[int] | None = None,
-                 max_asvs: int = 1024):
+    # FSDP wraps each transformer block (accelerate reads this list for TRANSFORMER_BASED_WRAP)
+    _no_split_modules = [Block.__name__]
+
+    def __init__(self, config: ModelConfig, max_bp: int, n_outputs: int = 0,
+                 categorical_sizes: list[int] | None = None, max_asvs: int = 1024):
         super().__init__()
-        d = spec["embeddingDim"]
-        ff, drop, ckpt = spec["ffnMultiplier"], spec["dropout"], spec["gradientCheckpointing"]
-        self.spec = spec
-        self.dedup = spec.get("dedupAsvs", True)
+        c = config
+        d = c.embedding_dim
+        ff, drop, ckpt = c.ffn_multiplier, c.dropout, c.gradient_checkpointing
+        self.config = c
+        self.dedup = c.dedup_asvs
         self.attention_backend = "auto"
-        self.mask_ratio = spec["maskRatio"]
+        self.mask_ratio = c.mask_ratio
         # Bases and positions are stored at nanoGPT's 0.02 (so AdamW moves them ~5% a step) but enter
         # at unit scale: at 0.02 every ASV looks alike, every sample too, and a target head sits on
         # the mean for hundreds of steps. Measured in docs/benchmarks.md (init comparison).
         self.emb_scale = 50.0
         self.tok_emb = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD)
         self.nuc_pos = nn.Embedding(max_bp + 1, d)
-        self.nuc = Encoder(d, spec["nucleotide"]["heads"], spec["nucleotide"]["layers"], ff, drop, ckpt)
+        self.nuc = Encoder(d, c.nucleotide.heads, c.nucleotide.layers, ff, drop, ckpt)
         self.asv_pool = AttentionPool(d)
         self.nuc_head = nn.Linear(d, VOCAB_SIZE)
-        self.count_mode = spec["countEmbedding"]
+        self.count_mode = c.count_embedding
         if self.count_mode == "add":
             self.count_in = nn.Linear(1, d)
         elif self.count_mode == "concat":
@@ -130,20 +205,20 @@ class AAM(nn.Module):
         else:
             self.count_in = nn.Linear(1, 2 * d)
         self.sample_pos = nn.Embedding(max_asvs, d)
-        self.sample = Encoder(d, spec["sample"]["heads"], spec["sample"]["layers"], ff, drop, ckpt)
-        self.enc_head = Encoder(d, spec["encoderHead"]["heads"], spec["encoderHead"]["layers"], ff, drop, ckpt)
+        self.sample = Encoder(d, c.sample.heads, c.sample.layers, ff, drop, ckpt)
+        self.enc_head = Encoder(d, c.encoder_head.heads, c.encoder_head.layers, ff, drop, ckpt)
         self.enc_pool = AttentionPool(d)
         self.count_head = nn.Linear(d, 1)
         self.n_outputs = n_outputs
         if n_outputs:
-            th = spec["targetHead"]
-            self.tgt = Encoder(d, th["heads"], th["layers"], ff, drop, ckpt)
+            th = c.target_head
+            self.tgt = Encoder(d, th.heads, th.layers, ff, drop, ckpt)
             self.tgt_pool = AttentionPool(d)
-            self.tgt_ln = nn.LayerNorm(d) if th["layerNorm"] else nn.Identity()
-            self.cat_embs = nn.ModuleList(nn.Embedding(n + 1, spec["categoricalEmbeddingDim"])
+            self.tgt_ln = nn.LayerNorm(d) if th.layer_norm else nn.Identity()
+            self.cat_embs = nn.ModuleList(nn.Embedding(n + 1, c.categorical_embedding_dim)
                                           for n in (categorical_sizes or []))
-            cat_dim = spec["categoricalEmbeddingDim"] * len(self.cat_embs)
-            self.fusion = spec["categoricalFusion"] if cat_dim else "none"
+            cat_dim = c.categorical_embedding_dim * len(self.cat_embs)
+            self.fusion = c.categorical_fusion if cat_dim else "none"
             width = d
             if self.fusion == "concat":
                 width = d + cat_dim
@@ -154,13 +229,13 @@ class AAM(nn.Module):
             elif self.fusion == "film":
                 self.cat_proj = nn.Linear(cat_dim, 2 * d)
             layers: list[nn.Module] = []
-            for h in th["hidden"]:
+            for h in th.hidden:
                 layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(drop)]
                 width = h
             layers.append(nn.Linear(width, n_outputs))
             self.out = nn.Sequential(*layers)
-            self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th["outputScale"] else None
-            self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th["outputScale"] else None
+            self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th.output_scale else None
+            self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th.output_scale else None
         self.apply(self._init)
         # log(count + 1) reaches ~7: give it unit-scale weights so abundance is visible from step 0
         # (bases and positions keep 0.02: larger embeddings learn too slowly under AdamW).
@@ -177,8 +252,7 @@ class AAM(nn.Module):
 
     def base_parameters(self):
         """Everything but the target head (what freezeBase freezes)."""
-        head = {id(p) for n, p in self.named_parameters() if n.split(".")[0] in
-                ("tgt", "tgt_pool", "tgt_ln", "cat_embs", "cat_proj", "cat_gate", "out", "out_scale", "out_bias")}
+        head = {id(p) for n, p in self.named_parameters() if is_head_key(n)}
         return [p for p in self.parameters() if id(p) not in head]
 
     def mask_tokens(self, tokens: torch.Tensor, generator: torch.Generator | None = None):

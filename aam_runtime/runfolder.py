@@ -28,6 +28,8 @@ from pathlib import Path
 
 # -- file names (nothing else in aam spells them)
 RECORD = "record.yaml"
+# the record's main Run carries what aamctl decided for the runtime under this top-level key
+RESOLVED_KEY = "resolved"
 ACCELERATE_CONFIG = "accelerate.yaml"
 LOCAL_SCRIPT = "launch.sh"
 SLURM_SCRIPT = "job.sbatch"

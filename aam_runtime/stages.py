@@ -30,31 +30,33 @@ def _load_checkpoint(path: str | Path) -> dict:
 
 
 def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
-    from .train import Trainer, log, prepare_data
+    """pretrain and finetune: prepare the data, fit, then write plots (and, for finetune, the
+    validation predictions)."""
+    from .data.prepare import log, prepare
+    from .train import Trainer
 
     trainer = Trainer(cfg, folder)
-    resume = None
     last = folder.path / checkpoint_name("last")
-    if last.exists():
-        resume = _load_checkpoint(last)
+    resume = _load_checkpoint(last) if last.exists() else None
     init_state = None
     if resume is None and cfg.init_checkpoint:
         init_state = _load_checkpoint(cfg.init_checkpoint)["model"]
-    data = prepare_data(cfg, folder, cfg.stage)
+    data = prepare(cfg, folder, cfg.stage)
     if trainer.main:
         cfg.wandb_start(folder)
     t0 = time.time()
-    model, state = trainer.fit(data, init_state=init_state, resume=resume)
-    summary = dict(state["history"][-1]) if state["history"] else {}
-    summary.pop("split", None)
-    summary.update(best_metric=state["best"], best_step=state["best_step"], train_seconds=round(time.time() - t0, 2))
+    result = trainer.fit(data, init_state=init_state, resume=resume)
+    summary = {k: v for k, v in (result.history[-1] if result.history else {}).items() if k != "split"}
+    summary.update(best_metric=result.state["best"], best_step=result.state["best_step"],
+                   train_seconds=round(time.time() - t0, 2))
     if trainer.main:
         images = {}
         p = plots.loss_curves(read_jsonl(folder.file(METRICS)), folder.plots)
         if p:
             images["loss"] = p
-        if cfg.stage == "finetune" and getattr(trainer, "_last_val", None) is not None:
-            images.update(_target_outputs(folder, data, *trainer._last_val))
+        v = result.last_validation
+        if cfg.stage == "finetune" and v is not None and v.pred is not None:
+            images.update(_target_outputs(folder, data, v.rows, v.pred, data.enc.targets[v.rows]))
         cfg.wandb_finish(summary=summary, images=images)
         log(f"done: {summary}")
     trainer.acc.wait_for_everyone()
@@ -87,11 +89,14 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation") -
 
 
 def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
+    """Predictions of a finetuned checkpoint on any Dataset (unseen ASVs included), with metrics
+    where the Dataset has the target."""
     import torch
 
     from .data import batches as B
-    from .model import AAM, choose_attention_backend
-    from .train import Data, log, prepare_data, target_metrics
+    from .data.prepare import log, prepare
+    from .model import build_model
+    from .train import check_hardware, target_metrics
 
     ck = _load_checkpoint(cfg.init_checkpoint)
     meta = ck.get("meta") or {}
@@ -99,22 +104,21 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         raise DataError(f"{cfg.init_checkpoint}: predict needs a finetune checkpoint (this one is from a "
                         f"{meta.get('stage', 'unknown')} run)")
     cfg.spec = dict(cfg.spec, target=meta["target"])
-    if meta["target"] not in [t["name"] for t in cfg.dataset.get("targets", [])]:
-        cfg.dataset = dict(cfg.dataset, targets=list(cfg.dataset.get("targets", [])) +
-                           [{"name": meta["target"], "type": meta["target_type"], "normalize": "zscore"}])
-    data: Data = prepare_data(cfg, folder, "predict", ckpt_meta=meta)
+    if meta["target"] not in [t["name"] for t in cfg.dataset["targets"]]:
+        # the column the model predicts, read as the finetune run read it (scaling comes from meta)
+        cfg.dataset = dict(cfg.dataset, targets=list(cfg.dataset["targets"]) +
+                           [{"name": meta["target"], "type": meta["target_type"], "normalize": "none"}])
+    data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     data.target_type = meta["target_type"]
+    check_hardware(cfg)
     n_out = len(meta["classes"]) if meta["target_type"] == "classification" else 1
-    model = AAM(meta["model_spec"], max_bp=meta["max_bp"], n_outputs=n_out,
-                categorical_sizes=[len(lv) for lv in meta.get("cat_levels", [])], max_asvs=meta["max_asvs"])
+    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=n_out,
+                        categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"])
     model.load_state_dict(ck["model"])
-    hw = cfg.hardware
-    device = "cuda" if hw["accelerator"] in ("cuda", "rocm") and torch.cuda.is_available() else "cpu"
-    model.attention_backend = choose_attention_backend(meta["model_spec"]["attentionBackend"], hw["accelerator"],
-                                                       hw.get("rocmVersion"), getattr(torch.version, "hip", None))
+    device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
     model.to(device).eval()
     rows_all, preds = [], []
-    bs = max(1, cfg.trainer["batchSize"])
+    bs = cfg.trainer["batchSize"]
     with torch.no_grad():
         for i in range(0, len(data.val), bs):
             rows = data.val[i:i + bs]
@@ -134,7 +138,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         summary.update(target_metrics(pred, y, data))
     folder.metric(split="predict", step=0, **summary)
     cfg.wandb_finish(summary=summary, images=images)
-    log(f"predict: {len(rows)} samples -> {folder.file('predictions.tsv')}; {summary}")
+    log(f"predict: {len(rows)} samples -> {folder.file(PREDICTIONS)}; {summary}")
     return summary
 
 
@@ -142,9 +146,10 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Random forest on relative abundances with the transformer's split and metrics."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    from .train import log, prepare_data, target_metrics
+    from .data.prepare import log, prepare
+    from .train import target_metrics
 
-    data = prepare_data(cfg, folder, "baseline")
+    data = prepare(cfg, folder, "baseline")
     counts = data.enc.prepared.counts
     rel = counts.multiply(1.0 / np.maximum(np.asarray(counts.sum(axis=1)), 1e-12)).tocsr()
     bl = cfg.spec["baseline"]

@@ -1,134 +1,157 @@
-"""The training engine: one plain recipe per stage, steps visible top to bottom.
+"""The training engine: a fit loop of named steps, and one objective per training stage.
 
-pretrain  : UniFrac pairwise loss over the global batch + masked-nucleotide loss.
-finetune  : target head on the (optionally frozen) pretrained encoder.
-predict   : predictions.tsv from a finetuned checkpoint on any Dataset.
-baseline  : random forest on relative abundances, same split, same metrics.
+    fit = set up optimisation -> (train an epoch -> validate -> checkpoint)* -> FitResult
+
+PretrainObjective: UniFrac distances over the global batch + masked nucleotides (+ counts).
+FinetuneObjective: the target (+ masked nucleotides if weighted), metrics on the gathered rows.
+stages.py reads the recipes top to bottom; data preparation lives in data/prepare.py, the losses
+in losses.py, the network in model.py.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from . import losses as L
 from . import metrics as M
 from .config import RunConfig
 from .data import batches as B
 from .data import table as T
-from .data.split import make_split
+from .data.prepare import Data, log
 from .errors import HardwareMissing
-from .data.unifrac import DistanceLookup, compute as compute_unifrac
-from .model import AAM, choose_attention_backend, pairwise_unifrac_loss, sharded_unifrac_loss
-from .runfolder import SPLIT, RunFolder, atomic_write, checkpoint_name
-
-HIGHER_IS_BETTER = {"r2", "accuracy", "f1", "auroc", "nuc_accuracy"}
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+from .metric_table import improved
+from .model import AAM, build_model, is_head_key, sample_positions
+from .runfolder import RunFolder, atomic_write, checkpoint_name
 
 
 class Preempted(Exception):
     pass
 
 
-# ---------------------------------------------------------------- data
+# ---------------------------------------------------------------- objectives
+
+class PretrainObjective:
+    """UniFrac pairwise distances (global batch) + masked-nucleotide + count losses."""
+
+    stage = "pretrain"
+
+    def __init__(self, cfg: RunConfig, data: Data):
+        self.w = cfg.trainer["lossWeights"]
+        self.data = data
+
+    def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
+        w = self.w
+        res = model(batch, mask_nucleotides=w["nucleotide"] > 0, generator=gen)
+        out: dict = {}
+        loss = torch.zeros((), device=batch["tokens"].device)
+        if w["unifrac"] > 0 and self.data.lookup is not None:
+            dist = torch.from_numpy(self.data.lookup.sub(global_rows())).to(loss.device)
+            surrogate, uf, mae = L.unifrac_global(res["embedding"], dist, acc)
+            out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
+            loss = loss + w["unifrac"] * surrogate
+        nuc = L.nucleotide(res) if w["nucleotide"] > 0 else None
+        if nuc is not None:
+            out["nuc_loss"], out["nuc_accuracy"] = nuc
+            loss = loss + w["nucleotide"] * nuc[0]
+        if w["count"] > 0:
+            out["count_loss"] = L.count(res, batch)
+            loss = loss + w["count"] * out["count_loss"]
+        out["loss"] = loss
+        return out
+
+    def validation_batch(self, model, batch, rows, gen) -> tuple[dict, np.ndarray | None]:
+        res = model(batch, mask_nucleotides=self.w["nucleotide"] > 0, generator=gen)
+        out = {}
+        if self.data.lookup is not None and len(rows) >= 2:
+            dist = torch.from_numpy(self.data.lookup.sub(rows)).to(res["embedding"].device)
+            out["unifrac_loss"], out["unifrac_mae"] = (float(x) for x in L.unifrac(res["embedding"], dist))
+        nuc = L.nucleotide(res)
+        if nuc is not None:
+            out["nuc_loss"], out["nuc_accuracy"] = float(nuc[0]), float(nuc[1])
+        return out, None
+
+    def summarize(self, means: dict, rows: np.ndarray, pred: np.ndarray) -> dict:
+        return {**means, "val_loss": self.w["unifrac"] * means.get("unifrac_loss", 0.0)
+                + self.w["nucleotide"] * means.get("nuc_loss", 0.0)}
+
+
+class FinetuneObjective:
+    """The target loss (+ masked nucleotides when nucleotideWhenFinetuning > 0)."""
+
+    stage = "finetune"
+
+    def __init__(self, cfg: RunConfig, data: Data):
+        self.w = cfg.trainer["lossWeights"]
+        self.data = data
+        self.regression_loss = cfg.model["targetHead"]["loss"]
+
+    def _target_loss(self, res, batch):
+        return L.target(res["target"], batch["targets"], self.data.target_type, self.regression_loss)
+
+    def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
+        w = self.w
+        res = model(batch, mask_nucleotides=w["nucleotideWhenFinetuning"] > 0, generator=gen, need_target=True)
+        out = {"target_loss": self._target_loss(res, batch)}
+        loss = w["target"] * out["target_loss"]
+        nuc = L.nucleotide(res) if w["nucleotideWhenFinetuning"] > 0 else None
+        if nuc is not None:
+            out["nuc_loss"] = nuc[0]
+            loss = loss + w["nucleotideWhenFinetuning"] * nuc[0]
+        out["loss"] = loss
+        return out
+
+    def validation_batch(self, model, batch, rows, gen) -> tuple[dict, np.ndarray | None]:
+        res = model(batch, need_target=True)
+        return {"target_loss": float(self._target_loss(res, batch))}, res["target"].float().cpu().numpy()
+
+    def summarize(self, means: dict, rows: np.ndarray, pred: np.ndarray | None) -> dict:
+        pred = pred if pred is not None else np.zeros((0, 1))
+        out = {**means, "val_loss": means.get("target_loss", 0.0)}
+        out.update(target_metrics(pred, self.data.enc.targets[rows], self.data))
+        return out
+
+
+OBJECTIVES = {"pretrain": PretrainObjective, "finetune": FinetuneObjective}
+
+
+# ---------------------------------------------------------------- results of the steps
 
 @dataclass
-class Data:
-    enc: B.Encoded
-    train: np.ndarray
-    val: np.ndarray
-    lookup: DistanceLookup | None = None
-    target_name: str | None = None
-    target_type: str | None = None
-    norm: dict = field(default_factory=dict)  # mean/std for regression
-    classes: list = field(default_factory=list)
-    cat_levels: list = field(default_factory=list)  # per categorical column: its levels
-    cat_columns: list = field(default_factory=list)
+class Validation:
+    metrics: dict
+    rows: np.ndarray  # dataset rows, in the order of pred
+    pred: np.ndarray | None  # target outputs (finetune), else None
 
 
-def prepare_data(cfg: RunConfig, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -> Data:
-    ds = cfg.dataset
-    target = cfg.target_name()
-    ttype = cfg.target_type(target)
-    need = [target] if (stage in ("finetune", "baseline") and target) else []
-    prepared = T.load(ds, need_targets=need, seed=cfg.seed)
-    log(f"data: {prepared.n_samples} samples, {len(prepared.asv_ids)} ASVs; report {prepared.report}")
-    max_bp = (ckpt_meta or {}).get("max_bp", ds["maxBp"])
-    enc = B.encode(prepared, max_bp, ds["maxAsvsPerSample"], ds["asvSelection"], seed=cfg.seed)
-    if enc.non_acgt_bases:
-        log(f"warning: {enc.non_acgt_bases} bases other than A/C/G/T became padding (spec.nonACGT: pad)")
-    data = Data(enc=enc, train=np.array([], dtype=np.int64), val=np.array([], dtype=np.int64),
-                target_name=target, target_type=ttype)
-    # categoricals: codes from training levels (0 = unknown)
-    cat_cols = ds.get("categoricalColumns", []) if stage in ("finetune", "predict") else []
-    cat_cols = [c for c in cat_cols if c != target]
-    if stage == "predict" and ckpt_meta is not None:
-        cat_cols = ckpt_meta.get("cat_columns", [])
-    if stage == "predict":
-        data.train = np.array([], dtype=np.int64)
-        data.val = np.arange(prepared.n_samples)
-    else:
-        data.train, data.val = make_split(cfg.dataset, prepared, ttype, target)
-        lines = ["sample_id\tsplit"] + [f"{prepared.sample_ids[i]}\ttrain" for i in data.train] + \
-                [f"{prepared.sample_ids[i]}\tvalidation" for i in data.val]
-        atomic_write(folder.file(SPLIT), "\n".join(lines) + "\n")
-    if cat_cols:
-        levels = (ckpt_meta or {}).get("cat_levels") or [
-            sorted(set(prepared.metadata[c].iloc[data.train])) for c in cat_cols]
-        codes = np.zeros((prepared.n_samples, len(cat_cols)), dtype=np.int64)
-        for j, (c, lv) in enumerate(zip(cat_cols, levels)):
-            lookup = {v: i + 1 for i, v in enumerate(lv)}
-            codes[:, j] = [lookup.get(v, 0) for v in prepared.metadata[c]] if c in prepared.metadata else 0
-        enc.categoricals = codes
-        data.cat_levels = levels
-    data.cat_columns = cat_cols
-    if target and (stage in ("finetune", "baseline") or (stage == "predict" and target in prepared.metadata)):
-        values = prepared.metadata[target]
-        if ttype == "classification":
-            data.classes = (ckpt_meta or {}).get("classes") or sorted(set(values.iloc[data.train]))
-            idx = {c: i for i, c in enumerate(data.classes)}
-            enc.targets = np.array([idx.get(v, -1) for v in values], dtype=np.int64)
-        else:
-            y = values.astype(float).to_numpy(dtype=np.float32) if stage != "predict" else \
-                np.array([_to_float(v) for v in values], dtype=np.float32)
-            if ckpt_meta and "norm" in ckpt_meta:
-                data.norm = ckpt_meta["norm"]
-            elif cfg.target_normalize(target) == "zscore":
-                tr = y[data.train]
-                data.norm = {"mean": float(tr.mean()), "std": float(tr.std() or 1.0)}
-            else:
-                data.norm = {"mean": 0.0, "std": 1.0}
-            enc.targets = ((y - data.norm["mean"]) / data.norm["std"]).astype(np.float32)
-    elif stage == "predict" and ckpt_meta is not None:
-        data.classes = ckpt_meta.get("classes", [])
-        data.norm = ckpt_meta.get("norm", {})
-    if stage == "pretrain" and cfg.loss_weight("unifrac") > 0:
-        if ds.get("distanceMatrix"):
-            path = ds["distanceMatrix"]
-        else:
-            t0 = time.time()
-            path = compute_unifrac(prepared.sample_ids, prepared.asv_ids, prepared.counts, ds["tree"],
-                                   ds["unifrac"]["metric"], ds["unifrac"]["backend"])
-            log(f"unifrac: {ds['unifrac']['metric']} matrix ready in {time.time() - t0:.1f}s ({path})")
-        data.lookup = DistanceLookup(path, prepared.sample_ids)
-    return data
+@dataclass
+class Optimisation:
+    model: torch.nn.Module  # prepared (DDP/FSDP) and maybe compiled: call this one
+    raw: AAM  # the plain module
+    wrapped: torch.nn.Module  # prepared, not compiled: what get_state_dict takes
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    total_steps: int
+    steps_per_epoch: int
+    batches_per_epoch: int
 
 
-def _to_float(v):
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return float("nan")
+@dataclass
+class FitResult:
+    state: dict  # epoch, batch, step, best, best_step, bad_epochs, history (what a checkpoint keeps)
+    last_validation: Validation | None = None  # the final validation, with its predictions
 
+    @property
+    def history(self) -> list[dict]:
+        """Validation metrics, in order (across resumes)."""
+        return self.state["history"]
 
-# ---------------------------------------------------------------- trainer
 
 def make_accelerator(accelerator: str, precision: str):
     """The Accelerator every stage uses. Heads a stage does not train (the nucleotide head with
@@ -141,26 +164,37 @@ def make_accelerator(accelerator: str, precision: str):
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
+def check_hardware(cfg: RunConfig) -> None:
+    """The devices and precision the record asks for are here, or HardwareMissing (exit 5)."""
+    hw = cfg.hardware
+    if hw["accelerator"] in ("cuda", "rocm") and not torch.cuda.is_available():
+        build = "ROCm" if getattr(torch.version, "hip", None) else ("CUDA" if torch.version.cuda else "CPU-only")
+        raise HardwareMissing(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
+                              f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
+                              "(executor slurm), or use hardwareRef: cpu")
+    if cfg.precision == "bf16" and hw["accelerator"] != "cpu" and not torch.cuda.is_bf16_supported():
+        raise HardwareMissing(f"precision bf16 was planned for HardwareProfile '{cfg.spec['hardwareRef']}', but "
+                              f"{torch.cuda.get_device_name(0)} has no bf16; set precision: fp16 (or no) in the "
+                              "profile or in spec.trainer.precision")
+
+
+# ---------------------------------------------------------------- the fit loop
+
 class Trainer:
     def __init__(self, cfg: RunConfig, folder: RunFolder):
         self.cfg = cfg
         self.folder = folder
         self.stage = cfg.stage
-        tr = cfg.trainer
-        hw = cfg.hardware
-        if hw["accelerator"] in ("cuda", "rocm") and not torch.cuda.is_available():
-            build = "ROCm" if getattr(torch.version, "hip", None) else ("CUDA" if torch.version.cuda else "CPU-only")
-            raise HardwareMissing(f"HardwareProfile '{cfg.spec['hardwareRef']}' expects {hw['accelerator']} devices, but "
-                              f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
-                              "(executor slurm), or use hardwareRef: cpu")
-        self.acc = make_accelerator(hw["accelerator"], cfg.precision())
+        check_hardware(cfg)
+        self.acc = make_accelerator(cfg.hardware["accelerator"], cfg.precision)
         self.main = self.acc.is_main_process
         self.world = self.acc.num_processes
         self.rank = self.acc.process_index
         self.device = self.acc.device
-        torch.manual_seed(tr["seed"] + self.rank)
-        np.random.seed(tr["seed"])
-        if hw["accelerator"] == "cpu":
+        seed = cfg.trainer["seed"]
+        torch.manual_seed(seed + self.rank)
+        np.random.seed(seed)
+        if cfg.hardware["accelerator"] == "cpu":
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.stop_signal = None
         for sig in (signal.SIGTERM, signal.SIGUSR1):
@@ -170,44 +204,37 @@ class Trainer:
         self.stop_signal = signum
         log(f"received signal {signum}: will checkpoint and stop after this step")
 
-    # -- model
+    # -- step 1: the model, its starting weights, the optimiser and schedule
 
-    def build(self, data: Data, init_state: dict | None):
-        ms = self.cfg.model
+    def build_model(self, data: Data, init_state: dict | None) -> AAM:
         n_out = 0
-        if self.stage in ("finetune", "predict"):
+        if self.stage == "finetune":
             n_out = len(data.classes) if data.target_type == "classification" else 1
-        cat_sizes = [len(lv) for lv in data.cat_levels]
-        model = AAM(ms, max_bp=data.enc.tokens.shape[1] - 1, n_outputs=n_out, categorical_sizes=cat_sizes,
-                    max_asvs=max(1024, self.cfg.dataset["maxAsvsPerSample"]))
-        hw = self.cfg.hardware
-        requested = ms["attentionBackend"] if ms["attentionBackend"] != "auto" else hw["attentionBackend"]
-        model.attention_backend = choose_attention_backend(requested, hw["accelerator"], hw.get("rocmVersion"),
-                                                           getattr(torch.version, "hip", None))
+        model = build_model(self.cfg.model, self.cfg.hardware, max_bp=data.enc.tokens.shape[1] - 1, n_outputs=n_out,
+                            categorical_sizes=[len(lv) for lv in data.cat_levels],
+                            max_asvs=sample_positions(self.cfg.dataset["maxAsvsPerSample"]))
         if init_state is not None:
+            # a new target head starts afresh unless the weights come from a finetune run
+            fresh_head = self.stage == "finetune" and not self.cfg.init_is_finetune()
             own = model.state_dict()
             usable = {k: v for k, v in init_state.items() if k in own and own[k].shape == v.shape
-                      and not (self.stage == "finetune" and _is_head_key(k) and not self.cfg.init_is_finetune())}
-            missing = [k for k in own if k not in usable]
+                      and not (fresh_head and is_head_key(k))}
             model.load_state_dict(usable, strict=False)
-            log(f"init: loaded {len(usable)} tensors from {self.cfg.init_checkpoint}; {len(missing)} new")
-        if self.cfg.spec.get("freezeBase") and self.stage == "finetune":
+            log(f"init: loaded {len(usable)} tensors from {self.cfg.init_checkpoint}; {len(own) - len(usable)} new")
+        if self.cfg.spec["freezeBase"] and self.stage == "finetune":
             for p in model.base_parameters():
                 p.requires_grad_(False)
         return model
 
-    # -- main loop
-
-    def fit(self, data: Data, init_state=None, resume: dict | None = None):
-        cfg, tr, acc = self.cfg, self.cfg.trainer, self.acc
-        model = self.build(data, init_state if resume is None else None)
+    def setup_optimisation(self, data: Data, init_state: dict | None, resume: dict | None) -> Optimisation:
+        tr, acc = self.cfg.trainer, self.acc
+        model = self.build_model(data, init_state if resume is None else None)
         if resume is not None:  # before prepare: FSDP shards (and DDP broadcasts) what is loaded here
             model.load_state_dict(resume["model"])
         params = [p for p in model.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": tr["weightDecay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=tr["learningRate"])
+        opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": tr["weightDecay"]},
+                                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                                lr=tr["learningRate"])
         bs, accum = tr["batchSize"], tr["gradientAccumulation"]
         n_batches = len(B.epoch_batches(len(data.train), bs, self.world, tr["seed"], 0))
         if n_batches == 0:
@@ -217,224 +244,175 @@ class Trainer:
         total = tr["maxSteps"] or steps_per_epoch * tr["epochs"]
         warm = min(tr["warmupSteps"], max(1, int(0.1 * total))) if tr["warmupSteps"] else 0
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tr["scheduler"], warm, total))
-        self.meta = checkpoint_meta(self.cfg, data)
-        model, opt = acc.prepare(model, opt)
-        self._wrapped = model
-        if cfg.compile_enabled():
-            model = torch.compile(model, dynamic=True)
-        raw = acc.unwrap_model(model)
-        metric_name = tr["earlyStopping"]["metric"]
-        higher = metric_name in HIGHER_IS_BETTER
-        state = {"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None, "bad_epochs": 0,
-                 "history": []}
+        wrapped, opt = acc.prepare(model, opt)
+        model = torch.compile(wrapped, dynamic=True) if self.cfg.compile_enabled() else wrapped
+        return Optimisation(model=model, raw=acc.unwrap_model(wrapped), wrapped=wrapped, optimizer=opt,
+                            scheduler=sched, total_steps=total, steps_per_epoch=steps_per_epoch,
+                            batches_per_epoch=n_batches)
+
+    def restore(self, o: Optimisation, resume: dict, state: dict) -> None:
+        if resume.get("optimizer") is not None:
+            o.optimizer.load_state_dict(resume["optimizer"])
+        else:
+            log("resume: the checkpoint has no optimizer state (FSDP); AdamW moments start afresh")
+        o.scheduler.load_state_dict(resume["scheduler"])
+        state.update(resume["state"])
+        _set_rng(resume["rng"][self.rank] if self.rank < len(resume["rng"]) else resume["rng"][0])
+        self.folder.event("resumed", step=state["step"], epoch=state["epoch"])
+        log(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
+
+    # -- the loop
+
+    def fit(self, data: Data, init_state=None, resume: dict | None = None) -> FitResult:
+        cfg, tr = self.cfg, self.cfg.trainer
+        objective = OBJECTIVES[self.stage](cfg, data)
+        o = self.setup_optimisation(data, init_state, resume)
+        self.meta = checkpoint_meta(cfg, data)
+        result = FitResult(state={"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None,
+                                  "bad_epochs": 0, "history": []})
+        state = result.state
         if resume is not None:
-            if resume.get("optimizer") is not None:
-                opt.load_state_dict(resume["optimizer"])
-            else:
-                log("resume: the checkpoint has no optimizer state (FSDP); AdamW moments start afresh")
-            sched.load_state_dict(resume["scheduler"])
-            state.update(resume["state"])
-            _set_rng(resume["rng"][self.rank] if self.rank < len(resume["rng"]) else resume["rng"][0])
-            self.folder.event("resumed", step=state["step"], epoch=state["epoch"])
-            log(f"resumed from step {state['step']} (epoch {state['epoch']}, batch {state['batch']})")
-        self.folder.update_status(phase="Running", stage=self.stage, total_steps=total, world_size=self.world,
-                                  steps_per_epoch=steps_per_epoch, device=str(self.device),
-                                  attention_backend=raw.attention_backend, precision=cfg.precision())
-        log(f"train: {len(data.train)} samples, val {len(data.val)}, {steps_per_epoch} steps/epoch, "
-            f"{total} steps, world {self.world}, device {self.device}, params {sum(p.numel() for p in raw.parameters()):,}")
-        every = tr["logEverySteps"]
-        ck_every = tr["checkpoint"]["everySteps"]
-        window = {"t": time.time(), "samples": 0}
-        running: dict[str, list] = {}
-        done = state["step"] >= total
-        while not done:
-            if not tr["maxSteps"] and state["epoch"] >= tr["epochs"]:
-                break
-            epoch = state["epoch"]
-            if self.cfg.dataset["asvSelection"] == "random":
-                rng = np.random.default_rng([tr["seed"], epoch])
-                data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts,
-                                                                   self.cfg.dataset["maxAsvsPerSample"], "random", rng)
-            gbatches = B.epoch_batches(len(data.train), bs, self.world, tr["seed"], epoch)
-            model.train()
-            for bi in range(state["batch"], len(gbatches)):
-                rows = data.train[B.shard(gbatches[bi], self.rank, self.world)]
-                batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
-                gen = torch.Generator().manual_seed(tr["seed"] * 1_000_003 + epoch * 100_003 + bi)
-                sync = (bi + 1) % accum == 0 or bi + 1 == len(gbatches)
-                ctx = acc.no_sync(model) if not sync and self.world > 1 else _null()
-                with ctx:
-                    with acc.autocast():
-                        losses = self._losses(model, batch, data, gen)
-                    acc.backward(losses["loss"] / accum)
-                for k, v in losses.items():
-                    running.setdefault(k, []).append(float(v.detach()))
-                window["samples"] += len(rows) * self.world
-                if not sync:
-                    continue
-                state["batch"] = bi + 1
-                if tr["gradientClip"]:
-                    acc.clip_grad_norm_(model.parameters(), tr["gradientClip"])
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                state["step"] += 1
-                step = state["step"]
-                if step % every == 0 or step == total:
-                    dt = max(time.time() - window["t"], 1e-9)
-                    row = {k: float(np.mean(v)) for k, v in running.items()}
-                    row.update(step=step, epoch=epoch, lr=sched.get_last_lr()[0], samples_per_s=window["samples"] / dt)
-                    self._log_train(row, total)
-                    running.clear()
-                    window = {"t": time.time(), "samples": 0}
-                if step >= total:
-                    done = True
-                stop = self._should_stop()
-                epoch_end = state["batch"] >= len(gbatches)
-                if (step % ck_every == 0 or stop) and not epoch_end:
-                    self._checkpoint(raw, opt, sched, state, "last")
-                if stop and not epoch_end:
-                    raise Preempted()
-                if done:
-                    break
-            epoch_end = state["batch"] >= len(gbatches)
+            self.restore(o, resume, state)
+        self.folder.update_status(phase="Running", stage=self.stage, total_steps=o.total_steps, world_size=self.world,
+                                  steps_per_epoch=o.steps_per_epoch, device=str(self.device),
+                                  attention_backend=o.raw.attention_backend, precision=cfg.precision)
+        log(f"train: {len(data.train)} samples, val {len(data.val)}, {o.steps_per_epoch} steps/epoch, "
+            f"{o.total_steps} steps, world {self.world}, device {self.device}, "
+            f"params {sum(p.numel() for p in o.raw.parameters()):,}")
+        metric = tr["earlyStopping"]["metric"]
+        done = state["step"] >= o.total_steps
+        while not done and (tr["maxSteps"] or state["epoch"] < tr["epochs"]):
+            done = self.train_epoch(o, objective, data, state)
+            epoch_end = state["batch"] >= o.batches_per_epoch
             if epoch_end:
                 state["epoch"] += 1
                 state["batch"] = 0
             final = done or (not tr["maxSteps"] and state["epoch"] >= tr["epochs"])
             if (epoch_end and state["epoch"] % tr["validateEvery"] == 0) or final:
-                vm = self.validate(model, data)
-                value = vm.get(metric_name, vm.get("val_loss"))
-                improved = state["best"] is None or (value > state["best"] if higher else value < state["best"])
-                vm.update(step=state["step"], epoch=state["epoch"], split="validation")
-                if improved:
+                v = self.validate(o.model, objective, data)
+                result.last_validation = v
+                value = v.metrics.get(metric, v.metrics["val_loss"])
+                better = improved(metric, value, state["best"])
+                vm = dict(v.metrics, step=state["step"], epoch=state["epoch"], split="validation")
+                if better:
                     state["best"], state["best_step"], state["bad_epochs"] = value, state["step"], 0
                 else:
                     state["bad_epochs"] += 1
-                self._log_val(vm, metric_name, state)
-                state["history"].append(vm)
-                if improved:
-                    self._checkpoint(raw, opt, sched, state, "best")
+                self._log_val(vm, metric, state)
+                result.history.append(vm)
+                if better:
+                    self.checkpoint(o, state, "best")
                 patience = tr["earlyStopping"]["patience"]
                 if patience and state["bad_epochs"] >= patience:
-                    log(f"early stopping: {metric_name} did not improve for {patience} validations")
+                    log(f"early stopping: {metric} did not improve for {patience} validations")
                     done = True
-            self._checkpoint(raw, opt, sched, state, "last")
+            self.checkpoint(o, state, "last")
             if self._should_stop() and not done:
                 raise Preempted()
-        return model, state
+        return result
+
+    # -- step 2: one epoch (or what is left of it after a resume)
+
+    def train_epoch(self, o: Optimisation, objective, data: Data, state: dict) -> bool:
+        """Train from state's batch to the end of the epoch; True when the last step is taken.
+        Raises Preempted after a mid-epoch checkpoint when a stop was asked for."""
+        tr, acc = self.cfg.trainer, self.acc
+        epoch, accum = state["epoch"], tr["gradientAccumulation"]
+        if self.cfg.dataset["asvSelection"] == "random":
+            rng = np.random.default_rng([tr["seed"], epoch])
+            data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts,
+                                                               self.cfg.dataset["maxAsvsPerSample"], "random", rng)
+        gbatches = B.epoch_batches(len(data.train), tr["batchSize"], self.world, tr["seed"], epoch)
+        window = {"t": time.time(), "samples": 0}
+        running: dict[str, list] = {}
+        o.model.train()
+        for bi in range(state["batch"], len(gbatches)):
+            rows = data.train[B.shard(gbatches[bi], self.rank, self.world)]
+            batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
+            gen = torch.Generator().manual_seed(tr["seed"] * 1_000_003 + epoch * 100_003 + bi)
+            sync = (bi + 1) % accum == 0 or bi + 1 == len(gbatches)
+            with acc.no_sync(o.model) if not sync and self.world > 1 else contextlib.nullcontext():
+                with acc.autocast():
+                    losses = objective.train_losses(o.model, batch, gen, acc, lambda: self._global_rows(batch["rows"]))
+                acc.backward(losses["loss"] / accum)
+            for k, v in losses.items():
+                running.setdefault(k, []).append(float(v.detach()))
+            window["samples"] += len(rows) * self.world
+            if not sync:
+                continue
+            state["batch"] = bi + 1
+            if tr["gradientClip"]:
+                acc.clip_grad_norm_(o.model.parameters(), tr["gradientClip"])
+            o.optimizer.step()
+            o.scheduler.step()
+            o.optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            step = state["step"]
+            if step % tr["logEverySteps"] == 0 or step == o.total_steps:
+                dt = max(time.time() - window["t"], 1e-9)
+                row = {k: float(np.mean(v)) for k, v in running.items()}
+                row.update(step=step, epoch=epoch, lr=o.scheduler.get_last_lr()[0],
+                           samples_per_s=window["samples"] / dt)
+                self._log_train(row, o.total_steps)
+                running.clear()
+                window = {"t": time.time(), "samples": 0}
+            stop = self._should_stop()
+            epoch_end = state["batch"] >= len(gbatches)
+            if (step % tr["checkpoint"]["everySteps"] == 0 or stop) and not epoch_end:
+                self.checkpoint(o, state, "last")
+            if stop and not epoch_end:
+                raise Preempted()
+            if step >= o.total_steps:
+                return True
+        return False
+
+    # -- step 3: validation over every rank's share, metrics on the gathered rows
+
+    @torch.no_grad()
+    def validate(self, model, objective, data: Data) -> Validation:
+        from accelerate.utils import gather_object
+
+        model.eval()
+        bs = self.cfg.trainer["batchSize"]
+        mine = data.val[self.rank::self.world]
+        rows_out, pred_out, parts = [], [], {}
+        gen = torch.Generator().manual_seed(12345)
+        for i in range(0, len(mine), bs):
+            rows = mine[i:i + bs]
+            batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
+            with self.acc.autocast():
+                values, pred = objective.validation_batch(model, batch, rows, gen)
+            for k, v in values.items():
+                parts.setdefault(k, []).append((v, len(rows)))
+            if pred is not None:
+                pred_out.append(pred)
+            rows_out.append(rows)
+        gathered = gather_object([{"rows": rows_out, "pred": pred_out, "parts": parts}])
+        model.train()
+        merged: dict[str, list] = {}
+        rows_all, preds_all = [], []
+        for g in gathered:
+            for k, v in g["parts"].items():
+                merged.setdefault(k, []).extend(v)
+            rows_all.extend(g["rows"])
+            preds_all.extend(g["pred"])
+        means = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in merged.items()}
+        rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
+        pred = np.concatenate(preds_all) if preds_all else None
+        return Validation(metrics=objective.summarize(means, rows, pred), rows=rows, pred=pred)
 
     def _should_stop(self) -> bool:
         flag = 1.0 if (self.stop_signal is not None or self.folder.preempt_requested()) else 0.0
         if self.world > 1:
-            t = torch.tensor([flag], device=self.device)
-            t = self.acc.reduce(t, reduction="sum")
+            t = self.acc.reduce(torch.tensor([flag], device=self.device), reduction="sum")
             flag = float(t.item())
         return flag > 0
-
-    def _losses(self, model, batch, data: Data, gen) -> dict:
-        cfg = self.cfg
-        w = cfg.trainer["lossWeights"]
-        out: dict = {}
-        if self.stage == "pretrain":
-            res = model(batch, mask_nucleotides=w["nucleotide"] > 0, generator=gen)
-            loss = torch.zeros((), device=self.device)
-            if w["unifrac"] > 0 and data.lookup is not None:
-                target = torch.from_numpy(data.lookup.sub(self._global_rows(batch["rows"]))).to(self.device)
-                surrogate, uf, mae = unifrac_loss_global(res["embedding"], target, self.acc)
-                out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
-                loss = loss + w["unifrac"] * surrogate
-            if w["nucleotide"] > 0 and "nuc_logits" in res and res["nuc_logits"].numel():
-                nl = F.cross_entropy(res["nuc_logits"].float(), res["nuc_targets"])
-                out["nuc_loss"] = nl
-                out["nuc_accuracy"] = (res["nuc_logits"].argmax(-1) == res["nuc_targets"]).float().mean().detach()
-                loss = loss + w["nucleotide"] * nl
-            if w["count"] > 0:
-                cl = F.mse_loss(res["count_pred"][batch["mask"]].float(), batch["log_counts"][batch["mask"]])
-                out["count_loss"] = cl
-                loss = loss + w["count"] * cl
-        else:
-            res = model(batch, mask_nucleotides=w["nucleotideWhenFinetuning"] > 0, generator=gen, need_target=True)
-            tl = self._target_loss(res["target"], batch["targets"], data)
-            out["target_loss"] = tl
-            loss = w["target"] * tl
-            if w["nucleotideWhenFinetuning"] > 0 and "nuc_logits" in res and res["nuc_logits"].numel():
-                nl = F.cross_entropy(res["nuc_logits"].float(), res["nuc_targets"])
-                out["nuc_loss"] = nl
-                loss = loss + w["nucleotideWhenFinetuning"] * nl
-        out["loss"] = loss
-        return out
 
     def _global_rows(self, rows: torch.Tensor) -> np.ndarray:
         """Dataset rows of the whole global batch, in rank order."""
         if self.world > 1:
             rows = self.acc.gather(rows)
         return rows.cpu().numpy()
-
-    def _target_loss(self, pred, y, data: Data):
-        if data.target_type == "classification":
-            return F.cross_entropy(pred.float(), y)
-        p = pred.float().squeeze(-1)
-        kind = self.cfg.model["targetHead"]["loss"]
-        if kind == "mse":
-            return F.mse_loss(p, y)
-        if kind == "mae":
-            return F.l1_loss(p, y)
-        return F.huber_loss(p, y)
-
-    @torch.no_grad()
-    def validate(self, model, data: Data) -> dict:
-        """Validation over every rank's share; metrics computed on the gathered rows."""
-        from accelerate.utils import gather_object
-
-        model.eval()
-        bs = self.cfg.trainer["batchSize"]
-        mine = data.val[self.rank::self.world]
-        w = self.cfg.trainer["lossWeights"]
-        rows_out, pred_out, losses = [], [], {}
-        gen = torch.Generator().manual_seed(12345)
-        for i in range(0, len(mine), bs):
-            rows = mine[i:i + bs]
-            batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
-            with self.acc.autocast():
-                if self.stage == "pretrain":
-                    res = model(batch, mask_nucleotides=w["nucleotide"] > 0, generator=gen)
-                    if data.lookup is not None and len(rows) >= 2:
-                        target = torch.from_numpy(data.lookup.sub(rows)).to(self.device)
-                        uf, mae = pairwise_unifrac_loss(res["embedding"], target)
-                        losses.setdefault("unifrac_loss", []).append((float(uf), len(rows)))
-                        losses.setdefault("unifrac_mae", []).append((float(mae), len(rows)))
-                    if "nuc_logits" in res and res["nuc_logits"].numel():
-                        nl = F.cross_entropy(res["nuc_logits"].float(), res["nuc_targets"])
-                        acc_ = (res["nuc_logits"].argmax(-1) == res["nuc_targets"]).float().mean()
-                        losses.setdefault("nuc_loss", []).append((float(nl), len(rows)))
-                        losses.setdefault("nuc_accuracy", []).append((float(acc_), len(rows)))
-                else:
-                    res = model(batch, need_target=True)
-                    tl = self._target_loss(res["target"], batch["targets"], data)
-                    losses.setdefault("target_loss", []).append((float(tl), len(rows)))
-                    pred_out.append(res["target"].float().cpu().numpy())
-            rows_out.append(rows)
-        gathered = gather_object([{"rows": rows_out, "pred": pred_out, "losses": losses}])
-        model.train()
-        all_losses: dict[str, list] = {}
-        rows_all, preds_all = [], []
-        for g in gathered:
-            for k, v in g["losses"].items():
-                all_losses.setdefault(k, []).extend(v)
-            rows_all.extend(g["rows"])
-            preds_all.extend(g["pred"])
-        out = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in all_losses.items()}
-        if self.stage == "pretrain":
-            out["val_loss"] = w["unifrac"] * out.get("unifrac_loss", 0.0) + w["nucleotide"] * out.get("nuc_loss", 0.0)
-        else:
-            out["val_loss"] = out.get("target_loss", 0.0)
-            rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
-            pred = np.concatenate(preds_all) if preds_all else np.zeros((0, 1))
-            y = data.enc.targets[rows]
-            out.update(target_metrics(pred, y, data))
-            self._last_val = (rows, pred, y)
-        return out
 
     # -- outputs
 
@@ -460,26 +438,28 @@ class Trainer:
         self.cfg.wandb_log({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float)) and k != "step"},
                            step=vm["step"])
 
-    def _checkpoint(self, raw, opt, sched, state, which: str):
+    # -- step 4: checkpoints
+
+    def checkpoint(self, o: Optimisation, state: dict, which: str):
         from accelerate.utils import DistributedType, gather_object
 
         rngs = gather_object([_get_rng()])
-        weights = self.acc.get_state_dict(self._wrapped)  # a collective under FSDP: every rank calls it
+        weights = self.acc.get_state_dict(o.wrapped)  # a collective under FSDP: every rank calls it
         fsdp = self.acc.distributed_type == DistributedType.FSDP
         if not self.main:
             self.acc.wait_for_everyone()
             return
         # Under FSDP each rank holds a shard of the optimizer state; rank 0's alone would be wrong,
         # so an FSDP resume restores weights, schedule and data position and restarts AdamW's moments.
-        payload = {"model": weights, "optimizer": None if fsdp else opt.state_dict(),
-                   "scheduler": sched.state_dict(), "state": dict(state), "rng": rngs, "meta": self.meta,
-                   "format": 1}
-        path = self.folder.path / checkpoint_name(which)
+        payload = {"model": weights, "optimizer": None if fsdp else o.optimizer.state_dict(),
+                   "scheduler": o.scheduler.state_dict(),
+                   "state": dict(state), "rng": rngs,
+                   "meta": self.meta, "format": 1}
         # Serialised in memory, then written by Python: torch.save straight to disk reports a full
         # disk as "unexpected pos" and loses the errno; this way ENOSPC reaches the run's status.
         buf = io.BytesIO()
         torch.save(payload, buf)
-        atomic_write(path, buf.getbuffer())
+        atomic_write(self.folder.path / checkpoint_name(which), buf.getbuffer())
         self.folder.event("checkpointed", which=which, step=state["step"], epoch=state["epoch"])
         self.acc.wait_for_everyone()
 
@@ -487,32 +467,9 @@ class Trainer:
 def checkpoint_meta(cfg: RunConfig, data: Data) -> dict:
     """What predict needs besides weights: model spec, tokenization, target scaling, classes."""
     return {"stage": cfg.stage, "run": cfg.name, "model_spec": cfg.model, "max_bp": int(data.enc.tokens.shape[1] - 1),
-            "max_asvs": max(1024, cfg.dataset["maxAsvsPerSample"]), "target": data.target_name,
+            "max_asvs": sample_positions(cfg.dataset["maxAsvsPerSample"]), "target": data.target_name,
             "target_type": data.target_type, "norm": data.norm, "classes": list(data.classes),
             "cat_columns": list(data.cat_columns), "cat_levels": [list(x) for x in data.cat_levels]}
-
-
-def _is_head_key(k: str) -> bool:
-    return k.split(".")[0] in ("tgt", "tgt_pool", "tgt_ln", "cat_embs", "cat_proj", "cat_gate", "out",
-                               "out_scale", "out_bias")
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
-
-
-def unifrac_loss_global(emb: torch.Tensor, target: torch.Tensor, acc) -> tuple:
-    """(tensor to backpropagate, global UniFrac loss, global MAE) for this rank's embeddings."""
-    if acc.num_processes == 1:
-        loss, mae = pairwise_unifrac_loss(emb, target)
-        return loss, loss, mae
-    gathered = acc.gather(emb.detach())
-    offset = acc.process_index * emb.shape[0]  # equal shards: training batches drop the last partial one
-    return sharded_unifrac_loss(emb, gathered, offset, target, acc.num_processes)
 
 
 def _lr_lambda(kind: str, warm: int, total: int):
@@ -544,6 +501,8 @@ def _set_rng(r: dict) -> None:
 
 
 def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data) -> dict:
+    """Regression metrics on the original scale, or classification metrics; rows without a
+    truth (NaN value, unknown class) are left out."""
     if data.target_type == "classification":
         ok = y >= 0
         return M.classification(y[ok], pred[ok], len(data.classes))

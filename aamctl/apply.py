@@ -1,4 +1,4 @@
-"""apply: parse -> validate -> resolve -> preflight -> plan -> store -> execute."""
+"""apply: parse -> validate -> preflight -> plan -> store -> execute."""
 from __future__ import annotations
 
 import json
@@ -11,9 +11,7 @@ from aam_runtime import runfolder as RF
 
 from .errors import AamError, Diagnostic
 from .parse import load_paths
-from .plan import (RunPlan, accelerate_config, dump_documents, launch_command, record_documents,
-                   render_local_script)
-from .resolve import effective_model_ref
+from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents
 from .resolve import MemoryStore, Obj, Resolved
 from .validate import validate
 
@@ -106,49 +104,64 @@ def _python() -> str:
     return os.environ.get("AAM_PYTHON") or sys.executable
 
 
-def build_plan(res: Resolved, run: Obj, generation: int, run_hash: str, home: Path,
-               dep: tuple[str, int, str, Path] | None, init_checkpoint: str | None, init_stage: str | None) -> RunPlan:
-    """All files of one run generation (pure apart from reading data digests and versions)."""
-    from .provenance import annotations
-    from .slurm import render_sbatch
+def find_upstreams(res: Resolved, new_runs: list[Obj], store) -> dict[str, Upstream | None]:
+    """For each run to start: where its starting weights come from, and the run it must wait
+    for. Runs of this apply are planned in order, so a source among them is filled in later
+    (None here); a source from the store is reconciled now, before anything is planned."""
+    from .reconcile import reconcile
 
-    bundle = res.run_bundle(run)
-    hw = bundle["hardware"].spec
-    ds = bundle["dataset"].spec
-    folder = (home / "runs" / run.name / str(generation)).resolve()
-    ex = run.spec["executor"]["type"]
-    plan = RunPlan(name=run.name, generation=generation, run_hash=run_hash, stage=run.spec["stage"],
-                   executor=ex, folder=folder)
-    if dep is not None:
-        plan.depends_on = (dep[0], dep[1])
-        plan.depends_folder = dep[3]
-    manifest_dir = run.doc.base_dir if run.doc is not None else None
-    ann = annotations(name=run.name, generation=generation, run_hash=run_hash, dataset_spec=ds, hardware=hw,
-                      seed=run.spec["trainer"]["seed"], model=effective_model_ref(res, run), init_checkpoint=init_checkpoint,
-                      init_stage=init_stage, manifest_dir=manifest_dir)
-    docs = record_documents(res, run, ann)
-    plan.files[RF.RECORD] = dump_documents(
-        docs, f"record of run/{run.name} generation {generation}: apply it to reproduce the run")
-    nodes = run.spec["executor"]["slurm"].get("nodes") if ex == "slurm" else None
-    stage_hw = hw if run.spec["stage"] != "baseline" else dict(hw, nodes=1, devicesPerNode=1)
-    acc = accelerate_config(stage_hw, run.spec, nodes)
-    plan.files[RF.ACCELERATE_CONFIG] = dump_documents([acc])
-    python = _python()
-    if ex == "local":
-        plan.command = launch_command(python, folder, stage_hw)
-        plan.files[RF.LOCAL_SCRIPT] = render_local_script(plan, stage_hw, python)
-    else:
-        data_paths = [p for p in (ds.get("table"), ds.get("tree"), ds.get("distanceMatrix"),
-                                  (ds.get("metadata") or {}).get("path")) if p]
-        plan.files[RF.SLURM_SCRIPT] = render_sbatch(run, run.spec, stage_hw, run.name, generation, folder, python,
-                                                 data_paths)
-    return plan
+    starting = {r.name for r in new_runs}
+    out: dict[str, Upstream | None] = {}
+    for run in new_runs:
+        init = run.spec.get("initFrom") or {}
+        out[run.name] = Upstream(checkpoint=init["checkpoint"]) if init.get("checkpoint") else None
+        if not init.get("run") or init["run"] in starting:
+            continue
+        src = res.get("Run", init["run"])
+        row = store.latest_run(src.name) if store is not None else None
+        if row is None:
+            raise AamError(run.diag(f"initFrom run '{src.name}' has never run", ("spec", "initFrom", "run"),
+                                    hint=f"apply run/{src.name} first or in the same command"))
+        (row, phase, reason, _), = reconcile(store, [row])
+        if phase in TERMINAL_BAD:
+            raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
+                                    ("spec", "initFrom", "run"),
+                                    hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
+        dep = None if phase == "Succeeded" else Dependency(row["name"], row["generation"], row["executor"],
+                                                             Path(row["folder"]))
+        out[run.name] = Upstream(checkpoint=str(Path(row["folder"]) / RF.checkpoint_name(init["which"])),
+                                 stage=src.spec["stage"], dependency=dep)
+    for run in new_runs:
+        up = out[run.name]
+        if up is not None and up.dependency is not None:
+            _check_same_executor(run, up.dependency)
+    return out
+
+
+def _check_same_executor(run: Obj, dep: Dependency) -> None:
+    if dep.executor != run.spec["executor"]["type"]:
+        raise AamError(run.diag(f"run '{run.name}' ({run.spec['executor']['type']}) cannot wait for "
+                                f"run '{dep.name}' ({dep.executor})", ("spec", "executor", "type"),
+                                hint="use the same executor for a pipeline"))
+
+
+def _upstream_in_apply(res: Resolved, run: Obj, planned: dict[str, RunPlan]) -> Upstream | None:
+    """The Upstream of a run whose source run starts in this same apply."""
+    init = run.spec.get("initFrom") or {}
+    src = planned.get(init.get("run"))
+    if src is None:
+        return None
+    dep = Dependency(src.name, src.generation, src.executor, src.folder)
+    _check_same_executor(run, dep)
+    return Upstream(checkpoint=str(src.folder / RF.checkpoint_name(init["which"])), stage=src.stage, dependency=dep)
 
 
 def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = False, force: bool = False,
                     allow_data_change: bool = False, preflight: bool = True, output: str | None = None,
                     echo=print, warn=None) -> ApplyResult:
+    """parse -> validate -> preflight -> plan (each run once) -> store -> execute."""
     from .executors import executor_for
+    from .provenance import annotations, data_digests
 
     docs = load_paths(files)
     res = validate(docs, store or MemoryStore())
@@ -175,44 +188,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             diags = run_preflight(res, [r for r, _ in new_runs], warn=warn)
         if diags:
             raise AamError(diags)
-
-    # plan each new run (dependencies first)
-    planned: dict[str, RunPlan] = {}
-    plans: list[RunPlan] = []
-    for run, h in new_runs:
-        dep = None
-        init_ckpt, init_stage = None, None
-        init = run.spec.get("initFrom") or {}
-        if init.get("run"):
-            src = res.get("Run", init["run"])
-            init_stage = src.spec["stage"]
-            which = init.get("which", "best")
-            if src.name in planned:
-                p = planned[src.name]
-                dep = (p.name, p.generation, p.executor, p.folder)
-                init_ckpt = str(p.folder / RF.checkpoint_name(which))
-            else:
-                row = store.latest_run(src.name) if store is not None else None
-                if row is None:
-                    raise AamError(run.diag(f"initFrom run '{src.name}' has never run", ("spec", "initFrom", "run"),
-                                            hint=f"apply run/{src.name} first or in the same command"))
-                from .reconcile import reconcile
-                (row, phase, reason, _), = reconcile(store, [row])
-                if phase in TERMINAL_BAD:
-                    raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
-                                            ("spec", "initFrom", "run"),
-                                            hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
-                init_ckpt = str(Path(row["folder"]) / RF.checkpoint_name(which))
-                if phase != "Succeeded":
-                    dep = (row["name"], row["generation"], row["executor"], Path(row["folder"]))
-            if dep is not None and dep[2] != run.spec["executor"]["type"]:
-                raise AamError(run.diag(f"run '{run.name}' ({run.spec['executor']['type']}) cannot wait for "
-                                        f"run '{dep[0]}' ({dep[2]})", ("spec", "executor", "type"),
-                                        hint="use the same executor for a pipeline"))
-        gen = store.next_run_generation(run.name) if store is not None else 1
-        plan = build_plan(res, run, gen, h, home, dep, init_ckpt, init_stage)
-        planned[run.name] = plan
-        plans.append((plan, run))
+    upstreams = find_upstreams(res, [r for r, _ in new_runs], store)
 
     if output:
         data = [o.manifest for o in res.given]
@@ -220,81 +196,97 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             echo(json.dumps(data if len(data) > 1 else data[0], indent=2))
         else:
             echo(dump_documents(data).rstrip("\n"))
+    if not dry_run:
+        for obj in res.given:
+            state, _ = store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
+            if obj.kind != "Run":  # runs are reported below, with their generation
+                echo(f"{obj.kind.lower()}/{obj.name} {state}")
+    elif store is not None:
+        states = {o.key: _dry_state(store, o) for o in res.given}
+
+    # plan each new run once, dependencies first; a real apply reserves the generation first
+    python = _python()
+    planned: dict[str, RunPlan] = {}
+    for run, h in new_runs:
+        upstream = upstreams[run.name] or _upstream_in_apply(res, run, planned)
+        if dry_run:
+            gen = store.next_run_generation(run.name) if store is not None else 1
+        else:
+            gen = store.add_run(name=run.name, run_hash=h, stage=run.spec["stage"],
+                                executor=run.spec["executor"]["type"], folder="", phase="Pending",
+                                depends_on=upstream.dependency.label if upstream and upstream.dependency else None,
+                                labels=json.dumps(run.manifest["metadata"].get("labels", {})))
+        bundle = res.run_bundle(run)
+        provenance = annotations(name=run.name, generation=gen, run_hash=h, dataset_spec=bundle["dataset"].spec,
+                                 hardware=bundle["hardware"].spec, seed=run.spec["trainer"]["seed"],
+                                 manifest_dir=run.doc.base_dir if run.doc is not None else None,
+                                 digests=data_digests(bundle["dataset"].spec))
+        try:
+            plan = build_plan(res, run, generation=gen, run_hash=h, home=home, upstream=upstream,
+                              provenance=provenance, python=python)
+        except AamError:
+            if not dry_run:
+                store.set_phase(run.name, gen, "Failed", "planning failed")
+            raise
+        planned[run.name] = plan
+        if not dry_run:
+            _start(store, plan, executor_for(plan.executor), echo)
+            result.started.append(plan)
+
     if dry_run:
         for obj in res.given:
-            state = "unchanged"
-            if store is not None:
-                row = store.object_row(obj.kind, obj.name)
-                if row is None or row["deleted"]:
-                    state = "created"
-                elif row["hash"] != obj.hash:
-                    state = "configured"
-            else:
-                state = "created"
+            state = states[obj.key] if store is not None else "created"
             if obj.kind == "Run" and obj.name in planned:
                 p = planned[obj.name]
                 state = f"{state}; would start generation {p.generation} ({p.executor})"
-                if p.depends_on:
-                    state += f" after run/{p.depends_on[0]}"
+                if p.dependency:
+                    state += f" after run/{p.dependency.name}"
             echo(f"{obj.kind.lower()}/{obj.name} {state} (dry run)")
         if not output:
-            for plan, _ in plans:
+            for plan in planned.values():
                 for fname in (plan.entry, RF.ACCELERATE_CONFIG):
                     echo(f"--- run/{plan.name} {fname} ({plan.folder / fname})")
                     echo(plan.files[fname].rstrip("\n"))
         return result
-
-    # write: objects, then runs (dependencies first)
-    for obj in res.given:
-        state, gen = store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
-        if obj.kind != "Run":  # runs are reported below, with their generation
-            echo(f"{obj.kind.lower()}/{obj.name} {state}")
-    for plan, run in plans:
-        labels = json.dumps(run.manifest["metadata"].get("labels", {}))
-        depends = f"{plan.depends_on[0]}/{plan.depends_on[1]}" if plan.depends_on else None
-        gen = store.add_run(name=plan.name, run_hash=plan.run_hash, stage=plan.stage, executor=plan.executor,
-                            folder="", phase="Pending", depends_on=depends, labels=labels)
-        if gen != plan.generation:  # another aamctl took that generation meanwhile: re-plan
-            dep = (plan.depends_on[0], plan.depends_on[1], plan.executor, plan.depends_folder) if plan.depends_on else None
-            ann_ck = None
-            init = run.spec.get("initFrom") or {}
-            if init.get("run"):
-                ann_ck = str((plan.depends_folder or Path(store.latest_run(init["run"])["folder"]))
-                             / RF.checkpoint_name(init.get('which', 'best')))
-            plan = build_plan(res, run, gen, plan.run_hash, home, dep, ann_ck,
-                              res.get("Run", init["run"]).spec["stage"] if init.get("run") else None)
-            planned[run.name] = plan
-        plan.folder.mkdir(parents=True, exist_ok=True)
-        for fname, text in plan.files.items():
-            (plan.folder / fname).write_text(text)
-        for script in (RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT):
-            if (plan.folder / script).exists():
-                os.chmod(plan.folder / script, 0o755)
-        store.update_run(plan.name, gen, folder=str(plan.folder))
-        executor = executor_for(plan.executor)
-        try:
-            if plan.executor == "slurm":
-                dep_job = None
-                if plan.depends_on:
-                    dep_row = store.run(*plan.depends_on)
-                    dep_job = dep_row["job_id"] if dep_row is not None else None
-                info = executor.submit(plan.folder, dependency=dep_job)
-            else:
-                info = executor.submit(plan.folder)
-        except AamError:
-            store.set_phase(plan.name, gen, "Failed", "submission failed")
-            raise
-        store.update_run(plan.name, gen, **info)
-        store.add_event(plan.name, gen, "Submitted", json.dumps(info))
-        what = f"job {info['job_id']}" if "job_id" in info else f"pid {info['pid']}"
-        after = f", after run/{plan.depends_on[0]}" if plan.depends_on else ""
-        state = "created" if gen == 1 else "configured"
-        echo(f"run/{plan.name} {state} (generation {gen}, {plan.executor} {what}{after}) -> {plan.folder}")
-        result.started.append(plan)
     for run in runs:
         if run.name not in planned:
             echo(f"run/{run.name} unchanged" + _unchanged_hint(store, run.name))
     return result
+
+
+def _dry_state(store, obj: Obj) -> str:
+    row = store.object_row(obj.kind, obj.name)
+    if row is None or row["deleted"]:
+        return "created"
+    return "configured" if row["hash"] != obj.hash else "unchanged"
+
+
+def _start(store, plan: RunPlan, executor, echo) -> None:
+    """Write a planned generation's files and hand it to its executor."""
+    gen = plan.generation
+    plan.folder.mkdir(parents=True, exist_ok=True)
+    for fname, text in plan.files.items():
+        RF.atomic_write(plan.folder / fname, text)
+    os.chmod(plan.folder / plan.entry, 0o755)
+    store.update_run(plan.name, gen, folder=str(plan.folder))
+    try:
+        if plan.executor == "slurm":
+            dep_job = None
+            if plan.dependency:
+                dep_row = store.run(plan.dependency.name, plan.dependency.generation)
+                dep_job = dep_row["job_id"] if dep_row is not None else None
+            info = executor.submit(plan.folder, dependency=dep_job)
+        else:
+            info = executor.submit(plan.folder)
+    except AamError:
+        store.set_phase(plan.name, gen, "Failed", "submission failed")
+        raise
+    store.update_run(plan.name, gen, **info)
+    store.add_event(plan.name, gen, "Submitted", json.dumps(info))
+    what = f"job {info['job_id']}" if "job_id" in info else f"pid {info['pid']}"
+    after = f", after run/{plan.dependency.name}" if plan.dependency else ""
+    state = "created" if gen == 1 else "configured"
+    echo(f"run/{plan.name} {state} (generation {gen}, {plan.executor} {what}{after}) -> {plan.folder}")
 
 
 def _unchanged_hint(store, name: str) -> str:

@@ -1,6 +1,7 @@
-"""Resolved objects -> the files a run needs: record, accelerate config, launch script or sbatch.
+"""plan: resolved objects -> the files a run needs: record, accelerate config, launch script or sbatch.
 
-Pure functions: manifests in, text out. No processes, no SQLite, no file writes here.
+Pure functions: resolved objects, generation, dependency and provenance in; text out. No
+processes, no SQLite, no file writes, no environment reads here.
 """
 from __future__ import annotations
 
@@ -12,11 +13,37 @@ from pathlib import Path
 import yaml
 
 from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY_FAILED, LOCAL_SCRIPT, LOG, PID,
-                                   SLURM_SCRIPT, WAITING)
+                                   RECORD, RESOLVED_KEY, SLURM_SCRIPT, WAITING)
+
+from aam_runtime.jobenv import job_env
 
 from .resolve import Obj, Resolved
+from .store import RUNS_DIR
 
 RUNTIME_MODULE = "aam_runtime"
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """A run generation that must succeed before this one starts."""
+
+    name: str
+    generation: int
+    executor: str
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}/{self.generation}"
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a run's starting weights come from, as apply found them."""
+
+    checkpoint: str
+    stage: str | None = None  # the stage of the run it comes from (None: a checkpoint path)
+    dependency: Dependency | None = None  # that run, while it has not yet succeeded
 
 
 @dataclass
@@ -28,13 +55,75 @@ class RunPlan:
     executor: str
     folder: Path
     files: dict[str, str] = field(default_factory=dict)  # file name -> content
-    depends_on: tuple[str, int] | None = None  # (run name, generation) that must succeed first
-    depends_folder: Path | None = None
+    dependency: Dependency | None = None
     command: list[str] = field(default_factory=list)
 
     @property
     def entry(self) -> str:
         return SLURM_SCRIPT if self.executor == "slurm" else LOCAL_SCRIPT
+
+
+def run_folder(home: Path, name: str, generation: int) -> Path:
+    return (home / RUNS_DIR / name / str(generation)).resolve()
+
+
+def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home: Path, upstream: Upstream | None,
+               provenance: dict[str, str], python: str) -> RunPlan:
+    """All files of one run generation. Pure: everything it needs comes in as arguments."""
+    from .slurm import render_sbatch
+
+    bundle = res.run_bundle(run)
+    hw = bundle["hardware"].spec
+    ds = bundle["dataset"].spec
+    folder = run_folder(home, run.name, generation)
+    ex = run.spec["executor"]["type"]
+    plan = RunPlan(name=run.name, generation=generation, run_hash=run_hash, stage=run.spec["stage"],
+                   executor=ex, folder=folder, dependency=upstream.dependency if upstream else None)
+    nodes = run.spec["executor"]["slurm"].get("nodes") if ex == "slurm" else None
+    stage_hw = hw if run.spec["stage"] != "baseline" else dict(hw, nodes=1, devicesPerNode=1)
+    precision = effective_precision(run.spec["trainer"], hw)
+    settings = runtime_settings(res, run, generation=generation, run_hash=run_hash, upstream=upstream,
+                                precision=precision)
+    docs = record_documents(res, run, provenance, settings)
+    plan.files[RECORD] = dump_documents(
+        docs, f"record of run/{run.name} generation {generation}: apply it to reproduce the run")
+    plan.files[ACCELERATE_CONFIG] = dump_documents([accelerate_config(stage_hw, run.spec, precision, nodes)])
+    if ex == "local":
+        plan.command = launch_command(python, folder, stage_hw)
+        plan.files[LOCAL_SCRIPT] = render_local_script(plan, stage_hw, python)
+    else:
+        data_paths = [p for p in (ds.get("table"), ds.get("tree"), ds.get("distanceMatrix"),
+                                  (ds.get("metadata") or {}).get("path")) if p]
+        plan.files[SLURM_SCRIPT] = render_sbatch(run, run.spec, stage_hw, run.name, generation, folder, python,
+                                                 data_paths)
+    return plan
+
+
+def effective_precision(trainer: dict, hw: dict) -> str:
+    """The one place precision is decided: the Run's choice, else the profile's; auto means bf16 on
+    a GPU and full precision on CPU; fp16 on CPU (refused by validation for profiles) means no."""
+    precision = trainer["precision"]
+    if precision == "auto":
+        precision = hw["precision"]
+    if precision == "auto":
+        precision = "no" if hw["accelerator"] == "cpu" else "bf16"
+    if hw["accelerator"] == "cpu" and precision == "fp16":
+        precision = "no"
+    return precision
+
+
+def runtime_settings(res: Resolved, run: Obj, *, generation: int, run_hash: str, upstream: Upstream | None,
+                     precision: str) -> dict:
+    """The `resolved:` section of a run's record: what aamctl decided and the runtime reads.
+
+    It sits outside `spec` (so outside the content hash) and is ignored when a record is applied:
+    the decisions are made again for the new place."""
+    model = res.run_bundle(run).get("model")
+    return {"generation": generation, "runHash": run_hash,
+            "model": {"name": model.name, "spec": model.spec} if model else None,
+            "initCheckpoint": upstream.checkpoint if upstream else None,
+            "initStage": upstream.stage if upstream else None,
+            "precision": precision}
 
 
 def processes(hw: dict, nodes: int | None = None) -> tuple[int, int]:
@@ -43,16 +132,9 @@ def processes(hw: dict, nodes: int | None = None) -> tuple[int, int]:
     return n, n * hw["devicesPerNode"]
 
 
-def accelerate_config(hw: dict, run: dict, nodes: int | None = None) -> dict:
+def accelerate_config(hw: dict, run: dict, precision: str, nodes: int | None = None) -> dict:
     """A config for `accelerate launch --config_file` (keys as accelerate's config_args defines them)."""
     n, total = processes(hw, nodes)
-    precision = run["trainer"]["precision"]
-    if precision == "auto":
-        precision = hw["precision"]
-    if precision == "auto":
-        precision = "no" if hw["accelerator"] == "cpu" else "bf16"
-    if hw["accelerator"] == "cpu" and precision == "fp16":
-        precision = "no"
     cfg = {
         "compute_environment": "LOCAL_MACHINE",
         "debug": False,
@@ -81,7 +163,6 @@ def accelerate_config(hw: dict, run: dict, nodes: int | None = None) -> dict:
         cfg["fsdp_config"] = {
             "fsdp_version": 1,
             "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
-            "fsdp_transformer_layer_cls_to_wrap": "Block",
             "fsdp_sharding_strategy": "FULL_SHARD",
             "fsdp_state_dict_type": "FULL_STATE_DICT",
             "fsdp_offload_params": False,
@@ -132,16 +213,16 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
              "set -u",
              f"cd {q(str(folder))} || exit 1",
              f"echo $$ > {PID}",
-             *env_lines(hw.get("env", {})),
+             *env_lines(job_env(hw)),
              "export PYTHONUNBUFFERED=1",
              f"finish() {{ echo \"$1\" > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}; exit \"$1\"; }}"]
-    if plan.depends_folder is not None:
-        dep = q(str(plan.depends_folder))
+    if plan.dependency is not None:
+        dep = q(str(plan.dependency.folder))
         fail = f"finish {EXIT_DEPENDENCY_FAILED}"
         lines += [
             f"dep={dep}",
             f"echo waiting > {WAITING}",
-            f"echo \"[$(date +%H:%M:%S)] waiting for run/{plan.depends_on[0]} generation {plan.depends_on[1]}\" >> {LOG}",
+            f"echo \"[$(date +%H:%M:%S)] waiting for run/{plan.dependency.name} generation {plan.dependency.generation}\" >> {LOG}",
             f'while [ ! -f "$dep/{EXIT_CODE}" ]; do',
             f'  if [ -f "$dep/{PID}" ] && ! kill -0 "$(cat "$dep/{PID}")" 2>/dev/null; then',
             f'    sleep 3; [ -f "$dep/{EXIT_CODE}" ] || {{ echo "dependency died without an exit status" >> {LOG}; '
@@ -151,7 +232,7 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
             "done",
             f"rm -f {WAITING}",
             f'if [ "$(cat "$dep/{EXIT_CODE}")" != "0" ]; then',
-            f'  echo "[$(date +%H:%M:%S)] run/{plan.depends_on[0]} did not succeed; not starting" >> {LOG}',
+            f'  echo "[$(date +%H:%M:%S)] run/{plan.dependency.name} did not succeed; not starting" >> {LOG}',
             f"  {fail}",
             "fi",
         ]
@@ -159,8 +240,9 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
     return "\n".join(lines)
 
 
-def record_documents(res: Resolved, run: Obj, annotations: dict[str, str]) -> list[dict]:
-    """The self-contained manifest list of a run: the Run (annotated) and everything it uses."""
+def record_documents(res: Resolved, run: Obj, annotations: dict[str, str], settings: dict) -> list[dict]:
+    """The self-contained manifest list of a run: the Run (annotated, with its `resolved:` section)
+    and everything it uses."""
     docs: list[dict] = []
     seen: set = set()
 
@@ -172,6 +254,7 @@ def record_documents(res: Resolved, run: Obj, annotations: dict[str, str]) -> li
         if main:
             m["metadata"]["annotations"] = {**{k: v for k, v in m["metadata"].get("annotations", {}).items()
                                                if not k.startswith("aam/")}, **annotations}
+            m[RESOLVED_KEY] = settings
         else:
             m["metadata"]["annotations"] = {k: v for k, v in m["metadata"].get("annotations", {}).items()
                                             if not k.startswith("aam/")}

@@ -54,8 +54,9 @@ def git_commit(folder: Path | None) -> str | None:
 
 
 def annotations(*, name: str, generation: int, run_hash: str, dataset_spec: dict, hardware: dict, seed: int,
-                model: str | None, init_checkpoint: str | None, init_stage: str | None,
                 manifest_dir: Path | None, digests: dict | None = None) -> dict[str, str]:
+    """Provenance for people and for reproducing (data digests are checked when a record is
+    applied). The runtime reads none of it: its settings are in the record's `resolved:`."""
     ann = {
         "aam/record-of": f"run/{name}",
         "aam/generation": str(generation),
@@ -71,10 +72,4 @@ def annotations(*, name: str, generation: int, run_hash: str, dataset_spec: dict
     commit = git_commit(manifest_dir)
     if commit:
         ann["aam/git-commit"] = commit
-    if model:
-        ann["aam/model"] = model
-    if init_checkpoint:
-        ann["aam/init-checkpoint"] = init_checkpoint
-    if init_stage:
-        ann["aam/init-stage"] = init_stage
     return ann

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_PREEMPTED, LOG, PREEMPT_FLAG
 
+from aam_runtime.jobenv import job_env
+
 from .errors import AamError
 from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
 
@@ -94,7 +96,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
                         [f"  module load {shlex.quote(m)}" for m in hw.get("modules", [])] + ["fi"]) \
         if hw.get("modules") else ""
     text = template_path().read_text()
-    env = dict(hw.get("env", {}))
+    env = job_env(hw)
     repl = {
         "%%NAME%%": name, "%%GENERATION%%": str(generation),
         "%%SBATCH%%": "\n".join("#SBATCH " + x for x in sbatch_directives(run, hw, name, generation, folder)),

@@ -30,8 +30,12 @@ def main():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}) if hasattr(os, "sched_setaffinity") else None
     oral = ROOT / "examples" / "data" / "oral-age"
     t0 = time.perf_counter()
-    p = T.load({"table": str(oral / "table.biom"), "metadata": {"path": str(oral / "metadata.tsv"),
-                                                                 "sampleIdColumn": "sample_id"}})
+    from aamctl.schema import fill_defaults
+
+    spec = fill_defaults("Dataset", {"apiVersion": "aam/v1alpha1", "kind": "Dataset", "metadata": {"name": "b"},
+                                     "spec": {"table": str(oral / "table.biom"),
+                                              "metadata": {"path": str(oral / "metadata.tsv")}}})["spec"]
+    p = T.load(spec)
     t_load = time.perf_counter() - t0
     t0 = time.perf_counter()
     tokens, _ = T.tokenize(p.asv_ids, 150)

@@ -34,16 +34,17 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
     from aam_runtime.data.unifrac import DistanceLookup, compute
     from aam_runtime.model import AAM, pairwise_unifrac_loss
 
-    spec = {"embeddingDim": 128, "ffnMultiplier": 4, "dropout": 0.1, "nucleotide": {"heads": 4, "layers": 4},
-            "sample": {"heads": 4, "layers": 4}, "encoderHead": {"heads": 4, "layers": 4},
-            "targetHead": {"heads": 4, "layers": 2, "layerNorm": True, "hidden": [], "outputScale": False, "loss": "huber"},
-            "countEmbedding": "add", "categoricalFusion": "concat", "categoricalEmbeddingDim": 16, "maskRatio": 0.15,
-            "attentionBackend": attention, "gradientCheckpointing": False, "dedupAsvs": dedup}
-    p = T.load({"table": str(ORAL / "table.biom")})
+    from aamctl.schema import fill_defaults
+    from aam_runtime.model import ModelConfig
+
+    spec = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model", "metadata": {"name": "bench"},
+                                   "spec": {"attentionBackend": attention, "dedupAsvs": dedup}})["spec"]
+    p = T.load(fill_defaults("Dataset", {"apiVersion": "aam/v1alpha1", "kind": "Dataset", "metadata": {"name": "b"},
+                                         "spec": {"table": str(ORAL / "table.biom")}})["spec"])
     enc = B.encode(p, 150, 1024, "abundance")
     lookup = DistanceLookup(compute(p.sample_ids, p.asv_ids, p.counts, str(ORAL / "tree.nwk")), p.sample_ids)
     torch.manual_seed(0)
-    model = AAM(spec, max_bp=150).to(device)
+    model = AAM(ModelConfig.from_spec(spec), max_bp=150).to(device)
     model.attention_backend = attention
     fwd = torch.compile(model, dynamic=True) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)

@@ -14,15 +14,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from aam_runtime.data import batches as B  # noqa: E402
 from aam_runtime.data import table as T  # noqa: E402
 from aam_runtime.data import unifrac as U  # noqa: E402
-from aam_runtime.model import AAM  # noqa: E402
-from aam_runtime.train import make_accelerator, unifrac_loss_global  # noqa: E402
+from aam_runtime.model import AAM, ModelConfig  # noqa: E402
+from aam_runtime.losses import unifrac_global as unifrac_loss_global  # noqa: E402
+from aam_runtime.train import make_accelerator  # noqa: E402
 from synth import dataset_spec, make_dataset  # noqa: E402
 from test_training import SMALL_MODEL  # noqa: E402
 
 data_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 acc = make_accelerator("cpu", "no")
 torch.manual_seed(0)
-model = AAM(SMALL_MODEL, max_bp=150)
+model = AAM(ModelConfig.from_spec(SMALL_MODEL), max_bp=150)
 d = make_dataset(data_dir / f"rank{acc.process_index}", n_samples=16, n_asvs=25, seed=4)
 p = T.load(dataset_spec(d))
 enc = B.encode(p, 150, 1024, "abundance")

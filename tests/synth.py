@@ -63,15 +63,20 @@ def make_dataset(folder: Path, n_samples: int = 24, n_asvs: int = 30, seed: int 
             "age": age}
 
 
+def full_spec(kind: str, spec: dict) -> dict:
+    """A spec with the schema's defaults filled, as aamctl hands it to the runtime."""
+    from aamctl.schema import fill_defaults
+
+    return fill_defaults(kind, {"apiVersion": "aam/v1alpha1", "kind": kind, "metadata": {"name": "t"},
+                                "spec": spec})["spec"]
+
+
 def dataset_spec(d: dict, **over) -> dict:
-    spec = {"table": str(d["table"]), "tree": str(d["tree"]),
-            "metadata": {"path": str(d["metadata"]), "sampleIdColumn": "sample_id"},
-            "targets": [{"name": "age", "type": "regression", "normalize": "zscore"}],
-            "categoricalColumns": [], "rarefyDepth": None, "maxAsvsPerSample": 1024, "asvSelection": "abundance",
-            "maxBp": 150, "nonACGT": "pad", "subsample": None, "unifrac": {"metric": "unweighted", "backend": "auto"},
-            "split": {"validationFraction": 0.2, "seed": 42, "stratifyBy": None}}
+    """The synthetic data set's Dataset spec (regression target age), defaults filled."""
+    spec = {"table": str(d["table"]), "tree": str(d["tree"]), "metadata": {"path": str(d["metadata"])},
+            "targets": [{"name": "age", "type": "regression"}]}
     spec.update(over)
-    return spec
+    return full_spec("Dataset", spec)
 
 
 # Manifests shared by the end-to-end tests: a micro model and one- and two-process CPU profiles.

@@ -12,7 +12,7 @@ from aam_runtime.data import table as T
 from aam_runtime.data import unifrac as U
 from aam_runtime.data.preflight import check_dataset
 
-from synth import ORAL, dataset_spec, make_dataset, write_table, write_tree
+from synth import ORAL, dataset_spec, full_spec, make_dataset, write_table, write_tree
 
 
 @pytest.fixture()
@@ -90,7 +90,7 @@ def test_tokenize_maps_truncates_and_counts():
 
 def test_tokenize_oral_age_fast():
     import time
-    p = T.load({"table": str(ORAL / "table.biom")})
+    p = T.load(full_spec("Dataset", {"table": str(ORAL / "table.biom")}))
     t0 = time.perf_counter()
     tok, bad = T.tokenize(p.asv_ids, 150)
     assert time.perf_counter() - t0 < 2.0  # generous: measured ~10 ms
@@ -125,7 +125,7 @@ def test_epoch_batches_deterministic_and_sharded():
 
 @pytest.fixture(scope="module")
 def oral_subset():
-    p = T.load({"table": str(ORAL / "table.biom"), "subsample": {"samples": 120, "seed": 3}})
+    p = T.load(full_spec("Dataset", {"table": str(ORAL / "table.biom"), "subsample": {"samples": 120, "seed": 3}}))
     return p
 
 

@@ -4,6 +4,7 @@ newline through."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,7 +220,8 @@ def test_extreme_values_resolve_cleanly_and_train_a_first_step(kind, path, end, 
     import yaml
 
     from aam_runtime import runfolder as RF
-    from aamctl.apply import build_plan, run_preflight
+    from aamctl.apply import run_preflight
+    from aamctl.plan import build_plan
 
     monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path.parent / "extremes-cache"))
     node, integer = next((n, i) for k, p, i, n in CASES if (k, p) == (kind, path))
@@ -245,7 +247,8 @@ def test_extreme_values_resolve_cleanly_and_train_a_first_step(kind, path, end, 
         assert f"{f}:" in text and "internal error" not in text, text
         print(f"OUTCOME rejected {kind}.{'.'.join(map(str, path))}={value}: {text.splitlines()[0][len(str(f)):]}")
         return
-    plan = build_plan(res, run, 1, res.run_hash(run), tmp_path / "home", None, None, None)
+    plan = build_plan(res, run, generation=1, run_hash=res.run_hash(run), home=tmp_path / "home", upstream=None,
+                      provenance={}, python=sys.executable)
     assert plan.files[RF.RECORD]
     if stage is None:
         return

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from aamctl.apply import build_plan
+from aamctl.plan import build_plan
 from aamctl.errors import AamError
 from aamctl.parse import parse_text
 from aamctl.validate import validate
@@ -49,9 +50,8 @@ spec:
 """
     res = validate(parse_text(text, "golden.yaml", Path("/")))
     run = res.get("Run", name)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("AAM_PYTHON", "/opt/aam/venv/bin/python")
-        plan = build_plan(res, run, 1, "0123456789abcdef", Path("/aam-home"), None, None, None)
+    plan = build_plan(res, run, generation=1, run_hash="0123456789abcdef", home=Path("/aam-home"), upstream=None,
+                      provenance={}, python="/opt/aam/venv/bin/python")
     return plan.files
 
 
@@ -134,7 +134,8 @@ metadata: {{name: r}}
 spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor: {{type: slurm}}}}
 """
     res = validate(parse_text(text, "r.yaml", tmp_path))
-    plan = build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "home", None, None, None)
+    plan = build_plan(res, res.get("Run", "r"), generation=1, run_hash="h", home=tmp_path / "home", upstream=None,
+                      provenance={}, python=sys.executable)
     script = plan.files["job.sbatch"]
     env_line = next(l for l in script.splitlines() if l.startswith("export EVIL="))
     out = subprocess.run(["bash", "-c", env_line + '; printf %s "$EVIL"'], capture_output=True, text=True, cwd=tmp_path)
@@ -146,7 +147,8 @@ spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor
         validate(parse_text(bad, "r.yaml", tmp_path))
     # a run folder SLURM directives cannot carry is refused with a clear message
     with pytest.raises(AamError, match="SLURM directives cannot carry"):
-        build_plan(res, res.get("Run", "r"), 1, "h", tmp_path / "my home", None, None, None)
+        build_plan(res, res.get("Run", "r"), generation=1, run_hash="h", home=tmp_path / "my home", upstream=None,
+                   provenance={}, python=sys.executable)
 
 
 # ---------------------------------------------------------------- the real cluster

@@ -15,21 +15,23 @@ import torch
 
 from aam_runtime.data import batches as B
 from aam_runtime.data import table as T
-from aam_runtime.model import AAM, choose_attention_backend, pairwise_unifrac_loss
+from aam_runtime.model import AAM, ModelConfig, choose_attention_backend, pairwise_unifrac_loss
 from aam_runtime.runfolder import read_jsonl
 
-from synth import CPU_PROFILES, ORAL, dataset_spec, make_dataset
+from synth import CPU_PROFILES, ORAL, dataset_spec, full_spec, make_dataset
 from wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
 from conftest import AAMCTL  # noqa: E402
 
-SMALL_MODEL = {"embeddingDim": 16, "ffnMultiplier": 2, "dropout": 0.0, "nucleotide": {"heads": 2, "layers": 1},
-               "sample": {"heads": 2, "layers": 1}, "encoderHead": {"heads": 2, "layers": 1},
-               "targetHead": {"heads": 2, "layers": 1, "layerNorm": True, "hidden": [], "outputScale": False,
-                              "loss": "huber"},
-               "countEmbedding": "add", "categoricalFusion": "concat", "categoricalEmbeddingDim": 4,
-               "maskRatio": 0.15, "attentionBackend": "auto", "gradientCheckpointing": False, "dedupAsvs": True}
+SMALL_MODEL = full_spec("Model", {"embeddingDim": 16, "ffnMultiplier": 2, "dropout": 0.0,
+                                  "nucleotide": {"heads": 2, "layers": 1}, "sample": {"heads": 2, "layers": 1},
+                                  "encoderHead": {"heads": 2, "layers": 1}, "targetHead": {"heads": 2, "layers": 1},
+                                  "categoricalEmbeddingDim": 4})
+
+
+def _model(spec: dict, **kw) -> AAM:
+    return AAM(ModelConfig.from_spec(spec), max_bp=150, **kw)
 
 
 def _batch(tmp_path, rows=(0, 1, 2, 3, 4, 5)):
@@ -44,8 +46,8 @@ def test_dedup_equals_per_occurrence(tmp_path, count_mode):
     batch, _ = _batch(tmp_path)
     torch.manual_seed(0)
     spec = dict(SMALL_MODEL, countEmbedding=count_mode)
-    a = AAM(spec, max_bp=150, n_outputs=1).eval()
-    b = AAM(dict(spec, dedupAsvs=False), max_bp=150, n_outputs=1).eval()
+    a = _model(spec, n_outputs=1).eval()
+    b = _model(dict(spec, dedupAsvs=False), n_outputs=1).eval()
     b.load_state_dict(a.state_dict())
     with torch.no_grad():
         ra = a(batch, need_target=True)
@@ -58,8 +60,16 @@ def test_dedup_equals_per_occurrence(tmp_path, count_mode):
         ma = a(batch, mask_nucleotides=True, generator=g1)
         mb = b(batch, mask_nucleotides=True, generator=g2)
     assert ma["nuc_targets"].numel() > 0
-    # per-occurrence repeats shared ASVs; the distinct ones must match
     assert torch.allclose(ma["embedding"], mb["embedding"], atol=1e-5)
+    # Per-occurrence mode repeats each distinct ASV's masked bases once per sample holding it:
+    # spread the distinct ASVs' logits over [U, L] and pick them in occurrence order.
+    _, masked = a.mask_tokens(batch["tokens"], torch.Generator().manual_seed(3))
+    occ = batch["asv_index"][batch["mask"]]
+    assert len(occ) > len(batch["tokens"])  # the batch shares ASVs, so the two modes differ in work
+    full = torch.zeros(*masked.shape, ma["nuc_logits"].shape[-1])
+    full[masked] = ma["nuc_logits"]
+    assert torch.equal(mb["nuc_targets"], batch["tokens"][occ][masked[occ]])
+    assert torch.allclose(mb["nuc_logits"], full[occ][masked[occ]], atol=1e-5)
 
 
 def test_padding_does_not_change_a_sample(tmp_path):
@@ -69,7 +79,7 @@ def test_padding_does_not_change_a_sample(tmp_path):
     short = int(np.argmin(lens))
     alone = B.to_torch(B.collate_numpy(enc, np.array([short])))
     torch.manual_seed(0)
-    m = AAM(SMALL_MODEL, max_bp=150).eval()
+    m = _model(SMALL_MODEL).eval()
     with torch.no_grad():
         e1 = m(alone)["embedding"][0]
         e2 = m(batch_all)["embedding"][short]
@@ -106,20 +116,38 @@ def test_attention_backend_rules():
     assert choose_attention_backend("auto", "cpu", None) == "auto"
 
 
-@pytest.mark.parametrize("backend", ["math", "mem_efficient"])
-def test_sdpa_backends_agree_with_math_on_cpu(tmp_path, backend):
+def _kernel_runs_here(backend: str) -> bool:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernel = {"flash": SDPBackend.FLASH_ATTENTION, "mem_efficient": SDPBackend.EFFICIENT_ATTENTION}[backend]
+    q = torch.randn(1, 1, 4, 8)
+    try:
+        with sdpa_kernel([kernel]):
+            torch.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=torch.ones(1, 1, 1, 4, dtype=torch.bool))
+        return True
+    except RuntimeError:
+        return False
+
+
+def test_sdpa_kernels_agree_with_math_under_padding_masks(tmp_path):
+    """Every fused kernel this build offers gives the math kernel's embeddings on padded batches
+    (the ROCm < 6.3 bug this guards against was a masked mem_efficient kernel). This CPU build
+    offers flash with masks, so at least one kernel is compared here."""
     batch, _ = _batch(tmp_path)
     torch.manual_seed(0)
-    m = AAM(SMALL_MODEL, max_bp=150).eval()
+    m = _model(SMALL_MODEL).eval()
+    assert batch["mask"].sum(1).min() < batch["mask"].shape[1]  # some sample is padded
     with torch.no_grad():
         m.attention_backend = "math"
         ref = m(batch)["embedding"]
-        m.attention_backend = backend
-        try:
-            out = m(batch)["embedding"]
-        except RuntimeError as exc:  # a kernel that this CPU build does not offer
-            pytest.skip(str(exc))
-    assert torch.allclose(ref, out, atol=1e-5)
+        compared = []
+        for backend in ("flash", "mem_efficient"):
+            if not _kernel_runs_here(backend):
+                continue
+            m.attention_backend = backend
+            assert torch.allclose(ref, m(batch)["embedding"], atol=1e-5), backend
+            compared.append(backend)
+    assert compared, "no fused SDPA kernel runs here"
 
 
 # ---------------------------------------------------------------- runs through aamctl

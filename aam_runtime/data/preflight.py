@@ -79,13 +79,13 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
     if len(set(sample_ids)) != len(sample_ids):
         problems.append(Problem(f"{spec['table']}: duplicate sample ids in the table", "table"))
     try:
-        check_sequences(asv_ids, spec["table"], spec.get("nonACGT", "pad"))
+        check_sequences(asv_ids, spec["table"], spec["nonACGT"])
     except DataError as exc:
         problems.append(Problem(str(exc), "table"))
     meta = None
     if spec.get("metadata"):
         try:
-            meta = read_metadata(spec["metadata"]["path"], spec["metadata"].get("sampleIdColumn", "sample_id"))
+            meta = read_metadata(spec["metadata"]["path"], spec["metadata"]["sampleIdColumn"])
         except DataError as exc:
             problems.append(Problem(str(exc), "metadata"))
     if meta is not None:
@@ -95,7 +95,7 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
                             f"(table ids look like '{sample_ids[0]}', metadata ids like "
                             f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
         _check_targets(spec, meta, overlap, add)
-        for col in spec.get("categoricalColumns", []):
+        for col in spec["categoricalColumns"]:
             if col not in meta.columns:
                 add('metadata', f"{spec['metadata']['path']}: no column '{col}' (columns: {', '.join(list(meta.columns)[:8])})")
     elif stage in ("finetune", "baseline"):
@@ -123,7 +123,7 @@ def check_dataset(spec: dict, stage: str, target: str | None = None, need_distan
                 except DataError as exc:
                     add('tree', str(exc))
     for key in ("trainIds", "validationIds"):
-        p = spec.get("split", {}).get(key)
+        p = spec["split"].get(key)
         if p and not Path(p).exists():
             add('split', f"{p}: split file not found (check spec.split.{key})")
     if not any(p.severity == "error" for p in problems):
@@ -137,7 +137,7 @@ def _check_targets(spec: dict, meta, overlap: list, add) -> None:
     import pandas as pd
 
     path = spec["metadata"]["path"]
-    for i, t in enumerate(spec.get("targets", [])):
+    for i, t in enumerate(spec["targets"]):
         name = t["name"]
         where = ("targets", i, "name")
         if name not in meta.columns:
@@ -184,7 +184,7 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
         return
     if stage == "predict":
         return
-    ttype = next((t["type"] for t in spec.get("targets", []) if t["name"] == target), None)
+    ttype = next((t["type"] for t in spec["targets"] if t["name"] == target), None)
     try:
         train, _ = make_split(spec, prepared, ttype, target)  # as the runtime does, for every stage
     except DataError as exc:

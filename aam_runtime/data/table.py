@@ -177,7 +177,7 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
                 break
             seen.add(s)
         raise DataError(f"{spec['table']}: sample id '{dup}' appears more than once in the table")
-    report.update(check_sequences(asv_ids, spec["table"], spec.get("nonACGT", "pad")))
+    report.update(check_sequences(asv_ids, spec["table"], spec["nonACGT"]))
     counts = table.matrix_data.T.tocsr().astype(np.float64)  # samples x ASVs
     if counts.nnz and (counts.data < 0).any():
         raise DataError(f"{spec['table']}: the table holds negative counts; AAM needs read counts")
@@ -186,7 +186,7 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
 
     meta_spec = spec.get("metadata")
     if meta_spec:
-        meta = read_metadata(meta_spec["path"], meta_spec.get("sampleIdColumn", "sample_id")) \
+        meta = read_metadata(meta_spec["path"], meta_spec["sampleIdColumn"]) \
             if metadata is None else metadata
     else:
         meta = pd.DataFrame(index=pd.Index(sample_ids, name="sample_id"))
@@ -201,11 +201,11 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
     sample_ids = [sample_ids[i] for i in in_both]
 
     # targets and categorical columns must exist; rows with missing or non-numeric values are dropped
-    for col in list(need_targets or []) + list(spec.get("categoricalColumns", [])):
+    for col in list(need_targets or []) + list(spec["categoricalColumns"]):
         if col not in meta.columns:
             raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
                             f"(columns: {', '.join(list(meta.columns)[:8])})")
-    target_types = {t["name"]: t["type"] for t in spec.get("targets", [])}
+    target_types = {t["name"]: t["type"] for t in spec["targets"]}
     keep = np.ones(len(sample_ids), dtype=bool)
     for col in need_targets or []:
         values = meta.loc[sample_ids, col]
@@ -226,13 +226,13 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
 
     sub = spec.get("subsample")
     if sub and sub["samples"] < len(sample_ids):
-        rng = np.random.default_rng(sub.get("seed", 0))
+        rng = np.random.default_rng(sub["seed"])
         chosen = np.sort(rng.choice(len(sample_ids), size=sub["samples"], replace=False))
         counts = counts[chosen]
         sample_ids = [sample_ids[i] for i in chosen]
         report["subsampled_to"] = int(sub["samples"])
 
-    depth = spec.get("rarefyDepth")
+    depth = spec["rarefyDepth"]
     if depth:
         before = len(sample_ids)
         counts, kept = rarefy(counts, int(depth), seed)
@@ -247,7 +247,7 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
         raise DataError(f"{spec['table']}: no sample is left after rarefaction to {depth} reads "
                         "(lower spec.rarefyDepth)")
 
-    if spec.get("nonACGT") == "drop":
+    if spec["nonACGT"] == "drop":
         good = np.array([not (set(a.upper()) - set("ACGT")) for a in asv_ids])
         report["dropped_asvs_non_acgt"] = int((~good).sum())
         counts = counts[:, np.flatnonzero(good)]
