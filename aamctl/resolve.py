@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from aam_runtime.runfolder import RESOLVED_KEY
+
 from .errors import AamError, Diagnostic
 from .parse import Document, parse_text
 from .schema import coerce_integers, fill_defaults
@@ -113,7 +115,8 @@ def builtin_documents() -> tuple[Document, ...]:
 def normalize(doc: Document) -> Obj:
     """A schema-valid document -> Obj with defaults filled and absolute paths."""
     kind = doc.data["kind"]
-    manifest = coerce_integers(kind, fill_defaults(kind, doc.data))
+    data = {k: v for k, v in doc.data.items() if k != RESOLVED_KEY}  # a record's decisions are made afresh
+    manifest = coerce_integers(kind, fill_defaults(kind, data))
     for path in PATH_FIELDS[kind]:
         value = _get(manifest, path)
         if isinstance(value, str) and not URI_RE.match(value):

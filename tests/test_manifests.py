@@ -180,7 +180,7 @@ def test_every_schema_field_has_description_and_default_or_required():
         def walk(node, path, required=()):
             for name, sub in node.get("properties", {}).items():
                 p = f"{path}.{name}"
-                if name not in ("apiVersion", "kind", "metadata") and "$ref" not in sub:
+                if name not in ("apiVersion", "kind", "metadata") and "$ref" not in sub and not sub.get("readOnly"):
                     assert "description" in sub, f"{f.name}: {p} has no description"
                     assert "default" in sub or name in required, f"{f.name}: {p} has no default and is not required"
                 walk(sub, p, sub.get("required", ()))
@@ -188,3 +188,105 @@ def test_every_schema_field_has_description_and_default_or_required():
             if isinstance(items, dict):
                 walk(items, path + "[]", items.get("required", ()))
         walk(schema, f.stem, schema.get("required", ()))
+
+
+# ---------------------------------------------------------------- plan: one source per fact
+
+def _plan(res, name, **kw):
+    from aamctl.plan import build_plan
+
+    return build_plan(res, res.get("Run", name), generation=kw.pop("generation", 3), run_hash="abc",
+                      home=Path("/aam-home"), upstream=kw.pop("upstream", None), provenance={"aam/record-of": f"run/{name}"},
+                      python="/usr/bin/python3")
+
+
+def test_record_carries_the_runtime_settings_and_reapplies_without_them():
+    """What aamctl decided (generation, model, init checkpoint and stage, precision) sits in the
+    record's resolved: section, which the runtime reads; applying the record ignores it."""
+    from aamctl.plan import Dependency, Upstream
+    from aam_runtime.runfolder import ACCELERATE_CONFIG, RECORD, RESOLVED_KEY
+
+    res = validate(load_paths([str(ROOT / "manifests")]))
+    up = Upstream(checkpoint="/x/best.pt", stage="pretrain", dependency=Dependency("oral-pretrain", 2, "local", Path("/x")))
+    plan = _plan(res, "oral-age-finetune", upstream=up)
+    docs = list(yaml.safe_load_all(plan.files[RECORD]))
+    run = next(d for d in docs if d["kind"] == "Run" and RESOLVED_KEY in d)
+    settings = run[RESOLVED_KEY]
+    assert settings["generation"] == 3 and settings["runHash"] == "abc"
+    assert settings["initCheckpoint"] == "/x/best.pt" and settings["initStage"] == "pretrain"
+    assert settings["model"]["name"] == res.get("Run", "oral-pretrain").spec["modelRef"]
+    assert settings["model"]["spec"] == res.get("Model", settings["model"]["name"]).spec
+    acc = yaml.safe_load(plan.files[ACCELERATE_CONFIG])
+    assert settings["precision"] == acc["mixed_precision"] == "no"  # CPU profile: decided once, the same in both
+    assert not any(k.startswith("aam/init") or k == "aam/model" for k in run["metadata"].get("annotations", {}))
+    again = validate(parse_text(plan.files[RECORD], "record.yaml", Path("/")))
+    reapplied = again.get("Run", "oral-age-finetune")
+    assert RESOLVED_KEY not in reapplied.manifest
+    assert reapplied.hash == res.get("Run", "oral-age-finetune").hash
+
+
+@pytest.mark.parametrize("trainer, profile, expected", [
+    ("auto", {"accelerator": "cuda", "precision": "auto"}, "bf16"),
+    ("auto", {"accelerator": "cuda", "precision": "fp16"}, "fp16"),
+    ("no", {"accelerator": "cuda", "precision": "bf16"}, "no"),
+    ("auto", {"accelerator": "cpu", "precision": "auto"}, "no"),
+    ("fp16", {"accelerator": "cpu", "precision": "auto"}, "no"),
+    ("bf16", {"accelerator": "rocm", "precision": "auto"}, "bf16"),
+])
+def test_precision_is_decided_in_one_place(trainer, profile, expected):
+    from aamctl.plan import effective_precision
+
+    assert effective_precision({"precision": trainer}, profile) == expected
+
+
+def test_fsdp_wraps_the_block_class_the_model_names():
+    """The plan names no class; accelerate's transformer wrap policy finds the one the model lists."""
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    from aamctl.plan import accelerate_config
+    from aam_runtime.model import AAM, Block, ModelConfig
+    from synth import full_spec
+
+    hw = {"nodes": 1, "devicesPerNode": 2, "accelerator": "cuda", "strategy": "fsdp"}
+    cfg = accelerate_config(hw, {"executor": {"slurm": {"port": 29500}}}, precision="bf16")
+    assert cfg["distributed_type"] == "FSDP" and "fsdp_transformer_layer_cls_to_wrap" not in cfg["fsdp_config"]
+    model = AAM(ModelConfig.from_spec(full_spec("Model", {"embeddingDim": 8})), max_bp=10)
+    plugin = FullyShardedDataParallelPlugin(auto_wrap_policy="transformer_based_wrap")
+    plugin.set_auto_wrap_policy(model)
+    assert plugin.auto_wrap_policy.keywords["transformer_layer_cls"] == {Block}
+
+
+def test_network_interface_sets_the_collective_variables_once():
+    from aamctl.resolve import builtin_documents, normalize
+    from aam_runtime.jobenv import job_env
+
+    cosmos = next(normalize(d).spec for d in builtin_documents() if d.data["spec"].get("networkInterface"))
+    env = job_env(cosmos)
+    assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == cosmos["networkInterface"]
+    assert "NCCL_SOCKET_IFNAME" not in cosmos["env"]  # derived, not repeated in the profile
+    assert job_env(dict(cosmos, env={"NCCL_SOCKET_IFNAME": "ib0"}))["NCCL_SOCKET_IFNAME"] == "ib0"  # explicit wins
+
+
+def test_metric_table_matches_the_schema_enum():
+    import json as _json
+
+    from aam_runtime.metric_table import METRICS
+
+    schema = _json.loads((ROOT / "schemas" / "v1alpha1" / "run.schema.json").read_text())
+    enum = schema["properties"]["spec"]["properties"]["trainer"]["properties"]["earlyStopping"]["properties"]["metric"]["enum"]
+    assert set(enum) == set(METRICS)
+
+
+def test_non_tty_progress_prints_tenths_and_minutes_not_steps():
+    from aamctl.progress import LineReporter
+
+    r = LineReporter(every_s=60)
+    out = []
+    out += r.lines("a", "Pending", None, {}, now=0)
+    for step in range(1, 1001):  # a step every 0.01 s: ten seconds in all
+        out += r.lines("a", "Running", None, {"step": step, "total_steps": 1000}, now=step * 0.01)
+    assert 10 <= len(out) <= 13, out  # Pending, Running, then one per 10%
+    slow = LineReporter(every_s=60)
+    lines = [slow.lines("b", "Running", None, {"step": s, "total_steps": 10**6}, now=s * 30.0) for s in range(1, 9)]
+    assert sum(map(len, lines)) == 4  # the first, then one a minute while it moves (30 s a step)
+    assert slow.lines("b", "Succeeded", None, {"step": 9, "total_steps": 10**6}, now=241) != []

@@ -1,0 +1,15 @@
+"""aamctl's verbs, one module per group:
+
+manifests: validate, explain, version, apply      watch: wait, logs
+inspect:   get, status, describe                  lifecycle: cancel, resume, delete
+records:   export, diff, rebuild-state            doctor: doctor
+"""
+from __future__ import annotations
+
+
+def register(group) -> None:
+    from . import doctor, inspect, lifecycle, manifests, records, watch
+
+    for module in (manifests, inspect, watch, lifecycle, records, doctor):
+        for command in module.COMMANDS:
+            group.add_command(command)

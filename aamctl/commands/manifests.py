@@ -1,0 +1,80 @@
+"""validate, explain, version, apply."""
+from __future__ import annotations
+
+import click
+
+from .. import __version__, flags
+from ..context import Context
+from ..errors import AamError, UsageError
+from ..progress import wait_for
+
+
+@click.command()
+@flags.filenames
+@click.pass_context
+def validate(ctx, files):
+    """Check manifests: schema, references, cross-field rules (no data is read)."""
+    from ..parse import load_documents
+    from ..validate import validate as check
+
+    store = Context(ctx).store(create=False)
+    docs, problems = load_documents(list(files))
+    try:
+        res = check(docs, store)
+    except AamError as exc:
+        raise AamError(problems + exc.diagnostics) from None
+    if problems:  # the readable files were valid; the others were not
+        raise AamError(problems)
+    for obj in res.given:
+        click.echo(f"{obj.kind.lower()}/{obj.name} valid")
+
+
+@click.command()
+@click.argument("field")
+def explain(field):
+    """Field documentation from the schemas, e.g. `aamctl explain Run.spec.trainer`."""
+    from ..schema import explain as do_explain
+
+    try:
+        click.echo(do_explain(field), nl=False)
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from None
+
+
+@click.command()
+def version():
+    """Print versions of aamctl and the manifest API."""
+    from ..schema import API_VERSION
+
+    click.echo(f"aamctl {__version__} (manifests {API_VERSION})")
+
+
+@click.command()
+@flags.filenames
+@click.option("--dry-run", is_flag=True, help="Run every check and print what would happen; write nothing.")
+@flags.output("yaml", "json")
+@click.option("--wait", is_flag=True, help="Wait until the runs started here finish; exit 1 if one fails.")
+@flags.timeout
+@click.option("--force", is_flag=True, help="Start new generations of unchanged runs too (retry).")
+@click.option("--allow-data-change", is_flag=True, help="Apply a record whose data files changed since it was made.")
+@click.option("--skip-preflight", is_flag=True, help="Do not read the data before queuing (not recommended).")
+@click.pass_context
+def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, skip_preflight):
+    """Create or update objects from manifests and start new or changed runs."""
+    from aam_runtime.runfolder import PLOTS
+
+    from ..apply import apply_manifests
+
+    c = Context(ctx)
+    store = c.store(create=not dry_run)
+    result = apply_manifests(store, list(files), home=c.home, dry_run=dry_run, force=force,
+                             allow_data_change=allow_data_change, preflight=not skip_preflight, output=output,
+                             echo=click.echo, warn=lambda text: click.echo(text, err=True))
+    if wait and not dry_run and result.started:
+        ok = wait_for(store, [(p.name, p.generation) for p in result.started], timeout)
+        for p in result.started:
+            click.echo(f"run/{p.name}: results in {p.folder} (plots in {p.folder / PLOTS})")
+        ctx.exit(0 if ok else 1)
+
+
+COMMANDS = [validate, explain, version, apply]

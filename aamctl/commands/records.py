@@ -1,0 +1,58 @@
+"""export, diff, rebuild-state."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import flags
+from ..context import Context, kind_of, observe_one
+from ..errors import UsageError
+
+
+@click.command()
+@click.argument("resource")
+@click.argument("name")
+@flags.generation
+@click.option("--as", "new_name", default=None, help="Rename the run in the exported record.")
+@click.pass_context
+def export(ctx, resource, name, generation, new_name):
+    """Print a run's record: every resolved manifest plus provenance and final metrics."""
+    from ..records import export_record
+
+    if kind_of(resource) != "Run":
+        raise UsageError("only runs have records: aamctl export run NAME")
+    c = Context(ctx)
+    store = c.require_store()
+    row, phase, _, st = observe_one(store, c.find_run(store, name, generation))
+    click.echo(export_record(row, phase, st, new_name), nl=False)
+
+
+@click.command()
+@click.argument("record_a", type=click.Path(exists=True, dir_okay=False))
+@click.argument("record_b", type=click.Path(exists=True, dir_okay=False))
+def diff(record_a, record_b):
+    """Show what differs between two records (exit 1 when they differ)."""
+    from ..records import diff_records
+
+    text = diff_records(record_a, record_b)
+    if text:
+        click.echo(text)
+        sys.exit(1)
+    click.echo("records are identical")
+
+
+@click.command("rebuild-state")
+@click.pass_context
+def rebuild_state(ctx):
+    """Re-create a lost or damaged state database from the records in the run folders."""
+    from ..rebuild import rebuild_state as rebuild
+    from ..store import check_home
+
+    home = Context(ctx).home
+    check_home(home)
+    objects, runs = rebuild(home, echo=click.echo)
+    click.echo(f"state rebuilt in {home}: {runs} run(s), {objects} object generation(s)")
+
+
+COMMANDS = [export, diff, rebuild_state]
