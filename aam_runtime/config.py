@@ -61,11 +61,11 @@ class RunConfig:
     def target_name(self) -> str | None:
         if self.spec.get("target"):
             return self.spec["target"]
-        t = self.dataset.get("targets") or []
+        t = self.dataset["targets"]
         return t[0]["name"] if t else None
 
     def target_type(self, name) -> str | None:
-        return next((t["type"] for t in self.dataset.get("targets", []) if t["name"] == name), None)
+        return next((t["type"] for t in self.dataset["targets"] if t["name"] == name), None)
 
     def target_normalize(self, name) -> str:
         """The declared scaling of a target ('none' for a column the Dataset does not declare)."""

@@ -85,7 +85,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
     wrapper: list[str] = []
     if container:
         binds = sorted({str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} |
-                       set(container.get("binds", [])))
+                       set(container["binds"]))
         wrapper = [container["runtime"], "exec", "--rocm" if hw["accelerator"] == "rocm" else "--nv",
                    "--bind", ",".join(binds), container["image"]]
         if cpu:
@@ -93,8 +93,8 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
             f"--ntasks-per-node={hw['devicesPerNode'] if cpu else 1}", *wrapper, "bash", "-c", inner]
     modules = "\n".join(["if command -v module >/dev/null 2>&1; then"] +
-                        [f"  module load {shlex.quote(m)}" for m in hw.get("modules", [])] + ["fi"]) \
-        if hw.get("modules") else ""
+                        [f"  module load {shlex.quote(m)}" for m in hw["modules"]] + ["fi"]) \
+        if hw["modules"] else ""
     text = template_path().read_text()
     env = job_env(hw)
     repl = {
