@@ -31,7 +31,8 @@ def timed(cmd, repeat):
 
 
 def main():
-    from aamctl.store import StateStore
+    from aam_runtime import runfolder as RF
+    from aamctl.store import RUNS_DIR, StateStore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
@@ -42,16 +43,15 @@ def main():
         store = StateStore(home)
         now = time.time()
         for i in range(a.runs):
-            folder = home / "runs" / f"run-{i:04d}" / "1"
+            folder = home / RUNS_DIR / f"run-{i:04d}" / "1"
             folder.mkdir(parents=True)
-            (folder / "status.json").write_text(json.dumps({
+            (folder / RF.STATUS).write_text(json.dumps({
                 "phase": "Succeeded", "stage": "pretrain", "epoch": 10, "step": 1000, "total_steps": 1000,
                 "last_metrics": {"loss": 0.5}, "best_metric": {"name": "val_loss", "value": 0.4, "step": 900},
                 "heartbeat": now, "finished": now}))
-            (folder / "exit_code").write_text("0\n")
+            (folder / RF.EXIT_CODE).write_text(f"{RF.EXIT_OK}\n")
             store.add_run(name=f"run-{i:04d}", run_hash="h", stage="pretrain", executor="local", folder=str(folder),
                           phase="Succeeded", labels="{}", created=now - i)
-        store.close()
         base = [sys.executable, "-m", "aamctl.cli", "--home", str(home)]
         print(f"aamctl status, {a.runs} runs:        {timed(base + ['status'], a.repeat) * 1000:6.0f} ms (median of {a.repeat})")
         print(f"aamctl get runs -o json, {a.runs} runs: {timed(base + ['get', 'runs', '-o', 'json'], a.repeat) * 1000:6.0f} ms")
