@@ -11,7 +11,8 @@ from aam_runtime import runfolder as RF
 
 from .errors import AamError, Diagnostic
 from .parse import load_paths
-from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents
+from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents, run_folder
+from .slurm import check_path
 from .resolve import MemoryStore, Obj, Resolved
 from .validate import validate
 
@@ -189,6 +190,9 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
         if diags:
             raise AamError(diags)
     upstreams = find_upstreams(res, [r for r, _ in new_runs], store)
+    for run, _ in new_runs:  # before anything is written: a folder SLURM cannot carry fails here
+        if run.spec["executor"]["type"] == "slurm":
+            check_path(str(run_folder(home, run.name, 1)), "run folder", run)
 
     if output:
         data = [o.manifest for o in res.given]

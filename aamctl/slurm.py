@@ -23,7 +23,7 @@ def template_path() -> Path:
     raise FileNotFoundError("job.sbatch.tmpl not found: reinstall aam (pip install aam)")
 
 
-def _check_path(p: str, what: str, obj) -> None:
+def check_path(p: str, what: str, obj) -> None:
     if not SAFE_PATH.fullmatch(p):
         raise AamError(obj.diag(f"{what} '{p}' has characters SLURM directives cannot carry (spaces, quotes, %)",
                                 hint="use a folder whose path has only letters, digits and ._-/+@:="))
@@ -66,7 +66,7 @@ def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: P
 
 def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, folder: Path, python: str,
                   data_paths: list[str]) -> str:
-    _check_path(str(folder), "run folder", run_obj)
+    check_path(str(folder), "run folder", run_obj)
     sl = run["executor"]["slurm"]
     nodes = sl.get("nodes") or hw["nodes"]
     cpu = hw["accelerator"] == "cpu"

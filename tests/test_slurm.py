@@ -145,10 +145,20 @@ spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor
     bad = text.replace("modules: [gcc/12.2]", "modules: ['gcc; rm -rf /']")
     with pytest.raises(AamError, match="does not have the expected form"):
         validate(parse_text(bad, "r.yaml", tmp_path))
-    # a run folder SLURM directives cannot carry is refused with a clear message
+    # a run folder SLURM directives cannot carry is refused with a clear message, and apply
+    # refuses it before it stores anything or reserves a generation
     with pytest.raises(AamError, match="SLURM directives cannot carry"):
         build_plan(res, res.get("Run", "r"), generation=1, run_hash="h", home=tmp_path / "my home", upstream=None,
                    provenance={}, python=sys.executable)
+    from aamctl.apply import apply_manifests
+    from aamctl.store import StateStore
+
+    (tmp_path / "r.yaml").write_text(text)
+    store = StateStore(tmp_path / "my home")
+    with pytest.raises(AamError, match="SLURM directives cannot carry"):
+        apply_manifests(store, [str(tmp_path / "r.yaml")], home=tmp_path / "my home", preflight=False,
+                        echo=lambda *_: None)
+    assert store.latest_run("r") is None and store.object_row("Run", "r") is None
 
 
 # ---------------------------------------------------------------- the real cluster
