@@ -8,6 +8,7 @@ import numpy as np
 
 from . import plots
 from .config import RunConfig
+from .console import log
 from .data.table import DataError
 from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, checkpoint_name, read_jsonl
 
@@ -32,7 +33,7 @@ def _load_checkpoint(path: str | Path) -> dict:
 def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """pretrain and finetune: prepare the data, fit, then write plots (and, for finetune, the
     validation predictions)."""
-    from .data.prepare import log, prepare
+    from .data.prepare import prepare
     from .train import Trainer
 
     trainer = Trainer(cfg, folder)
@@ -64,7 +65,7 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
 
 
 def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation") -> dict:
-    """predictions.tsv and the plot for target predictions."""
+    """The predictions file and the plot for target predictions."""
     ids = data.enc.prepared.sample_ids
     images = {}
     lines = ["sample_id\tsplit\tprediction\ttruth"]
@@ -94,7 +95,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     import torch
 
     from .data import batches as B
-    from .data.prepare import log, prepare
+    from .data.prepare import prepare
     from .model import build_model
     from .train import check_hardware, target_metrics
 
@@ -146,7 +147,7 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Random forest on relative abundances with the transformer's split and metrics."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    from .data.prepare import log, prepare
+    from .data.prepare import prepare
     from .train import target_metrics
 
     data = prepare(cfg, folder, "baseline")

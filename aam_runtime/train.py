@@ -24,7 +24,8 @@ from . import metrics as M
 from .config import RunConfig
 from .data import batches as B
 from .data import table as T
-from .data.prepare import Data, log
+from .console import log
+from .data.prepare import Data
 from .errors import HardwareMissing
 from .metric_table import improved
 from .model import AAM, build_model, is_head_key, sample_positions

@@ -128,14 +128,12 @@ def find_upstreams(res: Resolved, new_runs: list[Obj], store) -> dict[str, Upstr
             raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
                                     ("spec", "initFrom", "run"),
                                     hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
-        dep = None if phase == "Succeeded" else Dependency(row["name"], row["generation"], row["executor"],
-                                                             Path(row["folder"]))
+        dep = None
+        if phase != "Succeeded":
+            dep = Dependency(row["name"], row["generation"], row["executor"], Path(row["folder"]))
+            _check_same_executor(run, dep)
         out[run.name] = Upstream(checkpoint=str(Path(row["folder"]) / RF.checkpoint_name(init["which"])),
                                  stage=src.spec["stage"], dependency=dep)
-    for run in new_runs:
-        up = out[run.name]
-        if up is not None and up.dependency is not None:
-            _check_same_executor(run, up.dependency)
     return out
 
 
@@ -210,6 +208,7 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
 
     # plan each new run once, dependencies first; a real apply reserves the generation first
     python = _python()
+    digests: dict[str, dict] = {}  # per Dataset: its files are hashed once, however many runs use it
     planned: dict[str, RunPlan] = {}
     for run, h in new_runs:
         upstream = upstreams[run.name] or _upstream_in_apply(res, run, planned)
@@ -221,10 +220,13 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
                                 depends_on=upstream.dependency.label if upstream and upstream.dependency else None,
                                 labels=json.dumps(run.manifest["metadata"].get("labels", {})))
         bundle = res.run_bundle(run)
-        provenance = annotations(name=run.name, generation=gen, run_hash=h, dataset_spec=bundle["dataset"].spec,
+        ds = bundle["dataset"]
+        if ds.name not in digests:
+            digests[ds.name] = data_digests(ds.spec)
+        provenance = annotations(name=run.name, generation=gen, run_hash=h, dataset_spec=ds.spec,
                                  hardware=bundle["hardware"].spec, seed=run.spec["trainer"]["seed"],
                                  manifest_dir=run.doc.base_dir if run.doc is not None else None,
-                                 digests=data_digests(bundle["dataset"].spec))
+                                 digests=digests[ds.name])
         try:
             plan = build_plan(res, run, generation=gen, run_hash=h, home=home, upstream=upstream,
                               provenance=provenance, python=python)

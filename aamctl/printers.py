@@ -48,6 +48,12 @@ def fmt(v) -> str:
     return str(v)
 
 
+def last_loss(status: dict):
+    """The loss of the latest logged training step (the target loss when no total is logged)."""
+    lm = status.get("last_metrics") or {}
+    return lm.get("loss", lm.get("target_loss"))
+
+
 def progress_cell(status: dict) -> str:
     if not status.get("total_steps"):
         return "-"
@@ -61,8 +67,7 @@ def run_table(observed, wide: bool) -> Table:
         cols += ["REASON", "FOLDER"]
     t = Table(cols)
     for row, phase, reason, status in observed:
-        lm = status.get("last_metrics") or {}
-        loss = lm.get("loss", lm.get("target_loss"))
+        loss = last_loss(status)
         best = status.get("best_metric") or {}
         best_text = f"{best.get('name')}={fmt(best.get('value'))}" if best.get("value") is not None else "-"
         if phase == "Succeeded" and row["stage"] in ("baseline", "predict"):

@@ -12,14 +12,10 @@ import time
 import click
 
 from .errors import AamError, Diagnostic
+from .printers import last_loss
 
 LINE_EVERY_S = 60.0
 POLL_S = 1.0
-
-
-def _loss(status: dict):
-    lm = status.get("last_metrics") or {}
-    return lm.get("loss", lm.get("target_loss"))
 
 
 class LineReporter:
@@ -41,7 +37,7 @@ class LineReporter:
         text = f"run/{name} {phase}"
         if total:
             text += f" step {step}/{total} ({100.0 * step / total:.0f}%)"
-            loss = _loss(status)
+            loss = last_loss(status)
             if loss is not None:
                 text += f" loss {loss:.4g}"
         return [text + (f" ({reason})" if reason else "")]
@@ -70,7 +66,7 @@ class BarReporter:
         post = [phase]
         if status.get("epoch") is not None:
             post.append(f"epoch {status['epoch']}")
-        loss = _loss(status)
+        loss = last_loss(status)
         if loss is not None:
             post.append(f"loss {loss:.4g}")
         if status.get("throughput"):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import LOG, PID, RECORD, read_status
+from aam_runtime.runfolder import EXIT_OK, LOG, PID, RECORD, read_status
 
 from .errors import AamError, Diagnostic
 from .executors import read_exit_code
@@ -35,8 +35,8 @@ def run_folders(home: Path) -> list[tuple[str, int, Path]]:
 
 def _phase(folder: Path, executor: str, status: dict) -> tuple[str, str | None, dict]:
     code = read_exit_code(folder)
-    if code == 0:
-        return "Succeeded", None, {"exit_code": 0}
+    if code == EXIT_OK:
+        return "Succeeded", None, {"exit_code": code}
     if code is not None:
         return "Failed", status.get("error") or f"exit code {code}", {"exit_code": code}
     extra: dict = {}

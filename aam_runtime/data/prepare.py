@@ -12,15 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..console import log
 from ..runfolder import SPLIT, RunFolder, atomic_write
 from . import batches as B
 from . import table as T
 from .split import make_split
 from .unifrac import DistanceLookup, compute as compute_unifrac
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 @dataclass
