@@ -72,7 +72,7 @@ class RunConfig:
         return next((t["normalize"] for t in self.dataset["targets"] if t["name"] == name), "none")
 
     def loss_weight(self, name) -> float:
-        return float(self.trainer["lossWeights"][name])
+        return float(self.trainer["lossWeights"].get(name, 0.0))  # records older than the field: off
 
     def init_is_finetune(self) -> bool:
         return self.init_stage == "finetune"

@@ -56,6 +56,8 @@ class ModelConfig:
     mask_ratio: float
     gradient_checkpointing: bool
     dedup_asvs: bool
+    sequence_skip: bool = False
+    mask_span: int = 1
 
     @classmethod
     def from_spec(cls, spec: dict) -> "ModelConfig":
@@ -67,7 +69,8 @@ class ModelConfig:
                                           hidden=tuple(th["hidden"]), output_scale=th["outputScale"]),
                    count_embedding=spec["countEmbedding"], categorical_fusion=spec["categoricalFusion"],
                    categorical_embedding_dim=spec["categoricalEmbeddingDim"], mask_ratio=spec["maskRatio"],
-                   gradient_checkpointing=spec["gradientCheckpointing"], dedup_asvs=spec["dedupAsvs"])
+                   gradient_checkpointing=spec["gradientCheckpointing"], dedup_asvs=spec["dedupAsvs"],
+                   sequence_skip=spec.get("sequenceSkip", False), mask_span=spec.get("maskSpanLength", 1))
 
 
 def sample_positions(max_asvs_per_sample: int) -> int:
@@ -174,6 +177,9 @@ class AttentionPool(nn.Module):
         return torch.einsum("ns,nsd->nd", w, x)
 
 
+SEQ_SKIP_STD = 0.3
+
+
 class AAM(nn.Module):
     # FSDP wraps each transformer block (accelerate reads this list for TRANSFORMER_BASED_WRAP)
     _no_split_modules = [Block.__name__]
@@ -196,14 +202,22 @@ class AAM(nn.Module):
         self.nuc_pos = nn.Embedding(max_bp + 1, d)
         self.nuc = Encoder(d, c.nucleotide.heads, c.nucleotide.layers, ff, drop, ckpt)
         self.asv_pool = AttentionPool(d)
+        # sequenceSkip: a learned vector per (position, base), summed over the sequence and added to
+        # the pooled ASV vector. Attention pooling over positions starts as a mean, and a mean of
+        # (base + position) embeddings is the base composition: ASVs a few bases apart look alike and
+        # a target head sits on the mean. This linear read of the exact sequence tells them apart
+        # from the first step (measured in docs/benchmarks.md, Quality).
+        self.seq_skip = nn.EmbeddingBag((max_bp + 1) * VOCAB_SIZE, d, mode="sum") if c.sequence_skip else None
         self.nuc_head = nn.Linear(d, VOCAB_SIZE)
         self.count_mode = c.count_embedding
         if self.count_mode == "add":
             self.count_in = nn.Linear(1, d)
         elif self.count_mode == "concat":
             self.count_in = nn.Linear(d + 1, d)
-        else:
+        elif self.count_mode == "film":
             self.count_in = nn.Linear(1, 2 * d)
+        else:  # none: abundance does not enter the model (the reference's default)
+            self.count_in = None
         self.sample_pos = nn.Embedding(max_asvs, d)
         self.sample = Encoder(d, c.sample.heads, c.sample.layers, ff, drop, ckpt)
         self.enc_head = Encoder(d, c.encoder_head.heads, c.encoder_head.layers, ff, drop, ckpt)
@@ -239,7 +253,11 @@ class AAM(nn.Module):
         self.apply(self._init)
         # log(count + 1) reaches ~7: give it unit-scale weights so abundance is visible from step 0
         # (bases and positions keep 0.02: larger embeddings learn too slowly under AdamW).
-        nn.init.normal_(self.count_in.weight, std=1.0 / max(1, self.count_in.in_features) ** 0.5)
+        if self.count_in is not None:
+            nn.init.normal_(self.count_in.weight, std=1.0 / max(1, self.count_in.in_features) ** 0.5)
+        if self.seq_skip is not None:
+            # ~100 positions summed: per-dimension std ~ 0.3 * sqrt(L), above the pooled vector's
+            nn.init.normal_(self.seq_skip.weight, std=SEQ_SKIP_STD)
 
     @staticmethod
     def _init(m):
@@ -256,10 +274,21 @@ class AAM(nn.Module):
         return [p for p in self.parameters() if id(p) not in head]
 
     def mask_tokens(self, tokens: torch.Tensor, generator: torch.Generator | None = None):
-        """Replace maskRatio of the real bases by MASK; returns (masked tokens, bool positions)."""
+        """Replace about maskRatio of the real bases by MASK; returns (masked tokens, bool positions).
+
+        maskSpanLength 1 masks bases independently; k > 1 masks runs of k consecutive bases
+        (span starts drawn at maskRatio / k, so the masked share stays about maskRatio), which a
+        model cannot fill in from the neighbouring bases alone."""
         real = (tokens != PAD) & (tokens != START)
-        r = torch.rand(tokens.shape, generator=generator, device="cpu").to(tokens.device)
-        pos = real & (r < self.mask_ratio)
+        span = self.config.mask_span
+        r = torch.rand(tokens.shape, generator=generator, device="cpu")
+        if span <= 1:
+            pos = r < self.mask_ratio
+        else:
+            starts = (r < self.mask_ratio / span).float()[:, None, :]  # [U, 1, L]
+            # a start at i masks i..i+span-1: max-pool the starts over a window reaching back span-1
+            pos = F.max_pool1d(F.pad(starts, (span - 1, 0)), kernel_size=span, stride=1)[:, 0, :] > 0
+        pos = real & pos.to(tokens.device)
         return tokens.masked_fill(pos, MASK), pos
 
     def encode_asvs(self, tokens: torch.Tensor):
@@ -269,7 +298,12 @@ class AAM(nn.Module):
         x = (self.tok_emb(tokens) + self.nuc_pos(pos)[None]) * self.emb_scale
         mask = tokens != PAD
         h = self.nuc(x, mask)
-        return self.asv_pool(h, mask), h
+        vec = self.asv_pool(h, mask)
+        if self.seq_skip is not None:
+            # one (position, base) index per real token; padding slots get weight 0
+            idx = pos[None, :] * VOCAB_SIZE + tokens
+            vec = vec + self.seq_skip(idx, per_sample_weights=mask.float()).to(vec.dtype)
+        return vec, h
 
     def forward(self, batch: dict, *, mask_nucleotides: bool = False, generator=None, need_target: bool = False):
         with sdpa_context(self.attention_backend):
@@ -302,11 +336,13 @@ class AAM(nn.Module):
             out["nuc_targets"] = tokens[masked]
             out["nuc_logits"] = self.nuc_head(states[masked])
         logc = batch["log_counts"].unsqueeze(-1)  # [B, S, 1]
-        if self.count_mode == "add":
+        if self.count_mode == "none":
+            pass
+        elif self.count_mode == "add":
             x = x + self.count_in(logc)
         elif self.count_mode == "concat":
             x = self.count_in(torch.cat([x, logc], dim=-1))
-        else:
+        else:  # film
             gamma, beta = self.count_in(logc).chunk(2, dim=-1)
             x = x * (1 + gamma) + beta
         s = x.shape[1]

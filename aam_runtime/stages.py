@@ -9,6 +9,7 @@ import numpy as np
 from . import plots
 from .config import RunConfig
 from .console import log
+from .data.prepare import unscale_target
 from .data.table import DataError
 from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, checkpoint_name, read_jsonl
 
@@ -64,24 +65,34 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     return summary
 
 
-def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation") -> dict:
-    """The predictions file and the plot for target predictions."""
+def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", spread=None) -> dict:
+    """The predictions file and the plot for target predictions. spread: the per-sample standard
+    deviation over prediction passes (a `std` column: in the target's units for regression, of
+    the predicted class's probability for classification)."""
     ids = data.enc.prepared.sample_ids
     images = {}
-    lines = ["sample_id\tsplit\tprediction\ttruth"]
+    lines = ["sample_id\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")]
     if data.target_type == "classification":
         cls = pred.argmax(1)
-        for r, c, t in zip(rows, cls, y):
+        sd = spread[np.arange(len(cls)), cls] if spread is not None else None
+        for i, (r, c, t) in enumerate(zip(rows, cls, y)):
             truth = data.classes[t] if t >= 0 else ""
-            lines.append(f"{ids[r]}\t{name}\t{data.classes[c]}\t{truth}")
+            extra = f"\t{sd[i]:.6g}" if sd is not None else ""
+            lines.append(f"{ids[r]}\t{name}\t{data.classes[c]}\t{truth}{extra}")
         ok = y >= 0
         if ok.any():
             images["confusion"] = plots.confusion(y[ok], cls[ok], data.classes, folder.plots, f"{data.target_name} ({name})")
     else:
-        p = pred.reshape(-1) * data.norm["std"] + data.norm["mean"]
-        t = y * data.norm["std"] + data.norm["mean"] if y is not None else np.full(len(p), np.nan)
-        for r, a, b in zip(rows, p, t):
-            lines.append(f"{ids[r]}\t{name}\t{a:.6g}\t{'' if not np.isfinite(b) else f'{b:.6g}'}")
+        p = unscale_target(pred.reshape(-1), data.norm)
+        t = unscale_target(y, data.norm) if y is not None else np.full(len(p), np.nan)
+        sd = None
+        if spread is not None:  # std on the model's scale -> original units (exact for affine scaling)
+            sd = spread.reshape(-1) * data.norm["std"]
+            if data.norm.get("log1p"):  # delta method through expm1
+                sd = sd * (1.0 + p)
+        for i, (r, a, b) in enumerate(zip(rows, p, t)):
+            extra = f"\t{sd[i]:.6g}" if sd is not None else ""
+            lines.append(f"{ids[r]}\t{name}\t{a:.6g}\t{'' if not np.isfinite(b) else f'{b:.6g}'}{extra}")
         ok = np.isfinite(t)
         if ok.any():
             images["pred_vs_true"] = plots.scatter(t[ok], p[ok], folder.plots, f"{data.target_name} ({name})")
@@ -95,9 +106,10 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     import torch
 
     from .data import batches as B
+    from .data import table as T
     from .data.prepare import prepare
     from .model import build_model
-    from .train import check_hardware, target_metrics
+    from .train import average_passes, check_hardware, target_metrics
 
     ck = _load_checkpoint(cfg.init_checkpoint)
     meta = ck.get("meta") or {}
@@ -118,22 +130,29 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     model.load_state_dict(ck["model"])
     device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
     model.to(device).eval()
-    rows_all, preds = [], []
     bs = cfg.trainer["batchSize"]
-    with torch.no_grad():
-        for i in range(0, len(data.val), bs):
-            rows = data.val[i:i + bs]
-            batch = B.to_torch(B.collate_numpy(data.enc, rows), device)
-            preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
-            rows_all.append(rows)
-    rows = np.concatenate(rows_all)
-    pred = np.concatenate(preds)
+    random_asvs = cfg.dataset["asvSelection"] == "random"
+    passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if random_asvs else 1
+    rows = data.val
+    outputs = []
+    for p in range(passes):
+        if passes > 1:
+            rng = np.random.default_rng([cfg.seed, 7919, p])
+            data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts, cfg.dataset["maxAsvsPerSample"],
+                                                               "random", rng)
+        preds = []
+        with torch.no_grad():
+            for i in range(0, len(rows), bs):
+                batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
+                preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
+        outputs.append(np.concatenate(preds))
+    pred, spread = average_passes(outputs, data.target_type)
     y = data.enc.targets[rows] if data.enc.targets is not None else None
     cfg.wandb_start(folder)
     if y is None:
         y = np.full(len(rows), np.nan, dtype=np.float32) if data.target_type != "classification" else np.full(len(rows), -1)
-    images = _target_outputs(folder, data, rows, pred, y, name="predict")
-    summary = {"samples": int(len(rows))}
+    images = _target_outputs(folder, data, rows, pred, y, name="predict", spread=spread if passes > 1 else None)
+    summary = {"samples": int(len(rows)), "passes": passes}
     has_truth = (y >= 0).any() if data.target_type == "classification" else np.isfinite(y).any()
     if has_truth:
         summary.update(target_metrics(pred, y, data))

@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import batches as B
 from .data import table as T
 from .console import log
-from .data.prepare import Data
+from .data.prepare import Data, unscale_target
 from .errors import HardwareMissing
 from .metric_table import improved
 from .model import AAM, build_model, is_head_key, sample_positions
@@ -84,14 +84,17 @@ class PretrainObjective:
 
 
 class FinetuneObjective:
-    """The target loss (+ masked nucleotides when nucleotideWhenFinetuning > 0)."""
+    """The target loss, plus the auxiliary losses weighted by lossWeights.*WhenFinetuning:
+    masked nucleotides, pairwise UniFrac over the global batch, log counts."""
 
     stage = "finetune"
 
     def __init__(self, cfg: RunConfig, data: Data):
-        self.w = cfg.trainer["lossWeights"]
+        self.w = {k: cfg.loss_weight(k) for k in ("target", "nucleotideWhenFinetuning", "unifracWhenFinetuning",
+                                                  "countWhenFinetuning")}
         self.data = data
         self.regression_loss = cfg.model["targetHead"]["loss"]
+        self.passes = int(cfg.trainer.get("validationPasses", 1)) if cfg.dataset["asvSelection"] == "random" else 1
 
     def _target_loss(self, res, batch):
         return L.target(res["target"], batch["targets"], self.data.target_type, self.regression_loss)
@@ -105,6 +108,14 @@ class FinetuneObjective:
         if nuc is not None:
             out["nuc_loss"] = nuc[0]
             loss = loss + w["nucleotideWhenFinetuning"] * nuc[0]
+        if w["unifracWhenFinetuning"] > 0 and self.data.lookup is not None:
+            dist = torch.from_numpy(self.data.lookup.sub(global_rows())).to(loss.device)
+            surrogate, uf, mae = L.unifrac_global(res["embedding"], dist, acc)
+            out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
+            loss = loss + w["unifracWhenFinetuning"] * surrogate
+        if w["countWhenFinetuning"] > 0:
+            out["count_loss"] = L.count(res, batch)
+            loss = loss + w["countWhenFinetuning"] * out["count_loss"]
         out["loss"] = loss
         return out
 
@@ -222,7 +233,10 @@ class Trainer:
                       and not (fresh_head and is_head_key(k))}
             model.load_state_dict(usable, strict=False)
             log(f"init: loaded {len(usable)} tensors from {self.cfg.init_checkpoint}; {len(own) - len(usable)} new")
-        if self.cfg.spec["freezeBase"] and self.stage == "finetune":
+        if self.cfg.spec["freezeBase"] and self.stage == "finetune" and not self.cfg.spec.get("unfreezeBaseAfterEpochs"):
+            # frozen throughout: no gradient is computed for the base at all. A freeze *schedule*
+            # keeps the base trainable and holds its learning rate at 0 instead (Schedule.hold),
+            # so DDP sees the same parameters before and after the unfreeze.
             for p in model.base_parameters():
                 p.requires_grad_(False)
         return model
@@ -232,10 +246,8 @@ class Trainer:
         model = self.build_model(data, init_state if resume is None else None)
         if resume is not None:  # before prepare: FSDP shards (and DDP broadcasts) what is loaded here
             model.load_state_dict(resume["model"])
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": tr["weightDecay"]},
-                                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                                lr=tr["learningRate"])
+        groups = param_groups(model, tr)
+        opt = make_optimizer(groups, tr)
         bs, accum = tr["batchSize"], tr["gradientAccumulation"]
         n_batches = len(B.epoch_batches(len(data.train), bs, self.world, tr["seed"], 0))
         if n_batches == 0:
@@ -244,7 +256,11 @@ class Trainer:
         steps_per_epoch = math.ceil(n_batches / accum)
         total = tr["maxSteps"] or steps_per_epoch * tr["epochs"]
         warm = min(tr["warmupSteps"], max(1, int(0.1 * total))) if tr["warmupSteps"] else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(tr["scheduler"], warm, total))
+        hold = 0
+        if self.stage == "finetune" and self.cfg.spec["freezeBase"] and self.cfg.spec.get("unfreezeBaseAfterEpochs"):
+            hold = self.cfg.spec["unfreezeBaseAfterEpochs"] * steps_per_epoch
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, [Schedule(tr, warm, total, hold=hold if g["group"] == "base" else 0) for g in opt.param_groups])
         wrapped, opt = acc.prepare(model, opt)
         model = torch.compile(wrapped, dynamic=True) if self.cfg.compile_enabled() else wrapped
         return Optimisation(model=model, raw=acc.unwrap_model(wrapped), wrapped=wrapped, optimizer=opt,
@@ -299,6 +315,10 @@ class Trainer:
                     state["best"], state["best_step"], state["bad_epochs"] = value, state["step"], 0
                 else:
                     state["bad_epochs"] += 1
+                cuts = [s.on_validation(better) for s in o.scheduler.lr_lambdas]
+                if any(cuts):
+                    self._apply_schedule(o)
+                    log(f"plateau: {metric} stalled; learning rate now {o.scheduler.get_last_lr()[0]:.2e}")
                 self._log_val(vm, metric, state)
                 result.history.append(vm)
                 if better:
@@ -371,12 +391,41 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self, model, objective, data: Data) -> Validation:
+        """Every rank's share of the validation split, metrics on the gathered rows. With several
+        passes (random ASV selection), each pass draws other ASVs and the outputs are averaged."""
         from accelerate.utils import gather_object
 
+        passes = getattr(objective, "passes", 1)
+        saved = (data.enc.sel_idx, data.enc.sel_cnt)
         model.eval()
+        rows_out, pred_out, parts = [], [], {}
+        for p in range(passes):
+            if passes > 1:
+                rng = np.random.default_rng([self.cfg.trainer["seed"], 7919, p])
+                data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts,
+                                                                   self.cfg.dataset["maxAsvsPerSample"], "random", rng)
+            rows_out, preds = self._validate_pass(model, objective, data, parts)
+            pred_out.append(preds)
+        data.enc.sel_idx, data.enc.sel_cnt = saved
+        gathered = gather_object([{"rows": rows_out, "pred": pred_out, "parts": parts}])
+        model.train()
+        merged: dict[str, list] = {}
+        rows_all, preds_all = [], []
+        for g in gathered:
+            for k, v in g["parts"].items():
+                merged.setdefault(k, []).extend(v)
+            rows_all.extend(g["rows"])
+            if g["pred"] and g["pred"][0]:
+                preds_all.extend(average_passes([np.concatenate(pp) for pp in g["pred"]], data.target_type)[:1])
+        means = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in merged.items()}
+        rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
+        pred = np.concatenate(preds_all) if preds_all else None
+        return Validation(metrics=objective.summarize(means, rows, pred), rows=rows, pred=pred)
+
+    def _validate_pass(self, model, objective, data: Data, parts: dict) -> tuple[list, list]:
         bs = self.cfg.trainer["batchSize"]
         mine = data.val[self.rank::self.world]
-        rows_out, pred_out, parts = [], [], {}
+        rows_out, pred_out = [], []
         gen = torch.Generator().manual_seed(12345)
         for i in range(0, len(mine), bs):
             rows = mine[i:i + bs]
@@ -388,19 +437,16 @@ class Trainer:
             if pred is not None:
                 pred_out.append(pred)
             rows_out.append(rows)
-        gathered = gather_object([{"rows": rows_out, "pred": pred_out, "parts": parts}])
-        model.train()
-        merged: dict[str, list] = {}
-        rows_all, preds_all = [], []
-        for g in gathered:
-            for k, v in g["parts"].items():
-                merged.setdefault(k, []).extend(v)
-            rows_all.extend(g["rows"])
-            preds_all.extend(g["pred"])
-        means = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in merged.items()}
-        rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
-        pred = np.concatenate(preds_all) if preds_all else None
-        return Validation(metrics=objective.summarize(means, rows, pred), rows=rows, pred=pred)
+        return rows_out, pred_out
+
+    @staticmethod
+    def _apply_schedule(o: Optimisation) -> None:
+        """Set every group's rate from its schedule at the current step (after a plateau cut)."""
+        sched = o.scheduler
+        step = sched.last_epoch
+        for group, base_lr, f in zip(o.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base_lr * f(step)
+        sched._last_lr = [g["lr"] for g in o.optimizer.param_groups]
 
     def _should_stop(self) -> bool:
         flag = 1.0 if (self.stop_signal is not None or self.folder.preempt_requested()) else 0.0
@@ -473,17 +519,107 @@ def checkpoint_meta(cfg: RunConfig, data: Data) -> dict:
             "cat_columns": list(data.cat_columns), "cat_levels": [list(x) for x in data.cat_levels]}
 
 
-def _lr_lambda(kind: str, warm: int, total: int):
-    def f(step: int) -> float:
-        if warm and step < warm:
-            return (step + 1) / warm
-        if kind == "constant":
+GROUP_OF = {"cat_embs": "categorical", "cat_proj": "categorical", "cat_gate": "categorical"}
+
+
+def param_groups(model: AAM, tr: dict) -> list[dict]:
+    """Trainable parameters by group (base, head, categorical), each split into decayed weights
+    and undecayed biases/norms, with the group's peak rate (trainer.learningRates or learningRate)."""
+    rates = tr.get("learningRates") or {}
+    by: dict[str, list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        top = name.split(".")[0]
+        group = GROUP_OF.get(top, "head") if is_head_key(name) else "base"
+        by.setdefault(group, []).append(p)
+    out = []
+    for group in ("base", "head", "categorical"):
+        params = by.get(group, [])
+        if not params:
+            continue
+        lr = rates.get(group) or tr["learningRate"]
+        for decay in (True, False):
+            ps = [p for p in params if (p.ndim >= 2) == decay]
+            if ps:
+                out.append({"params": ps, "weight_decay": tr["weightDecay"] if decay else 0.0, "lr": lr,
+                            "group": group})
+    return out
+
+
+def make_optimizer(groups: list[dict], tr: dict) -> torch.optim.Optimizer:
+    o = tr.get("optimizer") or {}
+    kind = o.get("type", "adamw")
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=tr["learningRate"], momentum=o.get("momentum", 0.9),
+                               nesterov=bool(o.get("nesterov")) and o.get("momentum", 0.9) > 0)
+    if kind == "adam":
+        return torch.optim.Adam(groups, lr=tr["learningRate"])
+    return torch.optim.AdamW(groups, lr=tr["learningRate"])
+
+
+class Schedule:
+    """The learning-rate factor of one parameter group at an optimizer step (LambdaLR calls it).
+
+    A callable object rather than a closure: LambdaLR's state_dict saves its attributes, so the
+    plateau factor survives a resume. `hold`: the factor is 0 for the first `hold` steps (a
+    frozen base in a freeze schedule)."""
+
+    def __init__(self, tr: dict, warm: int, total: int, hold: int = 0):
+        self.kind = tr["scheduler"]
+        self.warm = 0 if self.kind == "onecycle" else warm
+        self.total = max(1, total)
+        self.hold = hold
+        self.restarts = dict(tr.get("cosineRestarts") or {})
+        self.one_cycle = dict(tr.get("oneCycle") or {})
+        self.plateau = dict(tr.get("plateau") or {})
+        self.factor = 1.0  # plateau: multiplied by plateau.factor at each cut
+        self.bad = 0
+
+    def __call__(self, step: int) -> float:
+        if step < self.hold:
+            return 0.0
+        if self.warm and step < self.warm:
+            return (step + 1) / self.warm
+        t = step - self.warm
+        span = max(1, self.total - self.warm)
+        if self.kind == "constant":
             return 1.0
-        progress = min(1.0, (step - warm) / max(1, total - warm))
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    return f
+        if self.kind == "plateau":
+            return self.factor
+        if self.kind == "linear":
+            return max(0.0, 1.0 - min(1.0, t / span))
+        if self.kind == "cosine_restarts":
+            period, mult = self.restarts.get("periodSteps", 1000), self.restarts.get("multiplier", 1)
+            while t >= period:
+                t -= period
+                period *= mult
+            low = self.restarts.get("minFactor", 0.0)
+            return low + (1 - low) * 0.5 * (1.0 + math.cos(math.pi * t / period))
+        if self.kind == "onecycle":
+            c = self.one_cycle
+            start = 1.0 / c.get("startDivisor", 25.0)
+            end = start / c.get("endDivisor", 1e4)
+            rise = max(1, int(c.get("peakFraction", 0.3) * self.total))
+            if step < rise:
+                return start + (1.0 - start) * 0.5 * (1.0 - math.cos(math.pi * step / rise))
+            frac = min(1.0, (step - rise) / max(1, self.total - rise))
+            return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * frac))
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t / span)))
+
+    def on_validation(self, better: bool) -> bool:
+        """plateau: count a validation; cut the factor after patience bad ones. True on a cut."""
+        if self.kind != "plateau":
+            return False
+        if better:
+            self.bad = 0
+            return False
+        self.bad += 1
+        if self.bad <= self.plateau.get("patience", 2):
+            return False
+        self.bad = 0
+        self.factor = max(self.plateau.get("minFactor", 1e-3), self.factor * self.plateau.get("factor", 0.5))
+        return True
 
 
 def _get_rng() -> dict:
@@ -501,13 +637,24 @@ def _set_rng(r: dict) -> None:
         torch.cuda.set_rng_state_all(r["cuda"])
 
 
+def average_passes(preds: list[np.ndarray], target_type: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, std) over passes of [n, k] outputs: regression outputs directly; class logits as
+    the log of the mean probability (std of the probabilities)."""
+    stack = np.stack(preds)  # [passes, n, k]
+    if target_type == "classification":
+        z = stack - stack.max(-1, keepdims=True)
+        prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        return np.log(np.clip(prob.mean(0), 1e-12, 1.0)), prob.std(0)
+    return stack.mean(0), stack.std(0)
+
+
 def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data) -> dict:
     """Regression metrics on the original scale, or classification metrics; rows without a
     truth (NaN value, unknown class) are left out."""
     if data.target_type == "classification":
         ok = y >= 0
         return M.classification(y[ok], pred[ok], len(data.classes))
-    p = pred.reshape(-1) * data.norm["std"] + data.norm["mean"]
-    t = y * data.norm["std"] + data.norm["mean"]
+    p = unscale_target(pred.reshape(-1), data.norm)
+    t = unscale_target(y, data.norm)
     ok = np.isfinite(t)
     return M.regression(t[ok], p[ok])

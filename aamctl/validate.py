@@ -133,6 +133,57 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
     return d
 
 
+def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
+    """Recipe fields that make no sense together (issue: every option rejects nonsense)."""
+    d: list[Diagnostic] = []
+    s = run.spec
+    stage = s["stage"]
+    tr = s["trainer"]
+    lw = tr["lossWeights"]
+    if s.get("unfreezeBaseAfterEpochs") and not s["freezeBase"]:
+        d.append(run.diag("unfreezeBaseAfterEpochs needs freezeBase: true", ("spec", "unfreezeBaseAfterEpochs"),
+                          hint="set freezeBase: true (frozen for N epochs, then unfrozen), or remove unfreezeBaseAfterEpochs"))
+    if stage == "finetune" and lw.get("unifracWhenFinetuning", 0) > 0:
+        if tr["batchSize"] < 2 or tr["batchSize"] % 2:
+            d.append(run.diag(f"the UniFrac loss needs an even batch size of at least 2, found {tr['batchSize']}",
+                              ("spec", "trainer", "batchSize"), hint="pairs of samples are compared; use 8, 16, 32..."))
+        if not ds.spec.get("tree") and not ds.spec.get("distanceMatrix"):
+            d.append(run.diag(f"lossWeights.unifracWhenFinetuning needs UniFrac distances, but Dataset '{ds.name}' has "
+                              "neither tree nor distanceMatrix", ("spec", "trainer", "lossWeights", "unifracWhenFinetuning"),
+                              hint="add spec.tree or spec.distanceMatrix to the Dataset, or set it to 0"))
+    rates = tr.get("learningRates") or {}
+    if stage == "pretrain":
+        for group in ("head", "categorical"):
+            if rates.get(group) is not None:
+                d.append(run.diag(f"a pretrain run has no {group} parameters to give a learning rate",
+                                  ("spec", "trainer", "learningRates", group),
+                                  hint="remove it (pretraining trains the base only), or set it on the finetune run"))
+    if stage == "finetune" and rates.get("categorical") is not None and not ds.spec.get("categoricalColumns"):
+        d.append(run.diag(f"learningRates.categorical is set, but Dataset '{ds.name}' has no categoricalColumns",
+                          ("spec", "trainer", "learningRates", "categorical"),
+                          hint="add spec.categoricalColumns to the Dataset, or remove the rate"))
+    if stage == "finetune" and rates.get("base") is not None and s["freezeBase"] and not s.get("unfreezeBaseAfterEpochs"):
+        d.append(run.diag("learningRates.base is set, but freezeBase keeps the base frozen throughout",
+                          ("spec", "trainer", "learningRates", "base"),
+                          hint="add unfreezeBaseAfterEpochs: N to unfreeze it after N epochs, or remove the rate"))
+    opt = tr.get("optimizer") or {}
+    if opt.get("nesterov") and (opt.get("type") != "sgd" or not opt.get("momentum")):
+        d.append(run.diag("nesterov needs optimizer type sgd with momentum > 0", ("spec", "trainer", "optimizer", "nesterov"),
+                          hint="set type: sgd and momentum: 0.9, or remove nesterov"))
+    random_asvs = ds.spec.get("asvSelection") == "random"
+    if tr.get("validationPasses", 1) > 1 and not random_asvs:
+        d.append(run.diag(f"validationPasses {tr['validationPasses']} needs Dataset '{ds.name}' with asvSelection: random "
+                          f"(with {ds.spec.get('asvSelection')} every pass sees the same ASVs)",
+                          ("spec", "trainer", "validationPasses"), hint="set asvSelection: random, or validationPasses: 1"))
+    passes = (s.get("prediction") or {}).get("passes", 1)
+    if passes > 1 and (stage != "predict" or not random_asvs):
+        why = "only predict runs use it" if stage != "predict" else \
+            f"Dataset '{ds.name}' selects ASVs by {ds.spec.get('asvSelection')}, so every pass is the same"
+        d.append(run.diag(f"prediction.passes {passes}: {why}", ("spec", "prediction", "passes"),
+                          hint="use asvSelection: random on the predict run's Dataset, or passes: 1"))
+    return d
+
+
 def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     d: list[Diagnostic] = []
     s = run.spec
@@ -203,6 +254,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
                               hint=f"use one of: {', '.join(metrics_for(stage, ttype))}"))
     if s["freezeBase"] and not init:
         d.append(run.diag("freezeBase needs pretrained weights", ("spec", "freezeBase"), hint="add initFrom or remove freezeBase"))
+    d.extend(_check_recipe(res, run, ds))
     ex = s["executor"]
     hs = hw.spec
     if ex["type"] == "local" and hs["nodes"] > 1:

@@ -64,7 +64,8 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
     elif stage == "predict" and ckpt_meta is not None:
         data.classes = ckpt_meta.get("classes", [])
         data.norm = ckpt_meta.get("norm", {})
-    if stage == "pretrain" and cfg.loss_weight("unifrac") > 0:
+    if (stage == "pretrain" and cfg.loss_weight("unifrac") > 0) or \
+            (stage == "finetune" and cfg.loss_weight("unifracWhenFinetuning") > 0):
         data.lookup = distance_lookup(ds, prepared)
     return data
 
@@ -91,9 +92,10 @@ def code_categoricals(data: Data, columns: list[str], levels: list | None = None
 
 
 def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bool) -> None:
-    """Class indices (-1: a class training never saw), or the value scaled by the training
-    split's mean and std (zscore) or left as it is (none). strict: every value is numeric (the
-    loader dropped the others); predict reads what it can and leaves the rest NaN."""
+    """Class indices (-1: a class training never saw), or the value on the scale the model learns
+    (see fit_target_scale; statistics from the training split, or the finetune checkpoint's for
+    predict). strict: every value is numeric (the loader dropped the others); predict reads what it
+    can and leaves the rest NaN."""
     values = data.enc.prepared.metadata[data.target_name]
     if data.target_type == "classification":
         data.classes = (ckpt_meta or {}).get("classes") or sorted(set(values.iloc[data.train]))
@@ -104,12 +106,45 @@ def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bo
         np.array([_to_float(v) for v in values], dtype=np.float32)
     if ckpt_meta and "norm" in ckpt_meta:
         data.norm = ckpt_meta["norm"]
-    elif normalize == "zscore":
-        tr = y[data.train]
-        data.norm = {"mean": float(tr.mean()), "std": float(tr.std() or 1.0)}
     else:
-        data.norm = {"mean": 0.0, "std": 1.0}
-    data.enc.targets = ((y - data.norm["mean"]) / data.norm["std"]).astype(np.float32)
+        data.norm = fit_target_scale(y[data.train], normalize, data.target_name)
+    data.enc.targets = scale_target(y, data.norm).astype(np.float32)
+
+
+def fit_target_scale(y: np.ndarray, kind: str, name: str = "target") -> dict:
+    """The Dataset's `normalize` as {log1p, mean, std}: optionally log1p, then (y - mean) / std.
+    minmax maps the training range to [0, 1] (mean = min, std = max - min)."""
+    y = np.asarray(y, dtype=np.float64)
+    y = y[np.isfinite(y)]
+    log1p = kind in ("log1p", "log1p_zscore")
+    if log1p:
+        if len(y) and y.min() <= -1:
+            raise T.DataError(f"target '{name}': normalize {kind} needs values above -1, found {y.min():g} in the "
+                              "training split; use zscore or minmax")
+        y = np.log1p(y)
+    mean, std = 0.0, 1.0
+    if kind in ("zscore", "log1p_zscore") and len(y):
+        mean, std = float(y.mean()), float(y.std() or 1.0)
+    elif kind == "minmax" and len(y):
+        mean, std = float(y.min()), float((y.max() - y.min()) or 1.0)
+    return {"kind": kind, "log1p": log1p, "mean": mean, "std": std}
+
+
+def scale_target(y: np.ndarray, norm: dict) -> np.ndarray:
+    """Original units -> the model's scale (NaN stays NaN)."""
+    y = np.asarray(y, dtype=np.float64)
+    if norm.get("log1p"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y = np.log1p(y)
+    return (y - norm["mean"]) / norm["std"]
+
+
+def unscale_target(z: np.ndarray, norm: dict) -> np.ndarray:
+    """The model's scale -> original units (what predictions.tsv and the metrics use)."""
+    y = np.asarray(z, dtype=np.float64) * norm["std"] + norm["mean"]
+    if norm.get("log1p"):
+        y = np.expm1(np.minimum(y, 700.0))  # no overflow warning for a wild output
+    return y
 
 
 def distance_lookup(ds: dict, prepared: T.Prepared) -> DistanceLookup:

@@ -1,0 +1,214 @@
+"""Recipe options (issue 12): each one's effect on a tiny model or a schedule, not just that the
+schema accepts it."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from aam_runtime.data import table as T
+from aam_runtime.data.prepare import fit_target_scale, scale_target, unscale_target
+from aam_runtime.model import AAM, ModelConfig
+from aam_runtime.train import Schedule, average_passes, make_optimizer, param_groups
+
+from synth import full_spec
+from test_training import SMALL_MODEL, _batch
+
+RUN_TRAINER = full_spec("Run", {"stage": "finetune", "datasetRef": "d", "modelRef": "m"})["trainer"]
+
+
+def _trainer(**over) -> dict:
+    tr = dict(RUN_TRAINER)
+    tr.update(over)
+    return tr
+
+
+def _model(spec: dict, **kw) -> AAM:
+    return AAM(ModelConfig.from_spec(spec), max_bp=150, **kw)
+
+
+# ---------------------------------------------------------------- the network
+
+def _one_base_apart():
+    from aam_runtime.data.table import START, VOCAB_SIZE  # noqa: F401
+    rng = np.random.default_rng(0)
+    seq = rng.integers(1, 5, size=100)  # A/C/G/T codes
+    other = seq.copy()
+    other[50] = 1 + (other[50] % 4)  # one base differs
+    tokens = np.stack([np.concatenate([[START], seq]), np.concatenate([[START], other])])
+    return torch.from_numpy(tokens).long()
+
+
+def test_sequence_skip_tells_apart_asvs_one_base_apart():
+    """Mean-pooled (base + position) embeddings see only base composition: two ASVs one base
+    apart come out almost the same. The sequence skip makes them clearly different at init."""
+    tokens = _one_base_apart()
+    gaps = {}
+    for skip in (False, True):
+        torch.manual_seed(0)
+        m = _model(dict(SMALL_MODEL, sequenceSkip=skip)).eval()
+        with torch.no_grad():
+            v, _ = m.encode_asvs(tokens)
+        gaps[skip] = float((v[0] - v[1]).norm() / v.norm(dim=1).mean())
+    assert gaps[True] > 5 * gaps[False], gaps
+
+
+def test_count_embedding_none_ignores_abundance(tmp_path):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    outs = {}
+    for mode in ("none", "add"):
+        m = _model(dict(SMALL_MODEL, countEmbedding=mode), n_outputs=1).eval()
+        other = dict(batch, log_counts=batch["log_counts"] * 0.3)
+        with torch.no_grad():
+            outs[mode] = (m(batch, need_target=True)["target"], m(other, need_target=True)["target"])
+    assert torch.equal(*outs["none"])
+    assert not torch.allclose(*outs["add"])
+
+
+@pytest.mark.parametrize("span", [1, 5])
+def test_span_masking_masks_runs_at_about_the_ratio(span):
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, maskRatio=0.15, maskSpanLength=span))
+    tokens = torch.randint(1, 5, (400, 101))
+    tokens[:, 0] = T.START
+    _, pos = m.mask_tokens(tokens, torch.Generator().manual_seed(1))
+    share = pos[:, 1:].float().mean().item()
+    assert 0.10 < share < 0.20, share
+    # mean length of the masked runs
+    p = pos[:, 1:].int()
+    starts = (p[:, 1:] > p[:, :-1]).sum() + p[:, 0].sum()
+    mean_run = p.sum().item() / starts.item()
+    if span == 1:
+        assert mean_run < 1.5
+    else:
+        assert mean_run >= span * 0.9, mean_run
+    assert not pos[:, 0].any()  # START is never masked
+
+
+# ---------------------------------------------------------------- optimisation
+
+def _finetune_model():
+    torch.manual_seed(0)
+    return _model(dict(SMALL_MODEL), n_outputs=1, categorical_sizes=[3])
+
+
+def test_param_groups_take_their_own_rates():
+    m = _finetune_model()
+    groups = param_groups(m, _trainer(learningRate=1e-3, learningRates={"base": 1e-5, "head": None,
+                                                                         "categorical": 3e-2}))
+    by = {}
+    for g in groups:
+        by.setdefault(g["group"], set()).add(g["lr"])
+    assert by == {"base": {1e-5}, "head": {1e-3}, "categorical": {3e-2}}
+    n = sum(p.numel() for g in groups for p in g["params"])
+    assert n == sum(p.numel() for p in m.parameters())  # every parameter, once
+    assert all(g["weight_decay"] == 0.0 for g in groups if g["params"][0].ndim < 2)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adam", "sgd"])
+def test_optimizer_types(kind):
+    m = _finetune_model()
+    opt = make_optimizer(param_groups(m, _trainer()), _trainer(optimizer={"type": kind, "momentum": 0.9,
+                                                                          "nesterov": kind == "sgd"}))
+    assert type(opt).__name__.lower() == kind
+    if kind == "sgd":
+        assert opt.param_groups[0]["nesterov"] and opt.param_groups[0]["momentum"] == 0.9
+
+
+def test_freeze_schedule_holds_the_base_then_moves_it(tmp_path):
+    """Frozen for `hold` steps (rate 0), then the base learns at its own rate; the head learns
+    from the start."""
+    batch, _ = _batch(tmp_path)
+    batch = dict(batch, targets=torch.randn(batch["mask"].shape[0]))
+    m = _model(dict(SMALL_MODEL), n_outputs=1)
+    tr = _trainer(learningRate=1e-2, learningRates={"base": 1e-3}, scheduler="constant")
+    opt = make_optimizer(param_groups(m, tr), tr)
+    hold = 3
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [Schedule(tr, 0, 100, hold=hold if g["group"] == "base" else 0) for g in opt.param_groups])
+    base0 = m.sample_pos.weight.detach().clone()
+    head0 = m.out[-1].weight.detach().clone()
+    for step in range(hold + 2):
+        loss = ((m(batch, need_target=True)["target"].squeeze(-1) - batch["targets"]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        moved = not torch.equal(m.sample_pos.weight, base0)
+        assert moved == (step >= hold), step
+    assert not torch.equal(m.out[-1].weight, head0)
+    assert {g["group"]: g["lr"] for g in opt.param_groups}["base"] == pytest.approx(1e-3)
+
+
+def test_plateau_cuts_the_rate_after_the_metric_stalls():
+    s = Schedule(_trainer(scheduler="plateau", plateau={"factor": 0.5, "patience": 2, "minFactor": 0.1}), 0, 100)
+    seen = []
+    for better in (True,) + (False,) * 12:
+        s.on_validation(better)
+        seen.append(s(50))
+    assert seen[:3] == [1.0, 1.0, 1.0]  # patience 2: two bad validations are tolerated
+    assert seen[3] == 0.5 and seen[6] == 0.25
+    assert min(seen) == 0.1  # floor
+    # the factor lives in the callable's attributes, which LambdaLR's state_dict keeps
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [s])
+    fresh = Schedule(_trainer(scheduler="plateau"), 0, 100)
+    sched2 = torch.optim.lr_scheduler.LambdaLR(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), [fresh])
+    sched2.load_state_dict(sched.state_dict())
+    assert fresh.factor == s.factor == 0.1
+
+
+def test_cosine_restarts_return_to_the_peak():
+    s = Schedule(_trainer(scheduler="cosine_restarts", cosineRestarts={"periodSteps": 10, "multiplier": 2,
+                                                                       "minFactor": 0.0}), 0, 1000)
+    assert s(0) == pytest.approx(1.0)
+    assert s(5) == pytest.approx(0.5)
+    assert s(9) < 0.05
+    assert s(10) == pytest.approx(1.0)  # restart
+    assert s(20) == pytest.approx(0.5)  # second cycle is 20 steps long
+    assert s(30) == pytest.approx(1.0)
+
+
+def test_onecycle_rises_to_the_peak_then_anneals():
+    s = Schedule(_trainer(scheduler="onecycle", warmupSteps=50,
+                          oneCycle={"peakFraction": 0.3, "startDivisor": 25, "endDivisor": 1e4}), 50, 100)
+    assert s(0) == pytest.approx(1 / 25)  # its own warm-up: warmupSteps is not used
+    assert s(30) == pytest.approx(1.0)
+    assert s(15) < s(29) < 1.0
+    assert s(100) == pytest.approx(1 / 25 / 1e4)
+
+
+# ---------------------------------------------------------------- targets
+
+@pytest.mark.parametrize("kind", ["none", "zscore", "minmax", "log1p", "log1p_zscore"])
+def test_target_transforms_round_trip(kind):
+    y = np.array([18.0, 25.0, 31.0, 47.0, 85.0])
+    norm = fit_target_scale(y, kind)
+    z = scale_target(y, norm)
+    assert np.allclose(unscale_target(z, norm), y)
+    if kind == "minmax":
+        assert z.min() == 0 and z.max() == 1
+    if kind.endswith("zscore"):
+        assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
+    if kind == "log1p":
+        assert np.allclose(z, np.log1p(y))
+
+
+def test_log1p_refuses_values_at_or_below_minus_one():
+    with pytest.raises(T.DataError, match="needs values above -1"):
+        fit_target_scale(np.array([-2.0, 3.0]), "log1p", "age")
+
+
+# ---------------------------------------------------------------- several passes
+
+def test_average_passes_regression_and_classes():
+    a, b = np.array([[1.0], [2.0]]), np.array([[3.0], [2.0]])
+    mean, std = average_passes([a, b], "regression")
+    assert np.allclose(mean, [[2.0], [2.0]]) and np.allclose(std, [[1.0], [0.0]])
+    logits = [np.log(np.array([[0.9, 0.1]])), np.log(np.array([[0.5, 0.5]]))]
+    lp, sd = average_passes(logits, "classification")
+    assert np.allclose(np.exp(lp), [[0.7, 0.3]]) and np.allclose(sd, [[0.2, 0.2]])
+    assert math.isclose(float(np.exp(lp).sum()), 1.0)
