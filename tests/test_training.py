@@ -181,6 +181,18 @@ spec:
   maxBp: 100
 ---
 apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-new-random}}
+spec:
+  table: {ORAL}/table.biom
+  metadata: {{path: {ORAL}/metadata.tsv}}
+  targets: [{{name: age, type: regression}}]
+  subsample: {{samples: 60, seed: 99}}
+  maxAsvsPerSample: 16
+  asvSelection: random
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
 spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
@@ -239,6 +251,27 @@ spec:
   datasetRef: oral-new
   hardwareRef: cpu-1
   initFrom: {run: fine}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-passes}
+spec:
+  stage: predict
+  datasetRef: oral-new-random
+  hardwareRef: cpu-1
+  initFrom: {run: fine}
+  prediction: {passes: 4}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: fine-aux}
+spec:
+  stage: finetune
+  datasetRef: oral-sub
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  trainer: {epochs: 1, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5,
+            lossWeights: {unifracWhenFinetuning: 0.5, countWhenFinetuning: 0.2}}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -305,6 +338,30 @@ def test_predict_on_new_samples(pipeline):
     assert np.isfinite(preds).all() and 10 < preds.mean() < 90
     st = json.loads((folder / "status.json").read_text())
     assert "mae" in st["final_metrics"]  # truth was in the metadata
+
+
+@pytest.mark.slow
+def test_prediction_passes_give_a_spread_with_random_asvs(pipeline):
+    """4 passes over other random draws of 16 ASVs: a std column, non-zero where a sample has more
+    than 16 ASVs; the mean of the passes is the prediction."""
+    home, _ = pipeline
+    lines = (_folder(home, "pred-passes") / "predictions.tsv").read_text().splitlines()
+    assert lines[0] == "sample_id\tsplit\tprediction\ttruth\tstd"
+    sd = np.array([float(l.split("\t")[4]) for l in lines[1:]])
+    assert len(sd) == 60 and (sd >= 0).all() and (sd > 0).mean() > 0.5
+    st = json.loads((_folder(home, "pred-passes") / "status.json").read_text())
+    assert st["final_metrics"]["passes"] == 4
+
+
+@pytest.mark.slow
+def test_auxiliary_losses_while_finetuning(pipeline):
+    home, _ = pipeline
+    train = [r for r in read_jsonl(_folder(home, "fine-aux") / "metrics.jsonl") if r["split"] == "train"]
+    assert train and all({"unifrac_loss", "count_loss", "target_loss"} <= set(r) for r in train)
+    r = train[-1]  # logged means over the same steps: the total is the weighted sum
+    assert r["loss"] == pytest.approx(r["target_loss"] + 0.5 * r["unifrac_loss"] + 0.2 * r["count_loss"], rel=1e-4)
+    plain = [r for r in read_jsonl(_folder(home, "fine") / "metrics.jsonl") if r["split"] == "train"]
+    assert "unifrac_loss" not in plain[0]
 
 
 @pytest.mark.slow
