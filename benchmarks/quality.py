@@ -1,0 +1,204 @@
+"""Model quality by k-fold cross-validation: the shipped AAM recipe against a random forest and
+predicting the mean, on the same folds, ages in years.
+
+For every fold the held-out samples are never seen by fine-tuning: the fold's training samples
+are split again into an inner training and an inner validation split (early stopping and the
+best checkpoint use the inner one), and the held-out samples are predicted by a predict Run on a
+Dataset that holds only them, exactly as a user would predict new samples. Self-supervised
+pretraining uses no labels, so one pretraining on every sample serves all folds. The random
+forest (500 trees on relative abundances, the manifest's `oral-age-baseline`) is trained on the
+fold's whole training set.
+
+Everything runs through `aamctl apply` with the manifests in --manifests (default: manifests/),
+in a scratch state folder. Options shorten the recipe for a quick look (--finetune-epochs,
+--pretrain-epochs, --samples); the numbers in docs/benchmarks.md say which were used.
+
+    .venv/bin/python benchmarks/quality.py [--folds 5] [--seed 0] [--samples N]
+        [--pretrain-epochs E] [--finetune-epochs E] [--work DIR] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+AAMCTL = [sys.executable, "-m", "aamctl"]
+
+
+def load_manifests(folder: Path) -> dict:
+    """{(kind, name): doc} of every manifest file, data paths made absolute."""
+    out = {}
+    for f in sorted(folder.glob("*.yaml")):
+        for d in yaml.safe_load_all(f.read_text()):
+            if not d:
+                continue
+            if d["kind"] == "Dataset":
+                s = d["spec"]
+                for key in ("table", "tree", "distanceMatrix"):
+                    if s.get(key):
+                        s[key] = str((f.parent / s[key]).resolve())
+                if s.get("metadata"):
+                    s["metadata"]["path"] = str((f.parent / s["metadata"]["path"]).resolve())
+            out[(d["kind"], d["metadata"]["name"])] = d
+    return out
+
+
+def apply(home: Path, docs: list[dict], name: str) -> None:
+    path = home / f"{name}.yaml"
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    cmd = [*AAMCTL, "--home", str(home), "apply", "-f", str(path), "--wait"]
+    t0 = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        sys.exit(f"{shlex.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    print(f"  applied {name} in {time.time() - t0:.0f}s", flush=True)
+
+
+def metrics(y: np.ndarray, p: np.ndarray) -> dict:
+    err = p - y
+    ss = ((y - y.mean()) ** 2).sum()
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+            "r2": float(1 - (err ** 2).sum() / ss) if ss > 0 else float("nan")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--manifests", default=str(ROOT / "manifests"))
+    ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the folds (and of the inner splits)")
+    ap.add_argument("--samples", type=int, default=None, help="use a seeded subset of this many samples")
+    ap.add_argument("--pretrain-epochs", type=int, default=None)
+    ap.add_argument("--finetune-epochs", type=int, default=None)
+    ap.add_argument("--only-folds", type=int, default=None, help="run the first N folds only")
+    ap.add_argument("--work", default=None, help="scratch folder (default: a new one under /tmp)")
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    import biom
+    import pandas as pd
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.model_selection import KFold
+
+    docs = load_manifests(Path(args.manifests))
+    runs = {n: d for (k, n), d in docs.items() if k == "Run"}
+    pre = next(d for d in runs.values() if d["spec"]["stage"] == "pretrain")
+    fine = next(d for d in runs.values() if d["spec"]["stage"] == "finetune")
+    pred = next(d for d in runs.values() if d["spec"]["stage"] == "predict")
+    base = next((d for d in runs.values() if d["spec"]["stage"] == "baseline"), None)
+    ds = docs[("Dataset", fine["spec"]["datasetRef"])]
+    model = docs[("Model", pre["spec"]["modelRef"])]
+    target = fine["spec"].get("target") or ds["spec"]["targets"][0]["name"]
+
+    work = Path(args.work) if args.work else Path(os.popen("mktemp -d /tmp/aam-quality.XXXX").read().strip())
+    work.mkdir(parents=True, exist_ok=True)
+    home = work / "home"
+    home.mkdir(exist_ok=True)
+    os.environ.setdefault("AAM_CACHE_DIR", str(work / "cache"))
+
+    table = biom.load_table(ds["spec"]["table"])
+    md = pd.read_csv(ds["spec"]["metadata"]["path"], sep="\t", dtype=str)
+    idcol = ds["spec"]["metadata"].get("sampleIdColumn") or md.columns[0]
+    md = md.set_index(idcol)
+    ids = np.array([s for s in table.ids() if s in md.index and md.loc[s, target] not in (None, "")])
+    rng = np.random.default_rng(args.seed)
+    if args.samples and args.samples < len(ids):
+        ids = np.sort(rng.choice(ids, args.samples, replace=False))
+    table = table.filter(ids, inplace=False)
+    ids = np.array(table.ids())
+    y_all = md.loc[ids, target].astype(float).to_numpy()
+    counts = table.matrix_data.T.tocsr()
+    rel = counts.multiply(1.0 / np.maximum(np.asarray(counts.sum(axis=1)), 1e-12)).tocsr()
+
+    # one pretraining on every sample (no labels)
+    ds_all = copy.deepcopy(ds)
+    ds_all["metadata"]["name"] = "q-all"
+    ds_all["spec"].pop("subsample", None)
+    ds_all["spec"]["table"] = str(work / "all.biom")
+    with biom.util.biom_open(str(work / "all.biom"), "w") as fh:
+        table.to_hdf5(fh, "aam quality")
+    pre_doc = copy.deepcopy(pre)
+    pre_doc["metadata"]["name"] = "q-pre"
+    pre_doc["spec"]["datasetRef"] = "q-all"
+    if args.pretrain_epochs:
+        pre_doc["spec"]["trainer"]["epochs"] = args.pretrain_epochs
+    print(f"pretraining {pre['metadata']['name']} on {len(ids)} samples", flush=True)
+    t_start = time.time()
+    apply(home, [ds_all, model, pre_doc], "pretrain")
+    t_pre = time.time() - t_start
+
+    folds = list(KFold(args.folds, shuffle=True, random_state=args.seed).split(ids))
+    if args.only_folds:
+        folds = folds[:args.only_folds]
+    rows = []
+    for k, (tr, te) in enumerate(folds):
+        print(f"fold {k + 1}/{len(folds)}: {len(tr)} training, {len(te)} held out", flush=True)
+        # inner validation split for early stopping and the best checkpoint
+        inner = np.random.default_rng([args.seed, k]).permutation(tr)
+        n_val = max(1, int(round(ds["spec"].get("split", {}).get("validationFraction", 0.2) * len(tr))))
+        inner_val, inner_tr = inner[:n_val], inner[n_val:]
+        (work / f"f{k}-train.txt").write_text("\n".join(ids[inner_tr]) + "\n")
+        (work / f"f{k}-val.txt").write_text("\n".join(ids[inner_val]) + "\n")
+        ds_k = copy.deepcopy(ds_all)
+        ds_k["metadata"]["name"] = f"q-f{k}"
+        ds_k["spec"]["split"] = {"trainIds": str(work / f"f{k}-train.txt"), "validationIds": str(work / f"f{k}-val.txt")}
+        held = copy.deepcopy(ds_all)
+        held["metadata"]["name"] = f"q-held{k}"
+        held["spec"]["table"] = str(work / f"f{k}-held.biom")
+        held["spec"].pop("tree", None)
+        with biom.util.biom_open(str(work / f"f{k}-held.biom"), "w") as fh:
+            table.filter(ids[te], inplace=False).to_hdf5(fh, "aam quality")
+        ft = copy.deepcopy(fine)
+        ft["metadata"]["name"] = f"q-fine{k}"
+        ft["spec"]["datasetRef"] = f"q-f{k}"
+        ft["spec"]["initFrom"] = dict(ft["spec"].get("initFrom") or {}, run="q-pre")
+        if args.finetune_epochs:
+            ft["spec"]["trainer"]["epochs"] = args.finetune_epochs
+        pr = copy.deepcopy(pred)
+        pr["metadata"]["name"] = f"q-pred{k}"
+        pr["spec"]["datasetRef"] = f"q-held{k}"
+        pr["spec"]["initFrom"] = dict(pr["spec"].get("initFrom") or {}, run=f"q-fine{k}")
+        t0 = time.time()
+        apply(home, [ds_all, model, pre_doc, ds_k, held, ft, pr], f"fold{k}")
+        t_fold = time.time() - t0
+        out = pd.read_csv(home / "runs" / f"q-pred{k}" / "1" / "predictions.tsv", sep="\t", dtype={"sample_id": str})
+        p_aam = out.set_index("sample_id").loc[ids[te], "prediction"].to_numpy(dtype=float)
+        y = y_all[te]
+        trees = (base or {}).get("spec", {}).get("baseline", {}).get("trees", 500)
+        rf = RandomForestRegressor(n_estimators=trees, max_features="sqrt", n_jobs=-1, random_state=args.seed)
+        rf.fit(rel[tr], y_all[tr])
+        rows.append({"fold": k, "aam": metrics(y, p_aam), "rf": metrics(y, rf.predict(rel[te])),
+                     "mean": metrics(y, np.full(len(te), y_all[tr].mean())), "seconds": round(t_fold, 1)})
+        r = rows[-1]
+        print(f"  MAE  aam {r['aam']['mae']:.2f}  rf {r['rf']['mae']:.2f}  mean {r['mean']['mae']:.2f}", flush=True)
+
+    print()
+    print(f"{len(ids)} samples, {len(rows)} of {args.folds} folds (seed {args.seed}); pretraining {t_pre:.0f}s; "
+          f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
+    print("| model | MAE | RMSE | R2 |")
+    print("| --- | --- | --- | --- |")
+    for key, label in (("aam", "AAM recipe (manifests/)"), ("rf", "random forest, 500 trees"),
+                       ("mean", "predict the training mean")):
+        cells = []
+        for m in ("mae", "rmse", "r2"):
+            v = np.array([r[key][m] for r in rows])
+            cells.append(f"{v.mean():.2f} +- {v.std():.2f}")
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    ratio = np.mean([r["aam"]["mae"] for r in rows]) / np.mean([r["rf"]["mae"] for r in rows])
+    print(f"AAM / RF MAE ratio: {ratio:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"folds": rows, "ratio": ratio, "pretrain_seconds": t_pre,
+                                               "samples": len(ids), "args": vars(args)}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
