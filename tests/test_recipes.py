@@ -32,7 +32,7 @@ def _model(spec: dict, **kw) -> AAM:
 # ---------------------------------------------------------------- the network
 
 def _one_base_apart():
-    from aam_runtime.data.table import START, VOCAB_SIZE  # noqa: F401
+    from aam_runtime.data.table import START
     rng = np.random.default_rng(0)
     seq = rng.integers(1, 5, size=100)  # A/C/G/T codes
     other = seq.copy()
