@@ -16,12 +16,19 @@ from .data.table import MASK, PAD, START, VOCAB_SIZE
 
 # Modules that belong to the target head: what finetuning starts afresh (unless it continues a
 # finetune run) and what freezeBase leaves trainable.
-HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", "cat_embs", "cat_proj", "cat_gate", "out", "out_scale", "out_bias")
+CATEGORICAL_MODULES = ("cat_embs", "cat_proj", "cat_gate")
+HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", *CATEGORICAL_MODULES, "out", "out_scale", "out_bias")
 
 
 def is_head_key(name: str) -> bool:
     """Is this state-dict key or parameter name part of the target head?"""
     return name.split(".")[0] in HEAD_MODULES
+
+
+def param_group(name: str) -> str:
+    """The learning-rate group of a parameter: base, head, or categorical (trainer.learningRates)."""
+    top = name.split(".")[0]
+    return "categorical" if top in CATEGORICAL_MODULES else "head" if top in HEAD_MODULES else "base"
 
 
 @dataclass(frozen=True)

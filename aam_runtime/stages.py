@@ -106,7 +106,6 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     import torch
 
     from .data import batches as B
-    from .data import table as T
     from .data.prepare import prepare
     from .model import build_model
     from .train import average_passes, check_hardware, target_metrics
@@ -137,9 +136,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     outputs = []
     for p in range(passes):
         if passes > 1:
-            rng = np.random.default_rng([cfg.seed, 7919, p])
-            data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts, cfg.dataset["maxAsvsPerSample"],
-                                                               "random", rng)
+            data.enc.redraw(cfg.dataset["maxAsvsPerSample"], B.pass_key(cfg.seed, p))
         preds = []
         with torch.no_grad():
             for i in range(0, len(rows), bs):

@@ -28,7 +28,7 @@ from .console import log
 from .data.prepare import Data, unscale_target
 from .errors import HardwareMissing
 from .metric_table import improved
-from .model import AAM, build_model, is_head_key, sample_positions
+from .model import AAM, build_model, is_head_key, param_group, sample_positions
 from .runfolder import RunFolder, atomic_write, checkpoint_name
 
 
@@ -37,6 +37,27 @@ class Preempted(Exception):
 
 
 # ---------------------------------------------------------------- objectives
+
+def self_supervised_losses(res: dict, batch: dict, data: Data, acc, global_rows, *, unifrac: float,
+                           nucleotide: float, count: float) -> tuple[torch.Tensor, dict]:
+    """The weighted sum of the self-supervised terms (pairwise UniFrac over the global batch,
+    masked nucleotides, log counts) that have a positive weight, and each term for the logs."""
+    out: dict = {}
+    loss = torch.zeros((), device=batch["tokens"].device)
+    if unifrac > 0 and data.lookup is not None:
+        dist = torch.from_numpy(data.lookup.sub(global_rows())).to(loss.device)
+        surrogate, uf, mae = L.unifrac_global(res["embedding"], dist, acc)
+        out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
+        loss = loss + unifrac * surrogate
+    nuc = L.nucleotide(res) if nucleotide > 0 else None
+    if nuc is not None:
+        out["nuc_loss"], out["nuc_accuracy"] = nuc
+        loss = loss + nucleotide * nuc[0]
+    if count > 0:
+        out["count_loss"] = L.count(res, batch)
+        loss = loss + count * out["count_loss"]
+    return loss, out
+
 
 class PretrainObjective:
     """UniFrac pairwise distances (global batch) + masked-nucleotide + count losses."""
@@ -50,20 +71,8 @@ class PretrainObjective:
     def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
         w = self.w
         res = model(batch, mask_nucleotides=w["nucleotide"] > 0, generator=gen)
-        out: dict = {}
-        loss = torch.zeros((), device=batch["tokens"].device)
-        if w["unifrac"] > 0 and self.data.lookup is not None:
-            dist = torch.from_numpy(self.data.lookup.sub(global_rows())).to(loss.device)
-            surrogate, uf, mae = L.unifrac_global(res["embedding"], dist, acc)
-            out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
-            loss = loss + w["unifrac"] * surrogate
-        nuc = L.nucleotide(res) if w["nucleotide"] > 0 else None
-        if nuc is not None:
-            out["nuc_loss"], out["nuc_accuracy"] = nuc
-            loss = loss + w["nucleotide"] * nuc[0]
-        if w["count"] > 0:
-            out["count_loss"] = L.count(res, batch)
-            loss = loss + w["count"] * out["count_loss"]
+        loss, out = self_supervised_losses(res, batch, self.data, acc, global_rows, unifrac=w["unifrac"],
+                                           nucleotide=w["nucleotide"], count=w["count"])
         out["loss"] = loss
         return out
 
@@ -102,21 +111,11 @@ class FinetuneObjective:
     def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
         w = self.w
         res = model(batch, mask_nucleotides=w["nucleotideWhenFinetuning"] > 0, generator=gen, need_target=True)
-        out = {"target_loss": self._target_loss(res, batch)}
-        loss = w["target"] * out["target_loss"]
-        nuc = L.nucleotide(res) if w["nucleotideWhenFinetuning"] > 0 else None
-        if nuc is not None:
-            out["nuc_loss"] = nuc[0]
-            loss = loss + w["nucleotideWhenFinetuning"] * nuc[0]
-        if w["unifracWhenFinetuning"] > 0 and self.data.lookup is not None:
-            dist = torch.from_numpy(self.data.lookup.sub(global_rows())).to(loss.device)
-            surrogate, uf, mae = L.unifrac_global(res["embedding"], dist, acc)
-            out["unifrac_loss"], out["unifrac_mae"] = uf.detach(), mae
-            loss = loss + w["unifracWhenFinetuning"] * surrogate
-        if w["countWhenFinetuning"] > 0:
-            out["count_loss"] = L.count(res, batch)
-            loss = loss + w["countWhenFinetuning"] * out["count_loss"]
-        out["loss"] = loss
+        aux, out = self_supervised_losses(res, batch, self.data, acc, global_rows, unifrac=w["unifracWhenFinetuning"],
+                                          nucleotide=w["nucleotideWhenFinetuning"], count=w["countWhenFinetuning"])
+        out.pop("nuc_accuracy", None)  # fine-tuning logs the nucleotide loss only, as before
+        out["target_loss"] = self._target_loss(res, batch)
+        out["loss"] = w["target"] * out["target_loss"] + aux
         return out
 
     def validation_batch(self, model, batch, rows, gen) -> tuple[dict, np.ndarray | None]:
@@ -340,9 +339,7 @@ class Trainer:
         tr, acc = self.cfg.trainer, self.acc
         epoch, accum = state["epoch"], tr["gradientAccumulation"]
         if self.cfg.dataset["asvSelection"] == "random":
-            rng = np.random.default_rng([tr["seed"], epoch])
-            data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts,
-                                                               self.cfg.dataset["maxAsvsPerSample"], "random", rng)
+            data.enc.redraw(self.cfg.dataset["maxAsvsPerSample"], [tr["seed"], epoch])
         gbatches = B.epoch_batches(len(data.train), tr["batchSize"], self.world, tr["seed"], epoch)
         window = {"t": time.time(), "samples": 0}
         running: dict[str, list] = {}
@@ -401,9 +398,7 @@ class Trainer:
         rows_out, pred_out, parts = [], [], {}
         for p in range(passes):
             if passes > 1:
-                rng = np.random.default_rng([self.cfg.trainer["seed"], 7919, p])
-                data.enc.sel_idx, data.enc.sel_cnt = T.select_asvs(data.enc.prepared.counts,
-                                                                   self.cfg.dataset["maxAsvsPerSample"], "random", rng)
+                data.enc.redraw(self.cfg.dataset["maxAsvsPerSample"], B.pass_key(self.cfg.seed, p))
             rows_out, preds = self._validate_pass(model, objective, data, parts)
             pred_out.append(preds)
         data.enc.sel_idx, data.enc.sel_cnt = saved
@@ -415,8 +410,8 @@ class Trainer:
             for k, v in g["parts"].items():
                 merged.setdefault(k, []).extend(v)
             rows_all.extend(g["rows"])
-            if g["pred"] and g["pred"][0]:
-                preds_all.extend(average_passes([np.concatenate(pp) for pp in g["pred"]], data.target_type)[:1])
+            if g["pred"][0]:  # this rank had rows and the stage predicts a target
+                preds_all.append(average_passes([np.concatenate(pp) for pp in g["pred"]], data.target_type)[0])
         means = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in merged.items()}
         rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
         pred = np.concatenate(preds_all) if preds_all else None
@@ -519,9 +514,6 @@ def checkpoint_meta(cfg: RunConfig, data: Data) -> dict:
             "cat_columns": list(data.cat_columns), "cat_levels": [list(x) for x in data.cat_levels]}
 
 
-GROUP_OF = {"cat_embs": "categorical", "cat_proj": "categorical", "cat_gate": "categorical"}
-
-
 def param_groups(model: AAM, tr: dict) -> list[dict]:
     """Trainable parameters by group (base, head, categorical), each split into decayed weights
     and undecayed biases/norms, with the group's peak rate (trainer.learningRates or learningRate)."""
@@ -530,9 +522,7 @@ def param_groups(model: AAM, tr: dict) -> list[dict]:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        top = name.split(".")[0]
-        group = GROUP_OF.get(top, "head") if is_head_key(name) else "base"
-        by.setdefault(group, []).append(p)
+        by.setdefault(param_group(name), []).append(p)
     out = []
     for group in ("base", "head", "categorical"):
         params = by.get(group, [])

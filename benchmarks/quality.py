@@ -25,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +33,10 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from aam_runtime.runfolder import PREDICTIONS  # noqa: E402
+from aamctl.plan import run_folder  # noqa: E402
+
 AAMCTL = [sys.executable, "-m", "aamctl"]
 
 
@@ -99,7 +104,7 @@ def main() -> None:
     model = docs[("Model", pre["spec"]["modelRef"])]
     target = fine["spec"].get("target") or ds["spec"]["targets"][0]["name"]
 
-    work = Path(args.work) if args.work else Path(os.popen("mktemp -d /tmp/aam-quality.XXXX").read().strip())
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="aam-quality."))
     work.mkdir(parents=True, exist_ok=True)
     home = work / "home"
     home.mkdir(exist_ok=True)
@@ -170,7 +175,7 @@ def main() -> None:
         t0 = time.time()
         apply(home, [ds_all, model, pre_doc, ds_k, held, ft, pr], f"fold{k}")
         t_fold = time.time() - t0
-        out = pd.read_csv(home / "runs" / f"q-pred{k}" / "1" / "predictions.tsv", sep="\t", dtype={"sample_id": str})
+        out = pd.read_csv(run_folder(home, f"q-pred{k}", 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
         p_aam = out.set_index("sample_id").loc[ids[te], "prediction"].to_numpy(dtype=float)
         y = y_all[te]
         trees = (base or {}).get("spec", {}).get("baseline", {}).get("trees", 500)

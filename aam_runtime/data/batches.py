@@ -24,6 +24,16 @@ class Encoded:
     categoricals: np.ndarray | None = None  # [n_samples, C] int64 codes, 0 = unknown
     non_acgt_bases: int = 0
 
+    def redraw(self, limit: int, key: list[int]) -> None:
+        """asvSelection random: draw each sample's ASVs again from a generator seeded by `key`
+        ([seed, epoch] for a training epoch; pass_key for a validation or prediction pass)."""
+        self.sel_idx, self.sel_cnt = select_asvs(self.prepared.counts, limit, "random", np.random.default_rng(key))
+
+
+def pass_key(seed: int, p: int) -> list[int]:
+    """The draw of prediction pass p (the same in validation and in predict runs)."""
+    return [seed, 7919, p]
+
 
 def encode(prepared: Prepared, max_bp: int, limit: int, how: str, seed: int = 0) -> Encoded:
     tokens, bad = tokenize(prepared.asv_ids, max_bp)
