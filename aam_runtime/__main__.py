@@ -3,7 +3,7 @@
 Reads RUN_DIR/record.yaml, runs the stage, writes status, metrics, checkpoints, plots.
 Exit codes are the run folder's contract (runfolder.EXIT_*): 0 done, 1 failed, 3 bad data,
 5 hardware missing, 6 no space (or another write error) in the run folder, 75 checkpointed
-after a stop signal (requeue).
+after a stop signal (requeue), 76 pruned by a sweep.
 """
 from __future__ import annotations
 
@@ -55,7 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _fail(folder, cfg, "interrupted", 130, rank0)
     except Exception as exc:
-        from .train import Preempted
+        from .train import Preempted, Pruned
+        if isinstance(exc, Pruned):
+            if rank0:
+                folder.update_status(phase="Pruned", finished=time.time(), reason="pruned by its sweep")
+                folder.event("finished", phase="Pruned")
+                if cfg is not None:
+                    cfg.wandb_finish(exit_code=RF.EXIT_PRUNED)
+                folder.release_reserve()
+            return RF.EXIT_PRUNED
         if isinstance(exc, Preempted):
             if rank0:
                 folder.update_status(phase="Preempted", reason="checkpointed after a stop signal; requeue to resume")

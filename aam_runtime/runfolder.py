@@ -43,6 +43,7 @@ PID = "pid"
 WAITING = "waiting"  # present while a local job waits for its initFrom run
 PREEMPT_FLAG = "PREEMPT"
 CANCEL_FLAG = "CANCEL"  # written by aamctl cancel before scancel: the job script must not requeue
+PRUNE_FLAG = "PRUNE"  # written by a sweep's controller: the trial stops at its next step, as Pruned
 SPLIT = "split.tsv"
 PREDICTIONS = "predictions.tsv"
 CHECKPOINTS = "checkpoints"
@@ -68,6 +69,7 @@ EXIT_DEPENDENCY_FAILED = 4  # the initFrom run did not succeed; this one never s
 EXIT_NO_HARDWARE = 5  # the HardwareProfile asks for devices this machine does not have
 EXIT_NO_SPACE = 6  # a write to the run folder failed: no space left (or another I/O error)
 EXIT_PREEMPTED = 75  # checkpointed after SIGTERM/SIGUSR1; requeue (or aamctl resume) to continue
+EXIT_PRUNED = 76  # a sweep's pruner stopped this trial (it lost); not a failure
 EXIT_CANCELLED = 143  # written by aamctl cancel for a local run (128 + SIGTERM)
 EXIT_MEANINGS = {
     EXIT_DATA_ERROR: "bad data",
@@ -75,6 +77,7 @@ EXIT_MEANINGS = {
     EXIT_NO_HARDWARE: "the devices the HardwareProfile asks for are not on this machine",
     EXIT_NO_SPACE: "no space left on device (or another write error) in the run folder",
     EXIT_PREEMPTED: "stopped by a signal after checkpointing; 'aamctl resume RUN' continues it",
+    EXIT_PRUNED: "pruned by its sweep (worse than the other trials at the same epoch)",
 }
 
 
@@ -257,6 +260,9 @@ class RunFolder:
 
     def preempt_requested(self) -> bool:
         return (self.path / PREEMPT_FLAG).exists()
+
+    def prune_requested(self) -> bool:
+        return (self.path / PRUNE_FLAG).exists()
 
     # A few hundred KiB set aside at start: when the disk fills, freeing them lets the runtime
     # still write down why it stopped (status.json, the exit code) instead of vanishing silently.

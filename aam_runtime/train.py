@@ -36,6 +36,10 @@ class Preempted(Exception):
     pass
 
 
+class Pruned(Exception):
+    """A sweep's controller asked this trial to stop (PRUNE flag): it lost, it did not fail."""
+
+
 # ---------------------------------------------------------------- objectives
 
 def self_supervised_losses(res: dict, batch: dict, data: Data, acc, global_rows, *, unifrac: float,
@@ -327,7 +331,10 @@ class Trainer:
                     log(f"early stopping: {metric} did not improve for {patience} validations")
                     done = True
             self.checkpoint(o, state, "last")
-            if self._should_stop() and not done:
+            request = self._stop_request()
+            if request == "prune" and not done:
+                raise Pruned()
+            if request == "preempt" and not done:
                 raise Preempted()
         return result
 
@@ -374,7 +381,10 @@ class Trainer:
                 self._log_train(row, o.total_steps)
                 running.clear()
                 window = {"t": time.time(), "samples": 0}
-            stop = self._should_stop()
+            request = self._stop_request()
+            if request == "prune":
+                raise Pruned()
+            stop = request == "preempt"
             epoch_end = state["batch"] >= len(gbatches)
             if (step % tr["checkpoint"]["everySteps"] == 0 or stop) and not epoch_end:
                 self.checkpoint(o, state, "last")
@@ -443,12 +453,17 @@ class Trainer:
             group["lr"] = base_lr * f(step)
         sched._last_lr = [g["lr"] for g in o.optimizer.param_groups]
 
-    def _should_stop(self) -> bool:
-        flag = 1.0 if (self.stop_signal is not None or self.folder.preempt_requested()) else 0.0
+    def _stop_request(self) -> str | None:
+        """'prune' (a sweep's PRUNE flag), 'preempt' (a signal or the PREEMPT flag) or None, agreed
+        by every rank (the flags are files; one rank may see one before the others)."""
+        flags = [1.0 if (self.stop_signal is not None or self.folder.preempt_requested()) else 0.0,
+                 1.0 if self.folder.prune_requested() else 0.0]
         if self.world > 1:
-            t = self.acc.reduce(torch.tensor([flag], device=self.device), reduction="sum")
-            flag = float(t.item())
-        return flag > 0
+            t = self.acc.reduce(torch.tensor(flags, device=self.device), reduction="sum")
+            flags = t.tolist()
+        if flags[1] > 0:
+            return "prune"
+        return "preempt" if flags[0] > 0 else None
 
     def _global_rows(self, rows: torch.Tensor) -> np.ndarray:
         """Dataset rows of the whole global batch, in rank order."""

@@ -22,6 +22,8 @@ TERMINAL_BAD = {"Failed", "Cancelled"}
 @dataclass
 class ApplyResult:
     started: list[RunPlan] = field(default_factory=list)
+    held: list[RunPlan] = field(default_factory=list)  # planned and written, not submitted (hold=True)
+    sweeps: list[str] = field(default_factory=list)  # sweeps whose controller runs after this apply
 
 
 def _topo_runs(res: Resolved) -> list[Obj]:
@@ -155,14 +157,19 @@ def _upstream_in_apply(res: Resolved, run: Obj, planned: dict[str, RunPlan]) -> 
     return Upstream(checkpoint=str(src.folder / RF.checkpoint_name(init["which"])), stage=src.stage, dependency=dep)
 
 
-def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = False, force: bool = False,
+def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool = False, force: bool = False,
                     allow_data_change: bool = False, preflight: bool = True, output: str | None = None,
-                    echo=print, warn=None) -> ApplyResult:
-    """parse -> validate -> preflight -> plan (each run once) -> store -> execute."""
+                    echo=print, warn=None, documents=None, hold: bool = False) -> ApplyResult:
+    """parse -> validate -> preflight -> plan (each run once) -> store -> execute.
+
+    `documents` replaces `files` for manifests made in memory (a sweep's trials); with hold=True
+    the runs are planned, written and recorded as Pending but not submitted: the caller submits
+    them (a sweep submits a batch of trials as one SLURM job array)."""
     from .executors import executor_for
     from .provenance import annotations, data_digests
+    from . import sweep as SW
 
-    docs = load_paths(files)
+    docs = documents if documents is not None else load_paths(files)
     res = validate(docs, store or MemoryStore())
     diags = check_record_digests(res, allow_data_change)
     if diags:
@@ -185,6 +192,9 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
                  for p in check_dataset_files(ds.spec)]
         if not diags and new_runs:
             diags = run_preflight(res, [r for r, _ in new_runs], warn=warn)
+        if not diags:
+            for sw in [o for o in res.given if o.kind == "Sweep"]:
+                diags += run_preflight(res, [SW.template_run(res, sw)], warn=warn)
         if diags:
             raise AamError(diags)
     upstreams = find_upstreams(res, [r for r, _ in new_runs], store)
@@ -236,8 +246,12 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
             raise
         planned[run.name] = plan
         if not dry_run:
-            _start(store, plan, executor_for(plan.executor), echo)
-            result.started.append(plan)
+            write_plan(store, plan)
+            if hold:
+                result.held.append(plan)
+            else:
+                submit_plan(store, plan, executor_for(plan.executor), echo)
+                result.started.append(plan)
 
     if dry_run:
         for obj in res.given:
@@ -257,6 +271,9 @@ def apply_manifests(store, files: list[str], *, home: Path, dry_run: bool = Fals
     for run in runs:
         if run.name not in planned:
             echo(f"run/{run.name} unchanged" + _unchanged_hint(store, run.name))
+    for sw in [o for o in res.given if o.kind == "Sweep"]:
+        echo(SW.apply_sweep(store, home, sw))
+        result.sweeps.append(sw.name)
     return result
 
 
@@ -267,14 +284,18 @@ def _dry_state(store, obj: Obj) -> str:
     return "configured" if row["hash"] != obj.hash else "unchanged"
 
 
-def _start(store, plan: RunPlan, executor, echo) -> None:
-    """Write a planned generation's files and hand it to its executor."""
-    gen = plan.generation
+def write_plan(store, plan: RunPlan) -> None:
+    """Write a planned generation's files; its row learns the folder."""
     plan.folder.mkdir(parents=True, exist_ok=True)
     for fname, text in plan.files.items():
         RF.atomic_write(plan.folder / fname, text)
     os.chmod(plan.folder / plan.entry, 0o755)
-    store.update_run(plan.name, gen, folder=str(plan.folder))
+    store.update_run(plan.name, plan.generation, folder=str(plan.folder))
+
+
+def submit_plan(store, plan: RunPlan, executor, echo) -> None:
+    """Hand a written generation to its executor."""
+    gen = plan.generation
     try:
         if plan.executor == "slurm":
             dep_job = None

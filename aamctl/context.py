@@ -74,5 +74,5 @@ def kind_of(word: str) -> str:
 
     k = KIND_ALIASES.get(word.lower())
     if k is None:
-        raise UsageError(f"unknown resource type '{word}'; one of runs, datasets, models, hardwareprofiles")
+        raise UsageError(f"unknown resource type '{word}'; one of runs, datasets, models, hardwareprofiles, sweeps")
     return k

@@ -114,16 +114,17 @@ def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT) -> subprocess.Completed
 class SlurmExecutor:
     name = "slurm"
 
-    def submit(self, folder: Path, dependency: str | None = None) -> dict:
+    def submit(self, folder: Path, dependency: str | None = None, script: Path | None = None) -> dict:
+        script = script or folder / SLURM_SCRIPT
         cmd = ["sbatch", "--parsable"]
         if dependency:
             cmd.append(f"--dependency=afterok:{dependency}")
-        cmd.append(str(folder / SLURM_SCRIPT))
+        cmd.append(str(script))
         proc = _run(cmd)
         if proc.returncode != 0:
             msg = (proc.stderr or proc.stdout).strip().splitlines()
             raise AamError(Diagnostic(f"sbatch refused the job: {msg[-1] if msg else proc.returncode}",
-                                      file=str(folder / SLURM_SCRIPT),
+                                      file=str(script),
                                       hint="check partition, account and limits in the HardwareProfile and Run"))
         job_id = proc.stdout.strip().split(";")[0]
         if not re.fullmatch(r"[0-9]+", job_id):

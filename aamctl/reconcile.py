@@ -5,7 +5,7 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_MEANINGS, LOG, LOW_SPACE, WAITING, read_status
+from aam_runtime.runfolder import EXIT_MEANINGS, EXIT_PRUNED, LOG, LOW_SPACE, WAITING, read_status
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore, free_bytes
@@ -41,6 +41,8 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         if code is not None:
             if code == 0:
                 return "Succeeded", None, status
+            if code == EXIT_PRUNED:
+                return "Pruned", EXIT_MEANINGS[code], status
             return "Failed", _exit_reason(code, folder, status), status
         if alive:
             if (folder / WAITING).exists():
@@ -65,6 +67,8 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         # SLURM forgot the job (MinJobAge): trust the run folder
         if code == 0 or status.get("phase") == "Succeeded":
             return "Succeeded", None, status
+        if code == EXIT_PRUNED:
+            return "Pruned", EXIT_MEANINGS[code], status
         if code is not None:
             return "Failed", _exit_reason(code, folder, status), status
         if status.get("phase") == "Failed":
@@ -73,6 +77,8 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
     base = st.state.split("+")[0].split()[0]
     phase = SLURM_STATES.get(base, "Running")
     reason = st.reason
+    if code == EXIT_PRUNED and phase in ("Failed", "Succeeded"):
+        return "Pruned", EXIT_MEANINGS[code], status
     if phase == "Failed":
         reason = f"SLURM state {base}" + (f" ({st.reason})" if st.reason else "")
         if status.get("error"):

@@ -30,6 +30,7 @@ PATH_FIELDS = {
     "Run": [("spec", "initFrom", "checkpoint")],
     "HardwareProfile": [("spec", "container", "image")],
     "Model": [],
+    "Sweep": [("spec", "template", "initFrom", "checkpoint")],
 }
 
 
@@ -133,6 +134,7 @@ class Resolved:
 
     given: list[Obj]
     objects: dict[tuple[str, str], Obj] = field(default_factory=dict)
+    store: Store | None = None  # where references not given were looked up
 
     def get(self, kind: str, name: str) -> Obj:
         return self.objects[(kind, name)]
@@ -189,7 +191,7 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
         seen[obj.key] = obj
         given.append(obj)
 
-    res = Resolved(given=given, objects=dict(seen))
+    res = Resolved(given=given, objects=dict(seen), store=store)
 
     def lookup(kind: str, name: str) -> Obj | None:
         if (kind, name) in res.objects:
@@ -226,25 +228,34 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
             f"apply a {kind} named '{name}' first or pass its file with -f")
         return obj.diag(f"{kind} '{name}' not found", path, hint=hint)
 
-    # references, transitively (a Run's initFrom run may come from the store)
-    queue = [o for o in given if o.kind == "Run"]
+    # references, transitively (a Run's initFrom run may come from the store); a Sweep's
+    # template refers like a Run, and its runRef names one
+    queue: list[tuple[Obj, dict, tuple]] = [(o, o.spec, ("spec",)) for o in given if o.kind == "Run"]
+    for sw in [o for o in given if o.kind == "Sweep"]:
+        if sw.spec.get("template") is not None:
+            queue.append((sw, sw.spec["template"], ("spec", "template")))
+        elif sw.spec.get("runRef"):
+            target = lookup("Run", sw.spec["runRef"])
+            if target is None:
+                diags.append(missing(sw, "Run", sw.spec["runRef"], ("spec", "runRef")))
+            else:
+                queue.append((target, target.spec, ("spec",)))
     checked = set()
     while queue:
-        run = queue.pop()
-        if run.name in checked:
+        run, s, at = queue.pop()
+        if (run.kind, run.name) in checked:
             continue
-        checked.add(run.name)
-        s = run.spec
+        checked.add((run.kind, run.name))
         for kind, fld in (("Dataset", "datasetRef"), ("Model", "modelRef"), ("HardwareProfile", "hardwareRef")):
             if s.get(fld) and lookup(kind, s[fld]) is None:
-                diags.append(missing(run, kind, s[fld], ("spec", fld)))
+                diags.append(missing(run, kind, s[fld], at + (fld,)))
         init = s.get("initFrom") or {}
         if init.get("run"):
             target = lookup("Run", init["run"])
             if target is None:
-                diags.append(missing(run, "Run", init["run"], ("spec", "initFrom", "run")))
+                diags.append(missing(run, "Run", init["run"], at + ("initFrom", "run")))
             else:
-                queue.append(target)
+                queue.append((target, target.spec, ("spec",)))
     if diags:
         raise AamError(diags)
 

@@ -15,12 +15,14 @@ from .errors import Diagnostic
 from .parse import Document, format_path
 
 API_VERSION = "aam/v1alpha1"
-KINDS = {"Dataset": "dataset", "Model": "model", "Run": "run", "HardwareProfile": "hardwareprofile"}
+KINDS = {"Dataset": "dataset", "Model": "model", "Run": "run", "HardwareProfile": "hardwareprofile",
+         "Sweep": "sweep"}
 KIND_ALIASES = {
     "dataset": "Dataset", "datasets": "Dataset", "ds": "Dataset",
     "model": "Model", "models": "Model",
     "run": "Run", "runs": "Run",
     "hardwareprofile": "HardwareProfile", "hardwareprofiles": "HardwareProfile", "hw": "HardwareProfile",
+    "sweep": "Sweep", "sweeps": "Sweep",
 }
 BASE_URI = "https://aam.dev/schemas/v1alpha1/"
 

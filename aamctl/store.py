@@ -20,7 +20,7 @@ from aam_runtime.runfolder import LOW_SPACE, free_bytes
 
 from .errors import AamError, Diagnostic
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MIGRATIONS = {
     1: """
     CREATE TABLE objects (
@@ -41,8 +41,20 @@ MIGRATIONS = {
         generation INTEGER NOT NULL, event TEXT NOT NULL, detail TEXT);
     CREATE INDEX events_run ON events(name, generation);
     """,
+    2: """
+    CREATE TABLE sweeps (
+        name TEXT NOT NULL, generation INTEGER NOT NULL, space_hash TEXT NOT NULL, folder TEXT NOT NULL,
+        phase TEXT NOT NULL, reason TEXT, executor TEXT NOT NULL, pid INTEGER, pid_start REAL,
+        created REAL NOT NULL, finished REAL,
+        PRIMARY KEY (name, generation));
+    CREATE TABLE trials (
+        sweep TEXT NOT NULL, generation INTEGER NOT NULL, number INTEGER NOT NULL,
+        run_name TEXT NOT NULL, run_generation INTEGER, state TEXT NOT NULL, value REAL,
+        params TEXT NOT NULL, created REAL NOT NULL, finished REAL, reason TEXT,
+        PRIMARY KEY (sweep, generation, number));
+    """,
 }
-TERMINAL = {"Succeeded", "Failed", "Cancelled"}
+TERMINAL = {"Succeeded", "Failed", "Cancelled", "Pruned"}
 
 
 DB_FILE = "state.db"
@@ -286,6 +298,45 @@ class StateStore:
     def events(self, name: str, generation: int) -> list:
         return self._all("SELECT * FROM events WHERE name=? AND generation=? ORDER BY id",
                                (name, generation))
+
+    # -- sweeps: one row per generation (a new search space), one row per trial
+
+    def latest_sweep(self, name: str):
+        return self._one("SELECT * FROM sweeps WHERE name=? ORDER BY generation DESC LIMIT 1", (name,))
+
+    def sweeps(self) -> list:
+        return self._all("SELECT s.* FROM sweeps s JOIN (SELECT name, MAX(generation) g FROM sweeps GROUP BY name) m "
+                         "ON s.name=m.name AND s.generation=m.g ORDER BY s.name")
+
+    def add_sweep(self, **f) -> int:
+        with self.tx() as db:
+            row = db.execute("SELECT MAX(generation) g FROM sweeps WHERE name=?", (f["name"],)).fetchone()
+            gen = (row["g"] or 0) + 1
+            f = dict(f, generation=gen, created=time.time())
+            db.execute(f"INSERT INTO sweeps ({','.join(f)}) VALUES ({','.join('?' * len(f))})", tuple(f.values()))
+            return gen
+
+    def update_sweep(self, name: str, generation: int, **f) -> None:
+        with self.tx() as db:
+            db.execute(f"UPDATE sweeps SET {','.join(f'{k}=?' for k in f)} WHERE name=? AND generation=?",
+                       (*f.values(), name, generation))
+
+    def trials(self, sweep: str, generation: int) -> list:
+        return self._all("SELECT * FROM trials WHERE sweep=? AND generation=? ORDER BY number", (sweep, generation))
+
+    def put_trial(self, sweep: str, generation: int, number: int, **f) -> None:
+        """Insert a trial, or update the given fields of an existing one."""
+        with self.tx() as db:
+            have = db.execute("SELECT 1 FROM trials WHERE sweep=? AND generation=? AND number=?",
+                              (sweep, generation, number)).fetchone()
+            if have is None:
+                f = dict(f, sweep=sweep, generation=generation, number=number)
+                f.setdefault("created", time.time())
+                db.execute(f"INSERT INTO trials ({','.join(f)}) VALUES ({','.join('?' * len(f))})",
+                           tuple(f.values()))
+            elif f:
+                db.execute(f"UPDATE trials SET {','.join(f'{k}=?' for k in f)} WHERE sweep=? AND generation=? "
+                           "AND number=?", (*f.values(), sweep, generation, number))
 
 
 

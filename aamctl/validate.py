@@ -19,6 +19,11 @@ from .resolve import Obj, Resolved, Store, effective_model_ref, resolve
 from .schema import validate_document
 
 
+# Model fields a fine-tuning run may change over its pretrained model: they shape only what is
+# trained afresh on top of the base (the target head, categorical conditioning, dropout)
+HEAD_FIELDS = ("targetHead", "categoricalFusion", "categoricalEmbeddingDim", "dropout")
+
+
 def validate(docs: list[Document], store: Store | None = None) -> Resolved:
     """Documents -> resolved objects that pass every check; raises AamError listing all problems."""
     check_documents(docs)
@@ -130,6 +135,9 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
             d.append(obj.diag(f"nodes {s['nodes']} exceeds maxNodes {lim['maxNodes']}", ("spec", "nodes")))
     elif obj.kind == "Run":
         d.extend(_check_run(res, obj))
+    elif obj.kind == "Sweep":
+        from .sweep import check_sweep
+        d.extend(check_sweep(res, obj))
     return d
 
 
@@ -218,8 +226,16 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     if stage == "finetune" and init.get("run") and s.get("modelRef"):
         src_model = effective_model_ref(res, res.get("Run", init["run"]))
         if src_model and src_model != s["modelRef"]:
-            d.append(run.diag(f"modelRef '{s['modelRef']}' differs from the model of initFrom run ('{src_model}')",
-                              ("spec", "modelRef"), hint="drop modelRef to inherit the pretrained model"))
+            # a different target head (or categorical conditioning) on the same base is fine: the
+            # base's weights load by name and shape; anything else would silently start afresh
+            base = {k: v for k, v in res.get("Model", src_model).spec.items() if k not in HEAD_FIELDS}
+            mine = {k: v for k, v in res.get("Model", s["modelRef"]).spec.items() if k not in HEAD_FIELDS}
+            differ = sorted(k for k in set(base) | set(mine) if base.get(k) != mine.get(k))
+            if differ:
+                d.append(run.diag(f"modelRef '{s['modelRef']}' differs from the model of initFrom run ('{src_model}') "
+                                  f"in {', '.join(differ)}", ("spec", "modelRef"),
+                                  hint="drop modelRef to inherit the pretrained model; a fine-tuning model may "
+                                       f"differ only in {', '.join(HEAD_FIELDS)}"))
     if stage == "pretrain":
         uw = tr["lossWeights"]["unifrac"]
         if uw > 0:

@@ -31,6 +31,7 @@ PATTERN_SAMPLES = {
     "^[A-Za-z0-9_.-]+$(?!\\n)": "my-account",
     "^[A-Za-z0-9_./+-]+$(?!\\n)": "rocm/6.3.0",
     "^[A-Za-z0-9_:-]+$(?!\\n)": "gpu:a100",
+    "^(spec|model\\.spec)(\\.[A-Za-z][A-Za-z0-9]*)+$(?!\\n)": "model.spec.targetHead.hidden",
 }
 
 

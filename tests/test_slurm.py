@@ -327,3 +327,49 @@ def test_slurm_commands_missing_is_a_clear_error(env, monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     p = subprocess.run([*AAMCTL, "--home", str(home), "apply", "-f", str(f)], capture_output=True, text=True)
     assert p.returncode == 1 and "'sbatch' not found" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_sweep_is_one_job_array_after_its_pretraining(slurm, env):
+    """Six trials of a fine-tuning sweep go to SLURM as one job array (%2), queued after the one
+    pretraining they all start from; each trial is an ordinary Run with its own array task."""
+    home, data, tmp = env
+    f = tmp / "s.yaml"
+    f.write_text(_manifest(data, "slurm-pre") + """---
+apiVersion: aam/v1alpha1
+kind: Sweep
+metadata: {name: ssw}
+spec:
+  template:
+    stage: finetune
+    datasetRef: synth
+    initFrom: {run: slurm-pre}
+    hardwareRef: cpu-1
+    target: age
+    trainer: {epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 1, earlyStopping: {patience: null, metric: mae}}
+    executor: {type: slurm, slurm: {timeLimit: "00:10:00"}}
+  parameters:
+    - {path: spec.trainer.learningRate, values: [0.001, 0.002, 0.003]}
+    - {path: spec.trainer.seed, values: [1, 2]}
+  algorithm: {type: grid}
+  objective: {metric: mae}
+  maxTrials: 6
+  parallelism: 2
+""")
+    out = aamctl(home, "apply", "-f", str(f), "--wait", timeout=600).stdout
+    assert "sweep/ssw Succeeded" in out, (out, slurm.logs())
+    runs = {r["name"]: r for r in json.loads(aamctl(home, "status", "-o", "json").stdout)}
+    trials = [runs[f"ssw-t{i}"] for i in range(6)]
+    assert all(r["phase"] == "Succeeded" for r in trials), [(r["name"], r["phase"], r["reason"]) for r in trials]
+    arrays = {r["job_id"].split("_")[0] for r in trials}
+    assert len(arrays) == 1, [r["job_id"] for r in trials]  # one array job for the batch
+    assert sorted(int(r["job_id"].split("_")[1]) for r in trials) == list(range(6))
+    array_id = arrays.pop()
+    assert array_id != runs["slurm-pre"]["job_id"]
+    b = json.loads(aamctl(home, "describe", "sweep", "ssw", "-o", "json").stdout)
+    script = (Path(b["folder"]) / "arrays" / "0.sbatch").read_text()
+    assert "#SBATCH --array=0-5%2" in script and "#SBATCH --time=00:10:00" in script
+    assert b["counts"]["Complete"] == 6 and b["best"] is not None
+    # each trial's log is its own, written by its array task
+    assert "validation epoch" in aamctl(home, "logs", "ssw-t3").stdout

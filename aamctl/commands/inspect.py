@@ -32,12 +32,21 @@ def status(ctx, run, output, selector, all_generations):
         terms = parse_selector(selector)
         rows = [r for r in rows if match_labels(json.loads(r["labels"] or "{}"), terms)]
     observed = observe(store, rows)
+    boards = []
+    if not run and not selector:
+        from .sweeps import sweep_rows
+        boards = sweep_rows(store)
     if output in ("yaml", "json"):
         print_data(rows_as_dicts(observed), output)
-    elif not observed:
+        return
+    if not observed:
         click.echo("No runs.")
     else:
         run_table(observed, output == "wide").print()
+    if boards:
+        from .sweeps import print_sweeps
+        click.echo("")
+        print_sweeps(boards)
 
 
 SUMMARY_COLUMNS = {
@@ -65,10 +74,13 @@ def _summary(kind: str, s: dict) -> list[str]:
 @flags.selector
 @click.pass_context
 def get(ctx, resource, name, output, selector):
-    """List runs, datasets, models or hardwareprofiles."""
+    """List runs, sweeps, datasets, models or hardwareprofiles."""
     kind = kind_of(resource)
     if kind == "Run":
         return ctx.invoke(status, run=name, output=output, selector=selector, all_generations=False)
+    if kind == "Sweep":
+        from .sweeps import get_sweeps
+        return get_sweeps(ctx, name, output)
     from ..resolve import builtin_documents, normalize
 
     store = Context(ctx).store(create=False)
@@ -118,17 +130,25 @@ RUN_FILES = (RF.RECORD, RF.ACCELERATE_CONFIG, RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT, 
 @click.argument("resource")
 @click.argument("name")
 @flags.generation
+@flags.output("yaml", "json")
 @click.pass_context
-def describe(ctx, resource, name, generation):
-    """Details of an object; for a run: spec, conditions, events, paths and metrics."""
+def describe(ctx, resource, name, generation, output):
+    """Details of an object; for a run: spec, conditions, events, paths and metrics; for a sweep:
+    its leaderboard, best first."""
     import yaml
 
     kind = kind_of(resource)
+    if kind == "Sweep":
+        from .sweeps import describe_sweep
+        return describe_sweep(ctx, name, output, generation)
     if kind != "Run":
         return ctx.invoke(get, resource=resource, name=name, output="yaml", selector=None)
     c = Context(ctx)
     store = c.require_store()
     row, phase, reason, st = observe_one(store, c.find_run(store, name, generation))
+    if output in ("yaml", "json"):
+        print_data(rows_as_dicts([(row, phase, reason, st)])[0], output)
+        return
     folder = Path(row["folder"])
     out = [f"Name:        {row['name']}", f"Generation:  {row['generation']}", f"Stage:       {row['stage']}",
            f"Phase:       {phase}" + (f" ({reason})" if reason else ""),

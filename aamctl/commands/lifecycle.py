@@ -30,10 +30,21 @@ def cancel_run(store, row) -> tuple[bool, str]:
 
 
 @click.command()
-@click.argument("run")
+@click.argument("words", nargs=-1, required=True, metavar="[run|sweep] NAME")
 @click.pass_context
-def cancel(ctx, run):
-    """Stop a run (SIGTERM, then SIGKILL after a grace period; scancel on SLURM)."""
+def cancel(ctx, words):
+    """Stop a run (SIGTERM, then SIGKILL after a grace period; scancel on SLURM), or a sweep (its
+    controller and its running trials)."""
+    from ..errors import UsageError
+
+    if len(words) == 2 and kind_of(words[0]) == "Sweep":
+        from .sweeps import cancel_sweep
+        return cancel_sweep(ctx, words[1])
+    if len(words) == 2 and kind_of(words[0]) == "Run":
+        words = words[1:]
+    if len(words) != 1:
+        raise UsageError("usage: aamctl cancel RUN, or aamctl cancel sweep NAME")
+    run = words[0]
     c = Context(ctx)
     store = c.require_store()
     cancelled, phase = cancel_run(store, c.find_run(store, run))
@@ -81,6 +92,11 @@ def delete(ctx, resource, name):
         row = store.latest_run(name)
         if row is not None and cancel_run(store, row)[0]:
             click.echo(f"run/{name} cancelled")
+    if kind == "Sweep":
+        row = store.latest_sweep(name)
+        if row is not None and row["phase"] not in ("Succeeded", "Failed", "Cancelled"):
+            from .sweeps import cancel_sweep
+            cancel_sweep(ctx, name)
     if store.delete_object(kind, name):
         click.echo(f"{kind.lower()}/{name} deleted")
     else:

@@ -70,10 +70,15 @@ def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, 
     result = apply_manifests(store, list(files), home=c.home, dry_run=dry_run, force=force,
                              allow_data_change=allow_data_change, preflight=not skip_preflight, output=output,
                              echo=click.echo, warn=lambda text: click.echo(text, err=True))
+    ok = True
     if wait and not dry_run and result.started:
         ok = wait_for(store, [(p.name, p.generation) for p in result.started], timeout)
         for p in result.started:
             click.echo(f"run/{p.name}: results in {p.folder} (plots in {p.folder / PLOTS})")
+    if wait and not dry_run and result.sweeps:
+        from ..sweep import wait_for_sweeps
+        ok = wait_for_sweeps(store, result.sweeps, timeout, echo=click.echo) and ok
+    if wait and not dry_run:
         ctx.exit(0 if ok else 1)
 
 

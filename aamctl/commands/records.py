@@ -15,13 +15,20 @@ from ..errors import UsageError
 @click.argument("name")
 @flags.generation
 @click.option("--as", "new_name", default=None, help="Rename the run in the exported record.")
+@click.option("--best", is_flag=True, help="export sweep NAME --best: the record of the sweep's best trial.")
 @click.pass_context
-def export(ctx, resource, name, generation, new_name):
+def export(ctx, resource, name, generation, new_name, best):
     """Print a run's record: every resolved manifest plus provenance and final metrics."""
     from ..records import export_record
 
+    if kind_of(resource) == "Sweep":
+        if not best:
+            raise UsageError("a sweep has no record of its own: aamctl export sweep NAME --best")
+        from .sweeps import export_best
+        click.echo(export_best(ctx, name), nl=False)
+        return
     if kind_of(resource) != "Run":
-        raise UsageError("only runs have records: aamctl export run NAME")
+        raise UsageError("only runs have records: aamctl export run NAME (or export sweep NAME --best)")
     c = Context(ctx)
     store = c.require_store()
     row, phase, _, st = observe_one(store, c.find_run(store, name, generation))

@@ -1,0 +1,349 @@
+"""Sweep: validation before any trial, the Optuna journal, and real sweeps on the local executor
+(the SLURM job array is in test_slurm.py, next to the cluster)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import aamctl
+from synth import ORAL
+
+from aamctl.sweep import validations
+
+ROOT = Path(__file__).resolve().parent.parent
+
+DATA = f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral100}}
+spec:
+  table: {ORAL}/table.biom
+  tree: {ORAL}/tree.nwk
+  metadata: {{path: {ORAL}/metadata.tsv, sampleIdColumn: sample_id}}
+  targets: [{{name: age, type: regression}}]
+  subsample: {{samples: 100, seed: 1}}
+  maxAsvsPerSample: 32
+  maxBp: 100
+  split: {{validationFraction: 0.25, seed: 42}}
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: micro}}
+spec: {{embeddingDim: 8, ffnMultiplier: 1, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}},
+        sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
+---
+"""
+
+
+def sweep_doc(name="sw", *, stage="finetune", parameters=None, extra="", max_trials=6, parallelism=2,
+              objective="mae", algorithm="{type: grid, seed: 0}", early="{type: none}", epochs=3,
+              executor="", batch=16) -> str:
+    params = parameters or "    - path: spec.trainer.learningRate\n      values: [0.001, 0.002]\n"
+    target = "    target: age\n" if stage == "finetune" else ""
+    return f"""apiVersion: aam/v1alpha1
+kind: Sweep
+metadata: {{name: {name}}}
+spec:
+  template:
+    stage: {stage}
+    datasetRef: oral100
+    modelRef: micro
+    hardwareRef: cpu
+{target}    trainer: {{epochs: {epochs}, batchSize: {batch}, learningRate: 0.001, warmupSteps: 1, logEverySteps: 5,
+               earlyStopping: {{patience: null, metric: {"mae" if stage == "finetune" else "val_loss"}}}}}
+{executor}  parameters:
+{params}  algorithm: {algorithm}
+  objective: {{metric: {objective}}}
+  maxTrials: {max_trials}
+  parallelism: {parallelism}
+  earlyStopping: {early}
+{extra}"""
+
+
+def _validate(tmp_path, text, home=None):
+    f = tmp_path / "s.yaml"
+    f.write_text(DATA + text)
+    return aamctl(home or tmp_path / "home", "validate", "-f", str(f), check=False)
+
+
+def _line_of(text: str, needle: str) -> int:
+    full = DATA + text
+    return next(i for i, line in enumerate(full.splitlines(), 1) if line.rstrip().endswith(needle))
+
+
+# ---------------------------------------------------------------- validation (no trial starts)
+
+def test_valid_sweep_and_explain(tmp_path):
+    p = _validate(tmp_path, sweep_doc())
+    assert p.returncode == 0, p.stderr
+    assert "sweep/sw valid" in p.stdout
+    out = aamctl(tmp_path / "home", "explain", "Sweep.spec.earlyStopping").stdout
+    assert "median" in out and "hyperband" in out
+
+
+def test_unknown_parameter_path_names_the_nearest_field(tmp_path):
+    text = sweep_doc(parameters="    - path: spec.trainer.learningRat\n      values: [0.001]\n")
+    p = _validate(tmp_path, text)
+    assert p.returncode != 0
+    assert "'learningRat' is not a field of Run spec.trainer" in p.stderr
+    assert "did you mean 'spec.trainer.learningRate'?" in p.stderr
+    assert f":{_line_of(text, 'learningRat')}" in p.stderr
+    text = sweep_doc(parameters="    - path: model.spec.targetHed.hidden\n      values: [[8]]\n")
+    p = _validate(tmp_path, text)
+    assert "did you mean 'model.spec.targetHead'?" in p.stderr
+
+
+def test_values_the_field_forbids_fail_before_any_trial(tmp_path):
+    text = sweep_doc(parameters="    - path: spec.trainer.learningRate\n      values: [0.001, -0.5]\n")
+    p = _validate(tmp_path, text)
+    assert p.returncode != 0
+    assert "spec.trainer.learningRate = -0.5 makes an invalid trial" in p.stderr
+    assert f":{_line_of(text, '-0.5]')}" in p.stderr
+    # an odd batch size for UniFrac pretraining: a cross-field rule of the Run, not the schema
+    text = sweep_doc(stage="pretrain", objective="val_loss",
+                     parameters="    - path: spec.trainer.batchSize\n      values: [16, 7]\n")
+    p = _validate(tmp_path, text)
+    assert p.returncode != 0 and "batchSize = 7 makes an invalid trial" in p.stderr
+    assert "even batch size" in p.stderr
+    # a range whose end the schema forbids
+    text = sweep_doc(algorithm="{type: random}",
+                     parameters="    - path: model.spec.dropout\n      range: {min: 0.0, max: 1.5}\n")
+    p = _validate(tmp_path, text)
+    assert p.returncode != 0 and "model.spec.dropout = 1.5 makes an invalid trial" in p.stderr
+
+
+def test_grid_larger_than_max_trials_says_its_size(tmp_path):
+    params = ("    - path: spec.trainer.learningRate\n      values: [0.001, 0.002, 0.003]\n"
+              "    - path: spec.trainer.seed\n      range: {min: 1, max: 3}\n")
+    p = _validate(tmp_path, sweep_doc(parameters=params, max_trials=6))
+    assert p.returncode != 0
+    assert "the grid has 9 combinations but maxTrials is 6" in p.stderr and "raise maxTrials to 9" in p.stderr
+    assert _validate(tmp_path, sweep_doc(parameters=params, max_trials=9)).returncode == 0
+    p = _validate(tmp_path, sweep_doc(parameters="    - path: spec.trainer.learningRate\n"
+                                                 "      range: {min: 0.001, max: 0.01}\n"))
+    assert "a grid needs a step" in p.stderr
+
+
+def test_objective_the_stage_does_not_produce(tmp_path):
+    p = _validate(tmp_path, sweep_doc(stage="pretrain", objective="mae"))
+    assert p.returncode != 0
+    assert "metric 'mae' is not computed by a pretrain run" in p.stderr and "val_loss" in p.stderr
+
+
+def test_other_sweep_mistakes(tmp_path):
+    no_template = "apiVersion: aam/v1alpha1\nkind: Sweep\nmetadata: {name: s}\nspec:\n  parameters:\n" \
+                  "    - {path: spec.trainer.seed, values: [1]}\n  objective: {metric: mae}\n"
+    p = _validate(tmp_path, no_template)
+    assert "exactly one of template or runRef" in p.stderr
+    p = _validate(tmp_path, sweep_doc(parameters="    - path: spec.executor.type\n      values: [local]\n"))
+    assert "cannot vary between trials" in p.stderr
+    p = _validate(tmp_path, sweep_doc(parameters="    - path: spec.trainer.seed\n      values: [1]\n"
+                                                 "      range: {min: 1, max: 2}\n"))
+    assert "exactly one of values or range" in p.stderr
+    p = _validate(tmp_path, sweep_doc(algorithm="{type: random}",
+                                      parameters="    - path: spec.trainer.seed\n      range: {min: 1.5, max: 9}\n"))
+    assert "integer field" in p.stderr
+    p = _validate(tmp_path, sweep_doc(name="s" * 61))
+    assert "exceed 63 characters" in p.stderr
+
+
+def test_parameters_map_to_optuna_distributions():
+    from aamctl.sweep import parameters, space_hash
+
+    spec = {"parameters": [
+        {"path": "spec.trainer.learningRate", "range": {"min": 1e-4, "max": 1e-2, "log": True, "step": None}},
+        {"path": "spec.trainer.seed", "range": {"min": 1, "max": 5, "log": False, "step": 2}},
+        {"path": "model.spec.targetHead.hidden", "values": [[], [32], [64, 32]]},
+        {"path": "spec.trainer.warmupSteps", "range": {"min": 0.0, "max": 10.0, "log": False, "step": None}}]}
+    lr, seed, hidden, warm = parameters(spec)
+    assert lr.distribution().log and not lr.integer and lr.grid() is None
+    assert seed.integer and seed.grid() == [1, 3, 5]
+    assert warm.integer  # an integer field with whole-number ends samples integers
+    assert hidden.target == "model" and hidden.field == ("spec", "targetHead", "hidden")
+    assert hidden.encoded and hidden.decode(hidden.choices[2]) == [64, 32]
+    m = {"apiVersion": "aam/v1alpha1", "kind": "Sweep", "metadata": {"name": "x"},
+         "spec": dict(spec, maxTrials=4, parallelism=1, objective={"metric": "mae"})}
+    more = json.loads(json.dumps(m))
+    more["spec"]["maxTrials"] = 40
+    more["spec"]["parallelism"] = 3
+    assert space_hash(m) == space_hash(more)  # budget changes keep the generation
+    more["spec"]["objective"] = {"metric": "rmse"}
+    assert space_hash(m) != space_hash(more)
+
+
+def test_journal_survives_two_processes_appending_at_once(tmp_path):
+    """Two processes ask and tell 40 trials each on one journal file at the same time."""
+    journal = tmp_path / "journal.log"
+    code = f"""
+import sys, optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+st = JournalStorage(JournalFileBackend({str(journal)!r}))
+study = optuna.create_study(study_name="s", storage=st, load_if_exists=True)
+for i in range(40):
+    t = study.ask()
+    x = t.suggest_float("x", 0, 1)
+    t.report(x, 0)
+    study.tell(t, x + int(sys.argv[1]))
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)]) for k in (0, 10)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(str(journal))))
+    trials = study.get_trials()
+    assert len(trials) == 80
+    assert sorted(t.number for t in trials) == list(range(80))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert sum(t.value >= 10 for t in trials) == 40  # each process's tells landed on its own trials
+
+
+def test_array_script_runs_each_trial_in_its_folder(tmp_path):
+    from aamctl.plan import RunPlan
+    from aamctl.sweep import render_array
+
+    plans = []
+    for i in range(3):
+        folder = tmp_path / f"runs/sw-t{i}/1"
+        p = RunPlan(name=f"sw-t{i}", generation=1, run_hash="h", stage="finetune", executor="slurm", folder=folder)
+        p.files["job.sbatch"] = (f"#!/bin/bash\n#SBATCH --job-name=aam-sw-t{i}-g1\n#SBATCH --output={folder}/log.txt\n"
+                                 "#SBATCH --time=00:10:00\n#SBATCH --requeue\necho hi\n")
+        plans.append(p)
+    text = render_array(plans, "sw", 1, 0, tmp_path / "arrays", parallelism=2)
+    assert "#SBATCH --array=0-2%2" in text
+    assert "#SBATCH --time=00:10:00" in text and "#SBATCH --requeue" in text
+    assert "aam-sw-t0" not in text and "log.txt\n#SBATCH" not in text
+    # the array maps task ids to folders; run it as task 1 with bash
+    for p in plans:
+        p.folder.mkdir(parents=True)
+        (p.folder / "job.sbatch").write_text(f"echo ran {p.name} in \"$PWD\" > {p.folder}/ran\n")
+    script = tmp_path / "a.sh"
+    script.write_text(text)
+    subprocess.run(["bash", str(script)], env=dict(os.environ, SLURM_ARRAY_TASK_ID="1"), check=True)
+    assert (plans[1].folder / "ran").read_text().startswith("ran sw-t1")
+    assert not (plans[0].folder / "ran").exists()
+
+
+# ---------------------------------------------------------------- real sweeps, local executor
+
+def _board(home, name):
+    return json.loads(aamctl(home, "describe", "sweep", name, "-o", "json").stdout)
+
+
+def _wait(home, name, pred, timeout=400):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        b = _board(home, name)
+        if pred(b):
+            return b
+        time.sleep(0.5)
+    raise AssertionError(f"timed out: {json.dumps(_board(home, name), indent=1)[:3000]}")
+
+
+BAD_LR = 1.0
+
+
+@pytest.mark.slow
+def test_median_prunes_a_diverging_learning_rate(tmp_path, monkeypatch):
+    """Grid order is fixed by the seed: the bad rate is the third trial, after the two the
+    median pruner needs; it is stopped early and recorded as Pruned, not Failed."""
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AAM_SWEEP_POLL", "0.2")  # epochs here take a fraction of a second
+    home = tmp_path / "home"
+    params = f"    - path: spec.trainer.learningRate\n      values: [0.002, 0.003, {BAD_LR}]\n"
+    text = sweep_doc(name="prune", parameters=params, max_trials=3, parallelism=1, epochs=10, batch=2,
+                     algorithm="{type: grid, seed: 3}", early="{type: median, startupTrials: 2, warmupEpochs: 1}")
+    f = tmp_path / "s.yaml"
+    f.write_text(DATA + text)
+    out = aamctl(home, "apply", "-f", str(f), "--wait", timeout=600).stdout
+    assert "sweep/prune Succeeded" in out
+    b = _board(home, "prune")
+    assert [t["params"]["spec.trainer.learningRate"] for t in sorted(b["trials"], key=lambda t: t["number"])] \
+        == [0.003, 0.002, BAD_LR]
+    values = {t["number"]: t["value"] for t in b["trials"]}
+    assert values[2] is None and values[0] > 0 and values[1] > 0
+    bad = next(t for t in b["trials"] if t["number"] == 2)
+    assert bad["state"] == "Pruned", b["trials"]
+    run = json.loads(aamctl(home, "status", bad["run_name"], "-o", "json").stdout)[0]
+    assert run["phase"] == "Pruned" and run["reason"].startswith("pruned by its sweep")
+    assert max(e for e, _ in validations(Path(run["folder"]), "mae")) < 10  # stopped before its last epoch
+    assert b["counts"] == {"Creating": 0, "Running": 0, "Complete": 2, "Pruned": 1, "Failed": 0}
+    text = aamctl(home, "describe", "sweep", "prune").stdout
+    assert "Pruned" in text and "LEARNINGRATE" in text
+
+
+@pytest.mark.slow
+def test_local_sweep_extends_survives_its_controller_and_exports_the_best(tmp_path, monkeypatch):
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    home = tmp_path / "home"
+    params = ("    - path: spec.trainer.learningRate\n      range: {min: 0.0005, max: 0.01, log: true}\n"
+              "    - path: model.spec.targetHead.hidden\n      values: [[], [16]]\n")
+    text = sweep_doc(parameters=params, max_trials=6, algorithm="{type: random, seed: 7}", epochs=4, batch=8)
+    f = tmp_path / "s.yaml"
+    f.write_text(DATA + text)
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "sweep/sw created (generation 1, controller pid" in out
+    # kill the controller mid-sweep (after two trials finished), then re-apply
+    _wait(home, "sw", lambda b: b["counts"]["Complete"] >= 2)
+    from aamctl.store import StateStore
+    row = StateStore(home).latest_sweep("sw")
+    os.kill(row["pid"], signal.SIGKILL)
+    time.sleep(1)
+    listed = aamctl(home, "get", "sweeps").stdout
+    assert "Running (no controller)" in listed
+    out = aamctl(home, "apply", "-f", str(f), "--wait", timeout=600).stdout
+    assert "sweep/sw resumed" in out
+    assert "sweep/sw Succeeded" in out
+    b = _board(home, "sw")
+    assert sorted(t["number"] for t in b["trials"]) == list(range(6))
+    runs = json.loads(aamctl(home, "status", "-o", "json").stdout)
+    trial_runs = [r for r in runs if r["name"].startswith("sw-t")]
+    assert sorted(r["name"] for r in trial_runs) == [f"sw-t{i}" for i in range(6)]
+    assert all(r["generation"] == 1 for r in trial_runs)  # no trial ran twice
+    assert all(r["labels"] == {"sweep": "sw", "trial": r["name"].split("-t")[1]} for r in trial_runs)
+    models = json.loads(aamctl(home, "get", "models", "-o", "json").stdout)
+    derived = {m["metadata"]["name"]: m["spec"]["targetHead"]["hidden"] for m in models}
+    for t in b["trials"]:  # each trial's Model is a derived Model with the trial's value
+        assert derived[t["run_name"]] == t["params"]["model.spec.targetHead.hidden"]
+    assert b["counts"]["Failed"] == 0 and b["best"] is not None
+    assert b["best"]["value"] == min(t["value"] for t in b["trials"] if t["state"] == "Complete")
+    assert (Path(b["folder"]) / "plots" / "objective.png").exists()
+    assert (Path(b["folder"]) / "plots" / "parameters.png").exists()
+    status = aamctl(home, "status").stdout
+    assert "SWEEP" in status and f"{b['counts']['Complete']}/6 done" in status
+    # re-applying the unchanged Sweep does nothing
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "sweep/sw unchanged" in out and len(_board(home, "sw")["trials"]) == 6
+    # raising maxTrials runs exactly two more, in the same generation
+    f.write_text(DATA + text.replace("maxTrials: 6", "maxTrials: 8"))
+    out = aamctl(home, "apply", "-f", str(f), "--wait", timeout=600).stdout
+    assert "sweep/sw extended to 8 trials" in out
+    b = _board(home, "sw")
+    assert b["generation"] == 1 and sorted(t["number"] for t in b["trials"]) == list(range(8))
+    # the best trial's record (export sweep --best) re-applies elsewhere as a plain Run
+    best = b["best"]
+    rec = tmp_path / "best.yaml"
+    rec.write_text(aamctl(home, "export", "sweep", "sw", "--best").stdout)
+    docs = [d for d in yaml.safe_load_all(rec.read_text()) if d]
+    run = next(d for d in docs if d["kind"] == "Run")
+    assert run["metadata"]["name"] == best["run"] and run["metadata"]["labels"]["sweep"] == "sw"
+    # changing the search space starts generation 2; cancel stops it
+    f.write_text(DATA + text.replace("max: 0.01", "max: 0.02"))
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "generation 2" in out
+    aamctl(home, "cancel", "sweep", "sw")
+    assert _board(home, "sw")["phase"] == "Cancelled"
+    other = tmp_path / "elsewhere"
+    aamctl(other, "apply", "-f", str(rec), "--wait", timeout=600)
+    st = json.loads(aamctl(other, "status", best["run"], "-o", "json").stdout)[0]
+    from aamctl.sweep import objective_value
+    assert objective_value(Path(st["folder"]), "mae") == pytest.approx(best["value"], rel=1e-5)
