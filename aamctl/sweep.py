@@ -73,7 +73,7 @@ def space_hash(manifest: dict) -> str:
 
 
 def direction(spec: dict) -> str:
-    d = spec["objective"]["direction"]
+    d = spec["objective"].get("direction", "auto")
     if d == "auto":
         d = "maximize" if METRICS[spec["objective"]["metric"]].higher_is_better else "minimize"
     return d
