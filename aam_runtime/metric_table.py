@@ -1,8 +1,9 @@
 """The metrics a run can select its best checkpoint by: one table, read by aamctl's rules and by
 the trainer. Import-light on purpose (no numpy, no torch): aamctl imports it.
 
-The Run schema's `trainer.earlyStopping.metric` enum lists the same names; a test keeps the two
-equal, so adding a metric means one row here and one word there.
+The Run schema's `trainer.earlyStopping.metric` and the Sweep schema's `objective.metric` enums
+list the same names; a test keeps them equal, so adding a metric means one row here and one word
+in each.
 """
 from __future__ import annotations
 

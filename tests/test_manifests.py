@@ -275,6 +275,8 @@ def test_metric_table_matches_the_schema_enum():
     schema = _json.loads((ROOT / "schemas" / "v1alpha1" / "run.schema.json").read_text())
     enum = schema["properties"]["spec"]["properties"]["trainer"]["properties"]["earlyStopping"]["properties"]["metric"]["enum"]
     assert set(enum) == set(METRICS)
+    sweep = _json.loads((ROOT / "schemas" / "v1alpha1" / "sweep.schema.json").read_text())
+    assert set(sweep["properties"]["spec"]["properties"]["objective"]["properties"]["metric"]["enum"]) == set(METRICS)
 
 
 def test_non_tty_progress_prints_tenths_and_minutes_not_steps():
