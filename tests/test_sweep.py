@@ -347,3 +347,39 @@ def test_local_sweep_extends_survives_its_controller_and_exports_the_best(tmp_pa
     st = json.loads(aamctl(other, "status", best["run"], "-o", "json").stdout)[0]
     from aamctl.sweep import objective_value
     assert objective_value(Path(st["folder"]), "mae") == pytest.approx(best["value"], rel=1e-5)
+
+
+def test_controller_builds_the_sampler_and_pruner_the_sweep_names(tmp_path):
+    """In process, no trial runs: hyperband's budget is the template's epochs, a restarted
+    controller seeds its sampler past the trials already asked, and a grid sweep stops asking
+    when the grid is used up (Optuna's GridSampler would otherwise call study.stop())."""
+    from aamctl import sweep as SW
+    from aamctl.parse import parse_text
+    from aamctl.store import StateStore
+    from aamctl.validate import validate
+
+    store = StateStore(tmp_path / "home")
+    text = DATA + sweep_doc(algorithm="{type: random, seed: 5}", epochs=9,
+                            early="{type: hyperband, minEpochs: 2, reductionFactor: 2}")
+    res = validate(parse_text(text, "s.yaml", tmp_path), store)
+    for obj in res.given:
+        store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
+    sw = next(o for o in res.given if o.kind == "Sweep")
+    gen = store.add_sweep(name="sw", space_hash=SW.space_hash(sw.manifest), folder="", phase="Running", executor="local")
+    folder = SW.sweep_folder(tmp_path / "home", "sw", gen)
+    folder.mkdir(parents=True)
+    store.update_sweep("sw", gen, folder=str(folder))
+    import optuna
+    ctl = SW.Controller(store, tmp_path / "home", "sw", echo=lambda _: None)
+    study = ctl.open_study(sw.spec)
+    assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
+    assert study.pruner._max_resource == 9 and study.pruner._min_resource == 2
+    assert isinstance(study.sampler, optuna.samplers.RandomSampler)
+    study.ask()
+    study.ask()
+    again = SW.Controller(store, tmp_path / "home", "sw", echo=lambda _: None).open_study(sw.spec)
+    first = optuna.samplers.RandomSampler(seed=5)._rng.rng.random()
+    assert again.sampler._rng.rng.random() != first  # seeded 5 + 2, not 5 again
+    # hyperband needs room below the template's epochs
+    p = _validate(tmp_path, sweep_doc(epochs=2, early="{type: hyperband, minEpochs: 2}"))
+    assert p.returncode != 0 and "minEpochs 2 leaves no room" in p.stderr
