@@ -976,8 +976,9 @@ def write_plots(folder: Path, trials, spec: dict, study=None) -> None:
             if r and r.get("log"):
                 ax.set_xscale("log")
         else:
-            labels = sorted({json.dumps(v) for v in vals})
-            ax.plot([labels.index(json.dumps(v)) for v in vals], ys, "o")
+            text = [v if isinstance(v, str) else json.dumps(v) for v in vals]
+            labels = sorted(set(text))
+            ax.plot([labels.index(x) for x in text], ys, "o")
             ax.set_xticks(range(len(labels)))
             ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
         ax.set_xlabel(path.split(".")[-1])

@@ -319,7 +319,7 @@ def test_local_sweep_extends_survives_its_controller_and_exports_the_best(tmp_pa
     assert (Path(b["folder"]) / "plots" / "objective.png").exists()
     assert (Path(b["folder"]) / "plots" / "parameters.png").exists()
     status = aamctl(home, "status").stdout
-    assert "SWEEP" in status and f"{b['counts']['Complete']}/6 done" in status
+    assert "SWEEP" in status and f"6/6 finished ({b['counts']['Complete']} complete" in status
     # re-applying the unchanged Sweep does nothing
     out = aamctl(home, "apply", "-f", str(f)).stdout
     assert "sweep/sw unchanged" in out and len(_board(home, "sw")["trials"]) == 6

@@ -20,8 +20,9 @@ def sweep_rows(store) -> list[dict]:
 
 def counts_cell(b: dict) -> str:
     c = b["counts"]
-    return (f"{c['Complete']}/{b['maxTrials']} done, {c['Running'] + c['Creating']} running, "
-            f"{c['Pruned']} pruned, {c['Failed']} failed")
+    finished = c["Complete"] + c["Pruned"] + c["Failed"]
+    return (f"{finished}/{b['maxTrials']} finished ({c['Complete']} complete, {c['Pruned']} pruned, "
+            f"{c['Failed']} failed), {c['Running'] + c['Creating']} running")
 
 
 def best_cell(b: dict) -> str:
