@@ -15,7 +15,8 @@ from ..printers import Table, age, fmt, print_data
 def sweep_rows(store) -> list[dict]:
     from ..sweep import leaderboard
 
-    return [leaderboard(store, r["name"]) for r in store.sweeps()]
+    # a deleted Sweep leaves its trials' runs (they are ordinary runs) but is no longer listed
+    return [leaderboard(store, r["name"]) for r in store.sweeps() if store.get_object("Sweep", r["name"]) is not None]
 
 
 def counts_cell(b: dict) -> str:
