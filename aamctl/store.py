@@ -304,6 +304,9 @@ class StateStore:
     def latest_sweep(self, name: str):
         return self._one("SELECT * FROM sweeps WHERE name=? ORDER BY generation DESC LIMIT 1", (name,))
 
+    def sweep(self, name: str, generation: int):
+        return self._one("SELECT * FROM sweeps WHERE name=? AND generation=?", (name, generation))
+
     def sweeps(self) -> list:
         return self._all("SELECT s.* FROM sweeps s JOIN (SELECT name, MAX(generation) g FROM sweeps GROUP BY name) m "
                          "ON s.name=m.name AND s.generation=m.g ORDER BY s.name")

@@ -48,7 +48,7 @@ JOURNAL = "journal.log"
 CONTROLLER_LOG = "controller.log"
 LOCK = "controller.lock"
 ARRAYS = "arrays"
-PLOTS = "plots"
+PLOTS = RF.PLOTS  # the same name as a run folder's
 # fields that change the search itself; maxTrials, parallelism and maxFailedTrials do not
 BUDGET_FIELDS = ("maxTrials", "parallelism", "maxFailedTrials")
 TRIAL_TERMINAL = {"Complete", "Pruned", "Failed"}
@@ -94,6 +94,7 @@ class Param:
     log: bool = False
     step: float | None = None
     integer: bool = False
+    types: tuple = ()  # the field's JSON types in its schema
 
     @property
     def choices(self) -> list:
@@ -123,6 +124,12 @@ class Param:
         return json.loads(v) if self.encoded else v
 
 
+def grid_size(params: list[Param]) -> int | None:
+    """Combinations of a grid over params (None: a continuous range has no grid)."""
+    grids = [p.grid() for p in params]
+    return None if any(g is None for g in grids) else math.prod(len(g) for g in grids)
+
+
 def parameters(spec: dict) -> list[Param]:
     """The Sweep's parameters as Params (assumes check_sweep passed, or reports nothing itself)."""
     from .schema import field_schema
@@ -131,14 +138,14 @@ def parameters(spec: dict) -> list[Param]:
     for i, p in enumerate(spec["parameters"]):
         target = "model" if p["path"].startswith("model.") else "run"
         fld = tuple(p["path"].split(".")[1:] if target == "model" else p["path"].split("."))
-        par = Param(index=i, path=p["path"], target=target, field=fld)
+        node = field_schema("Model" if target == "model" else "Run", fld) or {}
+        types = tuple(node["type"]) if isinstance(node.get("type"), list) else (node.get("type"),)
+        par = Param(index=i, path=p["path"], target=target, field=fld, types=types)
         if p.get("values") is not None:
             par.values = list(p["values"])
             par.encoded = any(isinstance(v, (list, dict)) for v in par.values)
         elif p.get("range") is not None:
             r = p["range"]
-            node = field_schema("Model" if target == "model" else "Run", fld) or {}
-            types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
             ints = all(float(x).is_integer() for x in (r["min"], r["max"], r.get("step") or 1))
             par.integer = ints and ("integer" in types or ("number" not in types and isinstance(r["min"], int)
                                                           and isinstance(r["max"], int)))
@@ -147,15 +154,8 @@ def parameters(spec: dict) -> list[Param]:
     return out
 
 
-def _get(d, path):
-    for p in path:
-        if not isinstance(d, dict) or p not in d:
-            return None
-        d = d[p]
-    return d
-
-
 def _set(d: dict, path, value) -> None:
+    """Set a nested field, creating the mappings on the way (a template may leave them out)."""
     for p in path[:-1]:
         if not isinstance(d.get(p), dict):
             d[p] = {}
@@ -164,6 +164,12 @@ def _set(d: dict, path, value) -> None:
 
 
 # ---------------------------------------------------------------- trials as documents
+
+def stored_template(store, manifest: dict) -> dict:
+    """The template of an applied Sweep (its runRef looked up in the store)."""
+    return template_spec(Resolved(given=[], objects={}, store=store),
+                         Obj("Sweep", manifest["metadata"]["name"], manifest, source="store"))
+
 
 def template_spec(res: Resolved, sweep: Obj) -> dict:
     s = sweep.spec
@@ -349,14 +355,11 @@ def check_sweep(res: Resolved, sweep: Obj) -> list[Diagnostic]:
     params = parameters(s)
     for p in params:
         if p.values is None:
-            from .schema import field_schema
-            node = field_schema("Model" if p.target == "model" else "Run", p.field) or {}
-            types = node.get("type") if isinstance(node.get("type"), list) else [node.get("type")]
-            if not ({"number", "integer"} & set(types)):
+            if not ({"number", "integer"} & set(p.types)):
                 d.append(sweep.diag(f"{p.path} is not a number; a range needs a numeric field",
                                     ("spec", "parameters", p.index, "range"), hint="list its choices under values"))
                 continue
-            if "number" not in types and not p.integer:
+            if "number" not in p.types and not p.integer:
                 d.append(sweep.diag(f"{p.path} is an integer field; the range must have integer min, max and step",
                                     ("spec", "parameters", p.index, "range")))
                 continue
@@ -387,15 +390,13 @@ def check_sweep(res: Resolved, sweep: Obj) -> list[Diagnostic]:
     if d:
         return d
     if s["algorithm"]["type"] == "grid":
-        size = 1
-        for p in params:
-            g = p.grid()
-            if g is None:
-                d.append(sweep.diag(f"a grid needs a step for the real range of {p.path}",
-                                    ("spec", "parameters", p.index, "range"),
-                                    hint="add range.step, list values, or use algorithm random or tpe"))
-                return d
-            size *= len(g)
+        size = grid_size(params)
+        if size is None:
+            p = next(p for p in params if p.grid() is None)
+            d.append(sweep.diag(f"a grid needs a step for the real range of {p.path}",
+                                ("spec", "parameters", p.index, "range"),
+                                hint="add range.step, list values, or use algorithm random or tpe"))
+            return d
         if size > s["maxTrials"]:
             d.append(sweep.diag(f"the grid has {size} combinations but maxTrials is {s['maxTrials']}",
                                 ("spec", "maxTrials"),
@@ -416,7 +417,7 @@ def apply_sweep(store, home: Path, sweep: Obj) -> str:
     row = store.latest_sweep(sweep.name)
     state = "unchanged"
     if row is None or row["space_hash"] != h:
-        executor = template_executor(store, sweep)
+        executor = stored_template(store, sweep.manifest)["executor"]["type"]
         gen = store.add_sweep(name=sweep.name, space_hash=h, folder="", phase="Running", executor=executor)
         folder = sweep_folder(home, sweep.name, gen)
         folder.mkdir(parents=True, exist_ok=True)
@@ -436,17 +437,11 @@ def apply_sweep(store, home: Path, sweep: Obj) -> str:
     if controller_alive(Path(row["folder"])):
         what = state if state != "unchanged" else "unchanged"
         return f"sweep/{sweep.name} {what} (generation {row['generation']}, controller running)"
-    pid = start_controller(home, sweep.name, Path(row["folder"]))
+    pid = start_controller(store, home, sweep.name, Path(row["folder"]))
     if state == "unchanged":
         state = "resumed"
     return (f"sweep/{sweep.name} {state} (generation {row['generation']}, controller pid {pid}) -> "
             f"{row['folder']}")
-
-
-def template_executor(store, sweep: Obj) -> str:
-    s = sweep.spec
-    spec = s.get("template") or (store.get_object("Run", s["runRef"]) or {}).get("spec") or {}
-    return (spec.get("executor") or {}).get("type", "local")
 
 
 def _failed_out(store, row, spec) -> bool:
@@ -471,7 +466,7 @@ def controller_alive(folder: Path) -> bool:
         os.close(fd)
 
 
-def start_controller(home: Path, name: str, folder: Path) -> int:
+def start_controller(store, home: Path, name: str, folder: Path) -> int:
     from .executors import proc_start_time
 
     python = os.environ.get("AAM_PYTHON") or sys.executable
@@ -480,8 +475,7 @@ def start_controller(home: Path, name: str, folder: Path) -> int:
                                 stdin=devnull, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 close_fds=True, cwd=str(folder))
     # the controller records itself too; this covers the moment before it does
-    from .store import StateStore
-    StateStore(home).update_sweep(name, int(folder.name), pid=proc.pid, pid_start=proc_start_time(proc.pid))
+    store.update_sweep(name, int(folder.name), pid=proc.pid, pid_start=proc_start_time(proc.pid))
     return proc.pid
 
 
@@ -540,16 +534,15 @@ class Controller:
                                                        n_warmup_steps=es["warmupEpochs"])
         elif es["type"] == "hyperband":
             study.pruner = optuna.pruners.HyperbandPruner(min_resource=es["minEpochs"],
-                                                          max_resource=self._epochs(spec),
+                                                          max_resource=self._template()["trainer"]["epochs"],
                                                           reduction_factor=es["reductionFactor"])
         else:
             study.pruner = optuna.pruners.NopPruner()
         self.study = study
         return study
 
-    def _epochs(self, spec: dict) -> int:
-        t = spec.get("template") or (self.store.get_object("Run", spec["runRef"]) or {}).get("spec", {})
-        return int((t.get("trainer") or {}).get("epochs", 10))
+    def _template(self) -> dict:
+        return stored_template(self.store, self.manifest())
 
     # -- the loop
 
@@ -600,7 +593,7 @@ class Controller:
         failed_out = counts["Failed"] > spec["maxFailedTrials"]
         limit = spec["maxTrials"]
         if spec["algorithm"]["type"] == "grid":
-            limit = min(limit, math.prod(len(p.grid()) for p in parameters(spec)))
+            limit = min(limit, grid_size(parameters(spec)))
         active = counts["Running"] + counts["Creating"]
         if not failed_out:
             room = min(spec["parallelism"] - active, limit - len(trials))
@@ -660,7 +653,7 @@ class Controller:
         spec = manifest["spec"]
         params = parameters(spec)
         res = Resolved(given=[], objects={}, store=self.store)
-        template = template_spec(res, Obj("Sweep", self.name, manifest, source="store"))
+        template = stored_template(self.store, manifest)
         model = base_model(res, template) if any(p.target == "model" for p in params) else None
         labels = manifest["metadata"].get("labels", {})
         plans = []
@@ -828,13 +821,10 @@ def objective_value(folder: Path, metric: str) -> float | None:
 def render_array(plans: list, sweep: str, generation: int, k: int, arrays: Path, parallelism: int) -> str:
     """One sbatch script for a batch of trials: task i runs trial plan i's own job script (which
     keeps its requeue-on-time-limit logic: in an array task, SLURM_JOB_ID is the task's own id)."""
-    from .slurm import check_path
-
+    # each trial's folder was checked for SLURM-safe characters when its job.sbatch was rendered
     first = plans[0].files[RF.SLURM_SCRIPT]
     directives = [line for line in first.splitlines() if line.startswith("#SBATCH ")
                   and not line.split()[1].startswith(("--job-name", "--output", "--error"))]
-    for p in plans:
-        check_path(str(p.folder), "trial run folder", _NamedDiag(f"run/{p.name}"))
     lines = ["#!/bin/bash",
              f"# aam SLURM job array for sweep/{sweep} generation {generation}, batch {k} (written by aamctl; do not edit)",
              f"#SBATCH --job-name=aam-{sweep}-g{generation}-b{k}",
@@ -849,14 +839,6 @@ def render_array(plans: list, sweep: str, generation: int, k: int, arrays: Path,
              f'exec bash "$folder/{RF.SLURM_SCRIPT}" >> "$folder/{RF.LOG}" 2>&1',
              ""]
     return "\n".join(lines)
-
-
-class _NamedDiag:
-    def __init__(self, label):
-        self.label = label
-
-    def diag(self, message, path=(), hint=None):
-        return Diagnostic(message, file=self.label, hint=hint)
 
 
 def wait_for_sweeps(store, names: list[str], timeout: float | None, echo=print, poll: float = 2.0) -> bool:
@@ -897,8 +879,7 @@ def wait_for_sweeps(store, names: list[str], timeout: float | None, echo=print, 
 
 def leaderboard(store, name: str, generation: int | None = None) -> dict:
     """The sweep and its trials, best first (reads SQLite and the trials' run rows only)."""
-    row = store.latest_sweep(name) if generation is None else next(
-        (r for r in store._all("SELECT * FROM sweeps WHERE name=? AND generation=?", (name, generation))), None)
+    row = store.latest_sweep(name) if generation is None else store.sweep(name, generation)
     if row is None:
         raise AamError(Diagnostic(f"sweep '{name}' not found", file="aamctl", hint="'aamctl get sweeps' lists them"))
     manifest = store.get_object("Sweep", name) or {}

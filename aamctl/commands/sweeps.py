@@ -83,7 +83,9 @@ def describe_sweep(ctx, name, output=None, generation=None) -> None:
                   *[_cell(tr["params"].get(p)) for p in params], f"{tr['duration']:.0f}s")
     click.echo("\n".join(out))
     click.echo("\n".join("  " + line for line in t.render().splitlines()))
-    plots = Path(b["folder"]) / "plots"
+    from ..sweep import PLOTS
+
+    plots = Path(b["folder"]) / PLOTS
     if plots.is_dir():
         click.echo("Plots:\n" + "\n".join(f"  {p}" for p in sorted(plots.glob("*.png"))))
 
