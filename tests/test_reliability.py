@@ -2,6 +2,7 @@
 read-only state folder (a read-only mount), damaged SQLite files, --home on a file."""
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
@@ -44,22 +45,20 @@ def small_fs(tmp_path):
 
 
 def fill(folder: Path) -> Path:
-    """Write zeros until the file system is full; returns the filler file."""
-    filler = folder / "filler"
-    with open(filler, "wb") as f:
+    """Write zeros until the file system is full; returns the filler file. Each call writes a
+    new file; a file system already so full that the file cannot even be created counts as full
+    (tmpfs answers ENOSPC to open() once its last pages are gone)."""
+    n = len(list(folder.glob("filler*")))
+    filler = folder / f"filler{n}"
+    for chunk in (65536, 4096, 1):
         try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
-    try:
-        with open(filler, "ab") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-    except OSError:
-        pass
+            with open(filler, "ab") as f:
+                while True:
+                    f.write(b"\0" * chunk)
+                    f.flush()
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
     return filler
 
 
