@@ -17,7 +17,8 @@ from .data.table import MASK, PAD, START, VOCAB_SIZE
 # Modules that belong to the target head: what finetuning starts afresh (unless it continues a
 # finetune run) and what freezeBase leaves trainable.
 CATEGORICAL_MODULES = ("cat_embs", "cat_proj", "cat_gate")
-HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", *CATEGORICAL_MODULES, "out", "out_scale", "out_bias")
+HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", *CATEGORICAL_MODULES, "out", "out_skip", "out_scale", "out_bias",
+                "cond_scale", "cond_bias", "out_lo", "out_hi")
 
 
 def is_head_key(name: str) -> bool:
@@ -44,6 +45,10 @@ class TargetHead:
     layer_norm: bool
     hidden: tuple[int, ...]
     output_scale: bool
+    hidden_dropout: float | None = None  # None: the Model's dropout
+    residual: bool = False  # output = Linear(x) + MLP(x)
+    activation: str = "none"  # none | softplus | relu | exp | bounded (on the model's scale)
+    monotone: bool = False  # quantile outputs: the first, then non-negative increments
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,10 @@ class ModelConfig:
                    nucleotide=Level(**spec["nucleotide"]), sample=Level(**spec["sample"]),
                    encoder_head=Level(**spec["encoderHead"]),
                    target_head=TargetHead(heads=th["heads"], layers=th["layers"], layer_norm=th["layerNorm"],
-                                          hidden=tuple(th["hidden"]), output_scale=th["outputScale"]),
+                                          hidden=tuple(th["hidden"]), output_scale=th["outputScale"],
+                                          hidden_dropout=th.get("hiddenDropout"), residual=th.get("residual", False),
+                                          activation=th.get("outputActivation", "none"),
+                                          monotone=th.get("loss") == "quantile"),
                    count_embedding=spec["countEmbedding"], categorical_fusion=spec["categoricalFusion"],
                    categorical_embedding_dim=spec["categoricalEmbeddingDim"], mask_ratio=spec["maskRatio"],
                    gradient_checkpointing=spec["gradientCheckpointing"], dedup_asvs=spec["dedupAsvs"],
@@ -86,11 +94,13 @@ def sample_positions(max_asvs_per_sample: int) -> int:
 
 
 def build_model(spec: dict, hardware: dict, *, max_bp: int, n_outputs: int = 0,
-                categorical_sizes: list[int] | None = None, max_asvs: int = 1024) -> "AAM":
+                categorical_sizes: list[int] | None = None, max_asvs: int = 1024,
+                conditional_column: int | None = None) -> "AAM":
     """The one way training and predict make the network: shape from the Model spec, attention
-    kernel from the Model (or, on auto, the HardwareProfile) and the machine."""
+    kernel from the Model (or, on auto, the HardwareProfile) and the machine. conditional_column:
+    the index among the categorical columns of targetHead.conditionalScale's column."""
     model = AAM(ModelConfig.from_spec(spec), max_bp=max_bp, n_outputs=n_outputs,
-                categorical_sizes=categorical_sizes, max_asvs=max_asvs)
+                categorical_sizes=categorical_sizes, max_asvs=max_asvs, conditional_column=conditional_column)
     requested = spec["attentionBackend"] if spec["attentionBackend"] != "auto" else hardware["attentionBackend"]
     model.attention_backend = choose_attention_backend(requested, hardware["accelerator"], hardware.get("rocmVersion"),
                                                        getattr(torch.version, "hip", None))
@@ -192,7 +202,8 @@ class AAM(nn.Module):
     _no_split_modules = [Block.__name__]
 
     def __init__(self, config: ModelConfig, max_bp: int, n_outputs: int = 0,
-                 categorical_sizes: list[int] | None = None, max_asvs: int = 1024):
+                 categorical_sizes: list[int] | None = None, max_asvs: int = 1024,
+                 conditional_column: int | None = None):
         super().__init__()
         c = config
         d = c.embedding_dim
@@ -250,14 +261,33 @@ class AAM(nn.Module):
             elif self.fusion == "film":
                 self.cat_proj = nn.Linear(cat_dim, 2 * d)
             layers: list[nn.Module] = []
+            hidden_drop = drop if th.hidden_dropout is None else th.hidden_dropout
+            in_width = width
             for h in th.hidden:
-                layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(drop)]
+                layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(hidden_drop)]
                 width = h
             layers.append(nn.Linear(width, n_outputs))
             self.out = nn.Sequential(*layers)
+            # residual: a linear path beside the MLP (the reference's residual regression head)
+            self.out_skip = nn.Linear(in_width, n_outputs) if th.residual and th.hidden else None
             self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th.output_scale else None
             self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th.output_scale else None
+            self.activation = th.activation
+            self.monotone = th.monotone and n_outputs > 1
+            # bounded: the range on the model's scale, set from the training targets (set_bounds)
+            # and saved with the weights so predict applies the same range
+            if self.activation == "bounded":  # only then: checkpoints without it stay loadable
+                self.register_buffer("out_lo", torch.zeros(()))
+                self.register_buffer("out_hi", torch.ones(()))
+            self.cond_col = conditional_column
+            if conditional_column is not None:
+                levels = (categorical_sizes or [])[conditional_column] + 1  # 0: a category training never saw
+                self.cond_scale = nn.Embedding(levels, n_outputs)
+                self.cond_bias = nn.Embedding(levels, n_outputs)
         self.apply(self._init)
+        if n_outputs and self.cond_col is not None:  # identity until trained
+            nn.init.ones_(self.cond_scale.weight)
+            nn.init.zeros_(self.cond_bias.weight)
         # log(count + 1) reaches ~7: give it unit-scale weights so abundance is visible from step 0
         # (bases and positions keep 0.02: larger embeddings learn too slowly under AdamW).
         if self.count_in is not None:
@@ -274,6 +304,35 @@ class AAM(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    def set_bounds(self, lo: float, hi: float) -> None:
+        """outputActivation bounded: outputs in [lo, hi] on the model's scale."""
+        self.out_lo.fill_(float(lo))
+        self.out_hi.fill_(float(hi))
+
+    def head_output(self, v: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Pooled (and fused) vector -> target outputs: MLP (+ linear skip), learnable scale and
+        bias, per-category scale and bias, quantile ordering, then the output activation."""
+        y = self.out(v)
+        if self.out_skip is not None:
+            y = y + self.out_skip(v)
+        if self.out_scale is not None:
+            y = y * self.out_scale + self.out_bias
+        if self.cond_col is not None:
+            code = batch["categoricals"][:, self.cond_col]
+            y = y * self.cond_scale(code) + self.cond_bias(code)
+        if self.monotone:  # quantiles: the lowest, then non-negative steps up, so they never cross
+            y = torch.cat([y[:, :1], y[:, :1] + torch.cumsum(F.softplus(y[:, 1:]), dim=1)], dim=1)
+        a = self.activation
+        if a == "softplus":
+            y = F.softplus(y)
+        elif a == "relu":
+            y = F.relu(y)
+        elif a == "exp":
+            y = torch.exp(y.clamp(max=30.0))  # no inf from a wild output
+        elif a == "bounded":
+            y = self.out_lo + (self.out_hi - self.out_lo) * torch.sigmoid(y)
+        return y
 
     def base_parameters(self):
         """Everything but the target head (what freezeBase freezes)."""
@@ -374,10 +433,7 @@ class AAM(nn.Module):
                 else:
                     gamma, beta = self.cat_proj(c).chunk(2, dim=-1)
                     v = v * (1 + gamma) + beta
-            y = self.out(v)
-            if self.out_scale is not None:
-                y = y * self.out_scale + self.out_bias
-            out["target"] = y
+            out["target"] = self.head_output(v, batch)
         return out
 
 

@@ -68,10 +68,15 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
 def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", spread=None) -> dict:
     """The predictions file and the plot for target predictions. spread: the per-sample standard
     deviation over prediction passes (a `std` column: in the target's units for regression, of
-    the predicted class's probability for classification)."""
+    the predicted class's probability for classification). With quantile outputs the prediction
+    is the level nearest 0.5 and every level gets its own column (q0.1, q0.5, ...)."""
+    from .train import point_column
+
     ids = data.enc.prepared.sample_ids
     images = {}
-    lines = ["sample_id\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")]
+    q = data.quantiles if data.target_type != "classification" else []
+    lines = ["sample_id\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")
+             + "".join(f"\tq{level:g}" for level in q)]
     if data.target_type == "classification":
         cls = pred.argmax(1)
         sd = spread[np.arange(len(cls)), cls] if spread is not None else None
@@ -83,15 +88,19 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
         if ok.any():
             images["confusion"] = plots.confusion(y[ok], cls[ok], data.classes, folder.plots, f"{data.target_name} ({name})")
     else:
-        p = unscale_target(pred.reshape(-1), data.norm)
+        pred = pred.reshape(len(rows), -1)
+        col = point_column(q)
+        p = unscale_target(pred[:, col], data.norm)
+        levels = [unscale_target(pred[:, j], data.norm) for j in range(len(q))]
         t = unscale_target(y, data.norm) if y is not None else np.full(len(p), np.nan)
         sd = None
         if spread is not None:  # std on the model's scale -> original units (exact for affine scaling)
-            sd = spread.reshape(-1) * data.norm["std"]
+            sd = spread.reshape(len(rows), -1)[:, col] * data.norm["std"]
             if data.norm.get("log1p"):  # delta method through expm1
                 sd = sd * (1.0 + p)
         for i, (r, a, b) in enumerate(zip(rows, p, t)):
             extra = f"\t{sd[i]:.6g}" if sd is not None else ""
+            extra += "".join(f"\t{lv[i]:.6g}" for lv in levels)
             lines.append(f"{ids[r]}\t{name}\t{a:.6g}\t{'' if not np.isfinite(b) else f'{b:.6g}'}{extra}")
         ok = np.isfinite(t)
         if ok.any():
@@ -108,7 +117,8 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     from .data import batches as B
     from .data.prepare import prepare
     from .model import build_model
-    from .train import average_passes, check_hardware, target_metrics
+    from .losses import TargetLoss
+    from .train import average_passes, check_hardware, conditional_column, target_metrics
 
     ck = _load_checkpoint(cfg.init_checkpoint)
     meta = ck.get("meta") or {}
@@ -123,9 +133,12 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     data.target_type = meta["target_type"]
     check_hardware(cfg)
-    n_out = len(meta["classes"]) if meta["target_type"] == "classification" else 1
-    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=n_out,
-                        categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"])
+    head = TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"])
+    data.quantiles = list(head.quantiles)
+    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"],
+                        n_outputs=head.n_outputs(len(meta["classes"])),
+                        categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
+                        conditional_column=conditional_column(meta["model_spec"], meta["cat_columns"]))
     model.load_state_dict(ck["model"])
     device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
     model.to(device).eval()

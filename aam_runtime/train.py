@@ -25,7 +25,7 @@ from .config import RunConfig
 from .data import batches as B
 from .data import table as T
 from .console import log
-from .data.prepare import Data, unscale_target
+from .data.prepare import Data, scale_target, unscale_target
 from .errors import HardwareMissing
 from .metric_table import improved
 from .model import AAM, build_model, is_head_key, param_group, sample_positions
@@ -106,11 +106,11 @@ class FinetuneObjective:
         self.w = {k: cfg.loss_weight(k) for k in ("target", "nucleotideWhenFinetuning", "unifracWhenFinetuning",
                                                   "countWhenFinetuning")}
         self.data = data
-        self.regression_loss = cfg.model["targetHead"]["loss"]
+        self.loss = target_loss(cfg.model, data)
         self.passes = int(cfg.trainer.get("validationPasses", 1)) if cfg.dataset["asvSelection"] == "random" else 1
 
     def _target_loss(self, res, batch):
-        return L.target(res["target"], batch["targets"], self.data.target_type, self.regression_loss)
+        return self.loss(res["target"], batch["targets"])
 
     def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
         w = self.w
@@ -222,12 +222,15 @@ class Trainer:
     # -- step 1: the model, its starting weights, the optimiser and schedule
 
     def build_model(self, data: Data, init_state: dict | None) -> AAM:
-        n_out = 0
+        n_out, cond = 0, None
         if self.stage == "finetune":
-            n_out = len(data.classes) if data.target_type == "classification" else 1
+            n_out = target_loss(self.cfg.model, data).n_outputs(len(data.classes))
+            cond = conditional_column(self.cfg.model, data.cat_columns)
         model = build_model(self.cfg.model, self.cfg.hardware, max_bp=data.enc.tokens.shape[1] - 1, n_outputs=n_out,
                             categorical_sizes=[len(lv) for lv in data.cat_levels],
-                            max_asvs=sample_positions(self.cfg.dataset["maxAsvsPerSample"]))
+                            max_asvs=sample_positions(self.cfg.dataset["maxAsvsPerSample"]), conditional_column=cond)
+        if n_out and self.cfg.model["targetHead"].get("outputActivation") == "bounded":
+            model.set_bounds(*output_bounds(self.cfg.model["targetHead"], data))
         if init_state is not None:
             # a new target head starts afresh unless the weights come from a finetune run
             fresh_head = self.stage == "finetune" and not self.cfg.init_is_finetune()
@@ -521,6 +524,46 @@ class Trainer:
         self.acc.wait_for_everyone()
 
 
+def target_loss(model_spec: dict, data: Data) -> L.TargetLoss:
+    """The target loss of a finetune run (class weights from its training split); also sets
+    data.quantiles, which the metrics and the predictions file read."""
+    head = model_spec["targetHead"]
+    weights = None
+    if data.target_type == "classification":
+        try:
+            weights = L.class_weights(head.get("classWeights"), data.classes, data.enc.targets[data.train])
+        except ValueError as exc:
+            raise T.DataError(f"model targetHead.classWeights: {exc}") from None
+    loss = L.TargetLoss(head, data.target_type, weights)
+    data.quantiles = list(loss.quantiles)
+    return loss
+
+
+def conditional_column(model_spec: dict, cat_columns: list[str]) -> int | None:
+    """Index of targetHead.conditionalScale's column among the run's categorical columns."""
+    col = model_spec["targetHead"].get("conditionalScale")
+    if not col:
+        return None
+    if col not in cat_columns:
+        raise T.DataError(f"model targetHead.conditionalScale: '{col}' is not one of the run's categorical columns "
+                        f"({', '.join(cat_columns) or 'none'}); add it to the Dataset's categoricalColumns")
+    return cat_columns.index(col)
+
+
+def output_bounds(head: dict, data: Data) -> tuple[float, float]:
+    """outputActivation bounded: [min, max] on the model's scale, each end given (original units)
+    or taken from the training targets."""
+    b = head.get("bounds") or {}
+    y = data.enc.targets[data.train]
+    y = y[np.isfinite(y)]
+    lo = float(scale_target(np.array([b["min"]]), data.norm)[0]) if b.get("min") is not None else float(y.min())
+    hi = float(scale_target(np.array([b["max"]]), data.norm)[0]) if b.get("max") is not None else float(y.max())
+    if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
+        raise T.DataError(f"model targetHead.bounds: the range [{lo:g}, {hi:g}] on the model's scale is empty "
+                        "(bounds.min must lie below bounds.max and below the training maximum)")
+    return lo, hi
+
+
 def checkpoint_meta(cfg: RunConfig, data: Data) -> dict:
     """What predict needs besides weights: model spec, tokenization, target scaling, classes."""
     return {"stage": cfg.stage, "run": cfg.name, "model_spec": cfg.model, "max_bp": int(data.enc.tokens.shape[1] - 1),
@@ -659,7 +702,21 @@ def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data) -> dict:
     if data.target_type == "classification":
         ok = y >= 0
         return M.classification(y[ok], pred[ok], len(data.classes))
-    p = unscale_target(pred.reshape(-1), data.norm)
+    pred = pred.reshape(len(y), -1)
     t = unscale_target(y, data.norm)
     ok = np.isfinite(t)
-    return M.regression(t[ok], p[ok])
+    q = data.quantiles
+    p = unscale_target(pred[:, point_column(q)], data.norm)
+    out = M.regression(t[ok], p[ok])
+    if len(q) > 1 and ok.any():  # share of truths inside the outer quantiles, against its nominal share
+        lo, hi = unscale_target(pred[:, 0], data.norm), unscale_target(pred[:, -1], data.norm)
+        out["coverage"] = float(((t >= lo) & (t <= hi))[ok].mean())
+        out["coverage_nominal"] = round(q[-1] - q[0], 6)
+    return out
+
+
+def point_column(quantiles: list) -> int:
+    """The output column that is the point prediction: the quantile nearest 0.5, or the only one."""
+    if not quantiles:
+        return 0
+    return min(range(len(quantiles)), key=lambda i: abs(quantiles[i] - 0.5))

@@ -16,7 +16,7 @@ from aam_runtime.metric_table import METRICS, metrics_for
 from .errors import AamError, Diagnostic
 from .parse import Document
 from .resolve import Obj, Resolved, Store, effective_model_ref, resolve
-from .schema import validate_document
+from .schema import field_schema, validate_document
 
 
 # Model fields a fine-tuning run may change over its pretrained model: they shape only what is
@@ -112,6 +112,7 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
             d.append(obj.diag(f"embeddingDim {dim} is not divisible by {heads} heads (the default of "
                               f"{', '.join(levels)})", ("spec", "embeddingDim"),
                               hint=f"use a multiple of {heads}, or set heads for those levels"))
+        d.extend(_check_target_head(obj))
     elif obj.kind == "HardwareProfile":
         total = s["nodes"] * s["devicesPerNode"]
         if s["strategy"] == "fsdp" and total < 2:
@@ -138,6 +139,97 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
     elif obj.kind == "Sweep":
         from .sweep import check_sweep
         d.extend(check_sweep(res, obj))
+    return d
+
+
+def _set(obj: Obj, *path) -> bool:
+    """Does this field differ from the schema's default? (Not "was it written": a record writes
+    every default out, and must validate exactly as its manifest did.)"""
+    value = obj.spec
+    for key in path[1:]:
+        value = (value or {}).get(key)
+    node = field_schema(obj.kind, tuple(path)) or {}
+    default = node.get("default")
+    if isinstance(default, dict) and isinstance(value, dict):
+        sub = {k: (node.get("properties") or {}).get(k, {}).get("default") for k in value}
+        return any(value[k] != sub.get(k) for k in value)
+    return value != default
+
+
+# targetHead fields that only mean something with one loss or activation: written with another,
+# they would be silently ignored
+_LOSS_ONLY = {"huberDelta": ("huber",), "quantiles": ("quantile",), "asymmetric": ("asymmetric",)}
+
+
+def _check_target_head(obj: Obj) -> list[Diagnostic]:
+    """targetHead options that contradict each other, on the Model alone."""
+    d: list[Diagnostic] = []
+    th = obj.spec["targetHead"]
+    at = ("spec", "targetHead")
+    q = th.get("quantiles") or []
+    if any(b <= a for a, b in zip(q, q[1:])):
+        d.append(obj.diag(f"quantiles must increase, found {q}", (*at, "quantiles"),
+                          hint=f"write them in order: {sorted(set(q))}"))
+    for key, losses in _LOSS_ONLY.items():
+        if _set(obj, *at, key) and th["loss"] not in losses:
+            d.append(obj.diag(f"{key} is used by loss {losses[0]}, but the loss is {th['loss']}", (*at, key),
+                              hint=f"set loss: {losses[0]}, or remove {key}"))
+    if th.get("residual") and not th.get("hidden"):
+        d.append(obj.diag("residual needs an MLP to go around (hidden is empty)", (*at, "residual"),
+                          hint="give hidden widths, e.g. hidden: [64, 32], or remove residual"))
+    if th.get("hiddenDropout") is not None and not th.get("hidden"):
+        d.append(obj.diag("hiddenDropout acts between hidden layers, but hidden is empty", (*at, "hiddenDropout"),
+                          hint="give hidden widths, or remove hiddenDropout"))
+    b = th.get("bounds") or {}
+    if (b.get("min") is not None or b.get("max") is not None) and th.get("outputActivation") != "bounded":
+        d.append(obj.diag(f"bounds apply to outputActivation bounded, but it is {th.get('outputActivation')}",
+                          (*at, "bounds"), hint="set outputActivation: bounded, or remove bounds"))
+    elif b.get("min") is not None and b.get("max") is not None and b["min"] >= b["max"]:
+        d.append(obj.diag(f"bounds.min {b['min']:g} is not below bounds.max {b['max']:g}", (*at, "bounds", "min")))
+    return d
+
+
+def _check_target_recipe(run: Obj, ds: Obj, model: Obj) -> list[Diagnostic]:
+    """A finetune run's target against its Model's targetHead: a loss for the other kind of
+    target, an activation the target's normalization contradicts, a conditioning column the
+    Dataset does not have."""
+    d: list[Diagnostic] = []
+    s = run.spec
+    targets = ds.spec["targets"]
+    tname = s.get("target") or (targets[0]["name"] if targets else None)
+    t = next((x for x in targets if x["name"] == tname), None)
+    if t is None:
+        return d
+    th = model.spec["targetHead"]
+    where = ("spec", "target") if s.get("target") else \
+        ("spec", "modelRef") if s.get("modelRef") else ("spec", "initFrom", "run")
+    about = f"target '{tname}' is {t['type']}, but Model '{model.name}'"
+    if t["type"] == "classification":
+        wrong = [k for k in ("loss", "huberDelta", "quantiles", "asymmetric", "outputActivation", "bounds",
+                             "conditionalScale") if _set(model, "spec", "targetHead", k)]
+        if wrong:
+            named = [f"{k} {th[k]}" if isinstance(th[k], (str, int, float)) else k for k in wrong]
+            d.append(run.diag(f"{about} sets targetHead.{', targetHead.'.join(named)}, which only regression uses",
+                              where, hint="classification uses cross-entropy: set classWeights or labelSmoothing "
+                                          "instead, or fine-tune on a regression target"))
+    else:
+        wrong = [k for k in ("classWeights", "labelSmoothing") if _set(model, "spec", "targetHead", k)]
+        if wrong:
+            d.append(run.diag(f"{about} sets targetHead.{', targetHead.'.join(wrong)}, which only classification uses",
+                              where, hint="remove them, or fine-tune on a classification target"))
+        act, norm = th.get("outputActivation", "none"), t.get("normalize", "none")
+        if act in ("softplus", "relu", "exp") and norm in ("zscore", "log1p_zscore"):
+            d.append(run.diag(f"Model '{model.name}' keeps outputs non-negative (outputActivation {act}), but target "
+                              f"'{tname}' is normalized by {norm}, which makes about half the training targets negative",
+                              where, hint="use normalize none, minmax or log1p on the target, or outputActivation "
+                                          "bounded (or none)"))
+        col = th.get("conditionalScale")
+        if col and (col not in ds.spec["categoricalColumns"] or col == tname):
+            why = "is the target itself" if col == tname else f"is not a categorical column of Dataset '{ds.name}'"
+            d.append(run.diag(f"Model '{model.name}' scales its output per category of '{col}' (conditionalScale), "
+                              f"which {why}", where,
+                              hint=f"add '{col}' to the Dataset's categoricalColumns, or name one of: "
+                                   f"{', '.join(c for c in ds.spec['categoricalColumns'] if c != tname) or 'none'}"))
     return d
 
 
@@ -271,6 +363,8 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     if s["freezeBase"] and not init:
         d.append(run.diag("freezeBase needs pretrained weights", ("spec", "freezeBase"), hint="add initFrom or remove freezeBase"))
     d.extend(_check_recipe(res, run, ds))
+    if stage == "finetune" and model_ref and ("Model", model_ref) in res.objects:
+        d.extend(_check_target_recipe(run, ds, res.get("Model", model_ref)))
     ex = s["executor"]
     hs = hw.spec
     if ex["type"] == "local" and hs["nodes"] > 1:

@@ -212,3 +212,194 @@ def test_average_passes_regression_and_classes():
     lp, sd = average_passes(logits, "classification")
     assert np.allclose(np.exp(lp), [[0.7, 0.3]]) and np.allclose(sd, [[0.2, 0.2]])
     assert math.isclose(float(np.exp(lp).sum()), 1.0)
+
+
+# ---------------------------------------------------------------- target losses and heads
+
+from aam_runtime import losses as L  # noqa: E402
+
+
+def _head(**over) -> dict:
+    return dict(SMALL_MODEL["targetHead"], **over)
+
+
+def _fit_noise(tmp_path, head: dict, steps: int = 400, seed: int = 0):
+    """Fit a tiny model to targets drawn afresh from N(0, 1) at every step, whatever the input:
+    the best the model can do is a constant, which the loss alone chooses (the mean, a quantile)."""
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(seed)
+    loss = L.TargetLoss(head, "regression")
+    m = _model(dict(SMALL_MODEL, targetHead=head), n_outputs=loss.n_outputs(0))
+    opt = torch.optim.Adam(m.parameters(), lr=0.01)
+    decay = torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.02, total_iters=steps)  # settle, do not jitter
+    g = torch.Generator().manual_seed(seed)
+    n = batch["mask"].shape[0]
+    for _ in range(steps):
+        y = torch.randn(n * 8, generator=g)
+        out = m(batch, need_target=True)["target"].repeat(8, 1)  # 8 draws per sample a step
+        opt.zero_grad()
+        loss(out, y).backward()
+        opt.step()
+        decay.step()
+    m.eval()
+    with torch.no_grad():
+        return m(batch, need_target=True)["target"]
+
+
+def test_quantile_outputs_are_ordered_and_cover_their_share(tmp_path):
+    q = _fit_noise(tmp_path, _head(loss="quantile", quantiles=[0.1, 0.5, 0.9]))
+    assert q.shape[1] == 3
+    assert (q[:, 1:] >= q[:, :-1]).all()
+    y = torch.randn(20000, generator=torch.Generator().manual_seed(7))
+    inside = ((y[None] >= q[:, :1]) & (y[None] <= q[:, 2:])).float().mean().item()
+    assert 0.72 < inside < 0.88, (inside, q)  # nominal 0.8
+    assert abs(q[:, 1].mean().item()) < 0.2  # the median of N(0, 1)
+
+
+def test_quantiles_never_cross_even_for_wild_weights(tmp_path):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(3)
+    m = _model(dict(SMALL_MODEL, targetHead=_head(loss="quantile", quantiles=[0.05, 0.25, 0.5, 0.75, 0.95])),
+               n_outputs=5)
+    with torch.no_grad():
+        for p in m.out.parameters():
+            p.normal_(0, 5.0)
+        out = m(batch, need_target=True)["target"]
+    assert (out[:, 1:] >= out[:, :-1]).all()
+
+
+def test_asymmetric_loss_moves_the_prediction_toward_the_cheaper_side(tmp_path):
+    """over 4, under 1: the best constant is the 1/(1+4) = 0.2 quantile of N(0, 1), about -0.84."""
+    sym = _fit_noise(tmp_path, _head(loss="asymmetric"))
+    low = _fit_noise(tmp_path, _head(loss="asymmetric", asymmetric={"over": 4.0, "under": 1.0}))
+    assert abs(sym.mean().item()) < 0.2
+    assert -1.1 < low.mean().item() < -0.6, low
+
+
+def test_huber_delta_is_used():
+    p, y = torch.tensor([[3.0]]), torch.tensor([0.0])
+    assert L.TargetLoss(_head(huberDelta=1.0), "regression")(p, y).item() == pytest.approx(2.5)
+    assert L.TargetLoss(_head(huberDelta=5.0), "regression")(p, y).item() == pytest.approx(4.5)
+
+
+def _fit_constant_logits(loss, labels: torch.Tensor, features: torch.Tensor | None = None, steps: int = 400):
+    """Logits = features @ W + b (or b alone): the class probabilities the loss settles on."""
+    torch.manual_seed(0)
+    k = int(labels.max()) + 1
+    b = torch.zeros(k, requires_grad=True)
+    w = torch.zeros(features.shape[1] if features is not None else 1, k, requires_grad=True)
+    opt = torch.optim.Adam([b, w], lr=0.05)
+    for _ in range(steps):
+        logits = b + (features @ w if features is not None else 0)
+        opt.zero_grad()
+        loss(logits.expand(len(labels), k) if features is None else logits, labels).backward()
+        opt.step()
+    with torch.no_grad():
+        logits = b + (features @ w if features is not None else 0)
+    return torch.softmax(logits, -1)
+
+
+def test_balanced_class_weights_lift_the_minority():
+    labels = torch.tensor([0] * 90 + [1] * 10)
+    weights = L.class_weights("balanced", ["common", "rare"], labels.numpy())
+    assert weights == pytest.approx([100 / (2 * 90), 100 / (2 * 10)])
+    plain = _fit_constant_logits(L.TargetLoss(_head(), "classification"), labels)
+    balanced = _fit_constant_logits(L.TargetLoss(_head(), "classification", weights), labels)
+    assert plain[1].item() == pytest.approx(0.1, abs=0.02)
+    assert balanced[1].item() == pytest.approx(0.5, abs=0.02)
+
+
+def test_class_weight_map_names_classes():
+    assert L.class_weights({"rare": 3.0}, ["common", "rare"], np.array([0, 1])) == [1.0, 3.0]
+    with pytest.raises(ValueError, match="'rair' , which is not a class|'rair', which is not a class"):
+        L.class_weights({"rair": 3.0}, ["common", "rare"], np.array([0, 1]))
+    assert L.class_weights("none", ["a", "b"], np.array([0, 1])) is None
+
+
+def test_label_smoothing_caps_the_confidence():
+    """Separable classes: without smoothing the right class's probability goes to 1; with 0.2
+    it settles near 1 - 0.2 + 0.2 / 2 = 0.9."""
+    labels = torch.tensor([0, 1] * 20)
+    x = torch.nn.functional.one_hot(labels, 2).float()
+    sharp = _fit_constant_logits(L.TargetLoss(_head(), "classification"), labels, x, steps=800)
+    smooth = _fit_constant_logits(L.TargetLoss(_head(labelSmoothing=0.2), "classification"), labels, x, steps=800)
+    right = lambda p: p[torch.arange(len(labels)), labels].mean().item()  # noqa: E731
+    assert right(sharp) > 0.97
+    assert right(smooth) == pytest.approx(0.9, abs=0.02)
+
+
+@pytest.mark.parametrize("act", ["softplus", "relu", "exp"])
+def test_non_negative_activations(tmp_path, act):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, targetHead=_head(outputActivation=act)), n_outputs=1)
+    with torch.no_grad():
+        for p in m.out.parameters():
+            p.normal_(0, 3.0)
+        out = m(batch, need_target=True)["target"]
+    assert (out >= 0).all() and torch.isfinite(out).all()
+
+
+def test_bounded_output_stays_in_range_and_travels_with_the_weights(tmp_path):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    spec = dict(SMALL_MODEL, targetHead=_head(outputActivation="bounded"))
+    m = _model(spec, n_outputs=1)
+    m.set_bounds(-2.0, 3.0)
+    with torch.no_grad():
+        for p in m.out.parameters():
+            p.normal_(0, 50.0)
+        out = m(batch, need_target=True)["target"]
+    assert (out >= -2.0).all() and (out <= 3.0).all() and out.max() - out.min() > 1.0
+    again = _model(spec, n_outputs=1)
+    again.load_state_dict(m.state_dict())  # the range is saved with the weights (predict)
+    with torch.no_grad():
+        assert torch.equal(again(batch, need_target=True)["target"], out)
+
+
+def test_output_bounds_default_to_the_training_range_and_convert_given_ends():
+    from aam_runtime.data.prepare import Data
+    from aam_runtime.train import output_bounds
+
+    class Enc:
+        targets = np.array([0.0, 0.5, 1.0, 9.0], dtype=np.float32)  # on the model's scale (minmax of 10..20)
+
+    d = Data(enc=Enc(), train=np.array([0, 1, 2]), val=np.array([3]), norm={"log1p": False, "mean": 10.0, "std": 10.0})
+    assert output_bounds({"bounds": {}}, d) == (0.0, 1.0)
+    assert output_bounds({"bounds": {"min": 5.0, "max": 40.0}}, d) == (-0.5, 3.0)
+
+
+def test_residual_head_adds_a_linear_path(tmp_path):
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, targetHead=_head(hidden=[8], residual=True, hiddenDropout=0.0)), n_outputs=1).eval()
+    assert m.out_skip is not None and m.out[2].p == 0.0
+    with torch.no_grad():
+        with_skip = m(batch, need_target=True)["target"]
+        m.out[-1].weight.zero_()
+        m.out[-1].bias.zero_()
+        skip_only = m(batch, need_target=True)["target"]
+        m.out_skip.weight.zero_()
+        m.out_skip.bias.zero_()
+        nothing = m(batch, need_target=True)["target"]
+    assert not torch.allclose(with_skip, skip_only) and skip_only.abs().max() > 0 and nothing.abs().max() == 0
+    plain = _model(dict(SMALL_MODEL, targetHead=_head(hidden=[8])), n_outputs=1)
+    assert plain.out_skip is None and plain.out[2].p == SMALL_MODEL["dropout"]
+
+
+def test_conditional_scale_per_category(tmp_path):
+    batch, _ = _batch(tmp_path)
+    n = batch["mask"].shape[0]
+    cats = torch.tensor([[1, 0], [2, 0], [0, 0], [1, 0], [2, 0], [2, 0]])[:n]
+    batch = dict(batch, categoricals=cats)
+    torch.manual_seed(0)
+    spec = dict(SMALL_MODEL, targetHead=_head(conditionalScale="site"))
+    m = _model(spec, n_outputs=1, categorical_sizes=[2, 3], conditional_column=0).eval()
+    with torch.no_grad():
+        base = m(batch, need_target=True)["target"]  # identity at init
+        m.cond_scale.weight[2] = 2.0
+        m.cond_bias.weight[2] = 1.0
+        out = m(batch, need_target=True)["target"]
+    two = cats[:, 0] == 2
+    assert torch.allclose(out[two], 2 * base[two] + 1)
+    assert torch.equal(out[~two], base[~two])  # category 1 and an unseen category (0) untouched

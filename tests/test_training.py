@@ -197,6 +197,11 @@ kind: Model
 metadata: {{name: tiny}}
 spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
 ---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: tiny-q}}
+spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1, loss: quantile, quantiles: [0.1, 0.5, 0.9], hidden: [8], residual: true}}}}
+---
 """ + CPU_PROFILES
 
 
@@ -272,6 +277,26 @@ spec:
   initFrom: {run: pre}
   trainer: {epochs: 1, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5,
             lossWeights: {unifracWhenFinetuning: 0.5, countWhenFinetuning: 0.2}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: fine-q}
+spec:
+  stage: finetune
+  datasetRef: oral-sub
+  modelRef: tiny-q
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  trainer: {epochs: 3, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-q}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {run: fine-q}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -506,3 +531,21 @@ spec:
     wb = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["model"]
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+@pytest.mark.slow
+def test_quantile_head_writes_every_level_and_reports_coverage(pipeline):
+    """loss quantile end to end: validation metrics carry the interval's coverage; the
+    finetune and predict runs write one ordered column per level, the median as the prediction."""
+    home, _ = pipeline
+    val = [r for r in read_jsonl(_folder(home, "fine-q") / "metrics.jsonl") if r["split"] == "validation"]
+    assert val and 0.0 <= val[-1]["coverage"] <= 1.0 and val[-1]["coverage_nominal"] == pytest.approx(0.8)
+    for run in ("fine-q", "pred-q"):
+        rows = (_folder(home, run) / "predictions.tsv").read_text().splitlines()
+        assert rows[0].split("\t") == ["sample_id", "split", "prediction", "truth", "q0.1", "q0.5", "q0.9"]
+        for line in rows[1:]:
+            f = line.split("\t")
+            lo, mid, hi = float(f[4]), float(f[5]), float(f[6])
+            assert lo <= mid <= hi and float(f[2]) == mid
+    pred = [r for r in read_jsonl(_folder(home, "pred-q") / "metrics.jsonl") if r["split"] == "predict"]
+    assert "coverage" in pred[0] and "mae" in pred[0]

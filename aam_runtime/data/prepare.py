@@ -32,6 +32,7 @@ class Data:
     classes: list = field(default_factory=list)
     cat_levels: list = field(default_factory=list)  # per categorical column: its levels
     cat_columns: list = field(default_factory=list)
+    quantiles: list = field(default_factory=list)  # loss quantile: the level of each output column
 
     @property
     def sample_ids(self) -> list[str]:
