@@ -16,7 +16,7 @@ from .data.table import MASK, PAD, START, VOCAB_SIZE
 
 # Modules that belong to the target head: what finetuning starts afresh (unless it continues a
 # finetune run) and what freezeBase leaves trainable.
-CATEGORICAL_MODULES = ("cat_embs", "cat_proj", "cat_gate")
+CATEGORICAL_MODULES = ("cat_embs", "cat_proj", "cat_gate", "cat_attn", "cat_norm")
 HEAD_MODULES = ("tgt", "tgt_pool", "tgt_ln", *CATEGORICAL_MODULES, "out", "out_skip", "out_scale", "out_bias",
                 "cond_scale", "cond_bias", "out_lo", "out_hi")
 
@@ -70,6 +70,7 @@ class ModelConfig:
     dedup_asvs: bool
     sequence_skip: bool = False
     mask_span: int = 1
+    categorical_at: str = "pooled"  # pooled | asvs: where concat/add/film meet the categorical embedding
 
     @classmethod
     def from_spec(cls, spec: dict) -> "ModelConfig":
@@ -85,7 +86,8 @@ class ModelConfig:
                    count_embedding=spec["countEmbedding"], categorical_fusion=spec["categoricalFusion"],
                    categorical_embedding_dim=spec["categoricalEmbeddingDim"], mask_ratio=spec["maskRatio"],
                    gradient_checkpointing=spec["gradientCheckpointing"], dedup_asvs=spec["dedupAsvs"],
-                   sequence_skip=spec.get("sequenceSkip", False), mask_span=spec.get("maskSpanLength", 1))
+                   sequence_skip=spec.get("sequenceSkip", False), mask_span=spec.get("maskSpanLength", 1),
+                   categorical_at=spec.get("categoricalAt", "pooled"))
 
 
 def sample_positions(max_asvs_per_sample: int) -> int:
@@ -251,15 +253,26 @@ class AAM(nn.Module):
                                           for n in (categorical_sizes or []))
             cat_dim = c.categorical_embedding_dim * len(self.cat_embs)
             self.fusion = c.categorical_fusion if cat_dim else "none"
+            # where: after pooling (one vector per sample), or at every ASV position before the
+            # target encoder (the reference's concat/add); cross-attention is per position by nature
+            self.fuse_at = "asvs" if self.fusion == "cross-attention" else c.categorical_at
             width = d
             if self.fusion == "concat":
-                width = d + cat_dim
-            elif self.fusion in ("add", "gated"):
+                if self.fuse_at == "asvs":
+                    self.cat_proj = nn.Linear(d + cat_dim, d)
+                else:
+                    width = d + cat_dim
+            elif self.fusion in ("add", "gated", "gmu"):
                 self.cat_proj = nn.Linear(cat_dim, d)
-                if self.fusion == "gated":
+                if self.fusion in ("gated", "gmu"):
                     self.cat_gate = nn.Linear(d + cat_dim, d)
             elif self.fusion == "film":
                 self.cat_proj = nn.Linear(cat_dim, 2 * d)
+            elif self.fusion == "cross-attention":
+                # each column's embedding becomes one key/value token; every ASV position queries them
+                self.cat_proj = nn.Linear(c.categorical_embedding_dim, d)
+                self.cat_attn = nn.MultiheadAttention(d, th.heads, dropout=drop, batch_first=True)
+                self.cat_norm = nn.LayerNorm(d)
             layers: list[nn.Module] = []
             hidden_drop = drop if th.hidden_dropout is None else th.hidden_dropout
             in_width = width
@@ -304,6 +317,31 @@ class AAM(nn.Module):
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
             nn.init.normal_(m.weight, std=0.02)
+
+    def fuse(self, x: torch.Tensor, c: torch.Tensor, out: dict) -> torch.Tensor:
+        """Categorical embeddings c [B, C*e] into x: the pooled vector [B, D] or every ASV
+        position [B, S, D]. gated and gmu report their mean gate value in out["fusion_gate"]."""
+        f = self.fusion
+        if f == "cross-attention":
+            tokens = self.cat_proj(c.view(c.shape[0], len(self.cat_embs), -1))  # [B, C, D]
+            attended, _ = self.cat_attn(x, tokens, tokens, need_weights=False)
+            return self.cat_norm(x + attended)
+        if x.dim() == 3:  # the same embedding at every position
+            c = c[:, None, :].expand(-1, x.shape[1], -1)
+        if f == "concat":
+            both = torch.cat([x, c], dim=-1)
+            return self.cat_proj(both) if x.dim() == 3 else both
+        if f == "add":
+            return x + self.cat_proj(c)
+        if f == "film":
+            gamma, beta = self.cat_proj(c).chunk(2, dim=-1)
+            return x * (1 + gamma) + beta
+        # gated: x + z * W c; gmu (the reference's gated multimodal unit): x + z * tanh(W c),
+        # z = sigmoid(W_z [x, c]) in both
+        z = torch.sigmoid(self.cat_gate(torch.cat([x, c], dim=-1)))
+        out["fusion_gate"] = z.detach().float().mean()
+        h = self.cat_proj(c)
+        return x + z * (torch.tanh(h) if f == "gmu" else h)
 
     def set_bounds(self, lo: float, hi: float) -> None:
         """outputActivation bounded: outputs in [lo, hi] on the model's scale."""
@@ -418,21 +456,16 @@ class AAM(nn.Module):
         out["embedding"] = self.enc_pool(h, smask)  # [B, D]
         out["count_pred"] = self.count_head(ctx).squeeze(-1)  # [B, S]
         if need_target and self.n_outputs:
-            t = self.tgt(ctx, smask)
-            v = self.tgt_ln(self.tgt_pool(t, smask))
+            c = None
             if self.fusion != "none":
                 cats = batch["categoricals"]  # [B, C] codes (0 = unknown)
                 c = torch.cat([emb(cats[:, i]) for i, emb in enumerate(self.cat_embs)], dim=-1)
-                if self.fusion == "concat":
-                    v = torch.cat([v, c], dim=-1)
-                elif self.fusion == "add":
-                    v = v + self.cat_proj(c)
-                elif self.fusion == "gated":
-                    g = torch.sigmoid(self.cat_gate(torch.cat([v, c], dim=-1)))
-                    v = v + g * self.cat_proj(c)
-                else:
-                    gamma, beta = self.cat_proj(c).chunk(2, dim=-1)
-                    v = v * (1 + gamma) + beta
+            if c is not None and self.fuse_at == "asvs":
+                ctx = self.fuse(ctx, c, out)
+            t = self.tgt(ctx, smask)
+            v = self.tgt_ln(self.tgt_pool(t, smask))
+            if c is not None and self.fuse_at == "pooled":
+                v = self.fuse(v, c, out)
             out["target"] = self.head_output(v, batch)
         return out
 

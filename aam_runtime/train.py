@@ -120,6 +120,8 @@ class FinetuneObjective:
         out.pop("nuc_accuracy", None)  # fine-tuning logs the nucleotide loss only, as before
         out["target_loss"] = self._target_loss(res, batch)
         out["loss"] = w["target"] * out["target_loss"] + aux
+        if "fusion_gate" in res:  # gated / gmu fusion: how much of the categorical signal passes
+            out["fusion_gate"] = res["fusion_gate"]
         return out
 
     def validation_batch(self, model, batch, rows, gen) -> tuple[dict, np.ndarray | None]:

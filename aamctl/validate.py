@@ -21,7 +21,7 @@ from .schema import field_schema, validate_document
 
 # Model fields a fine-tuning run may change over its pretrained model: they shape only what is
 # trained afresh on top of the base (the target head, categorical conditioning, dropout)
-HEAD_FIELDS = ("targetHead", "categoricalFusion", "categoricalEmbeddingDim", "dropout")
+HEAD_FIELDS = ("targetHead", "categoricalFusion", "categoricalAt", "categoricalEmbeddingDim", "dropout")
 
 
 def validate(docs: list[Document], store: Store | None = None) -> Resolved:
@@ -180,6 +180,11 @@ def _check_target_head(obj: Obj) -> list[Diagnostic]:
     if th.get("hiddenDropout") is not None and not th.get("hidden"):
         d.append(obj.diag("hiddenDropout acts between hidden layers, but hidden is empty", (*at, "hiddenDropout"),
                           hint="give hidden widths, or remove hiddenDropout"))
+    if obj.spec.get("categoricalAt") == "asvs" and obj.spec["categoricalFusion"] in ("gated", "gmu", "cross-attention"):
+        why = "attends per ASV position already" if obj.spec["categoricalFusion"] == "cross-attention" else \
+            "gates the pooled vector"
+        d.append(obj.diag(f"categoricalAt asvs applies to concat, add and film; {obj.spec['categoricalFusion']} {why}",
+                          ("spec", "categoricalAt"), hint="remove categoricalAt, or use concat, add or film"))
     b = th.get("bounds") or {}
     if (b.get("min") is not None or b.get("max") is not None) and th.get("outputActivation") != "bounded":
         d.append(obj.diag(f"bounds apply to outputActivation bounded, but it is {th.get('outputActivation')}",

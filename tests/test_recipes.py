@@ -403,3 +403,45 @@ def test_conditional_scale_per_category(tmp_path):
     two = cats[:, 0] == 2
     assert torch.allclose(out[two], 2 * base[two] + 1)
     assert torch.equal(out[~two], base[~two])  # category 1 and an unseen category (0) untouched
+
+
+@pytest.mark.parametrize("fusion,at", [("concat", "pooled"), ("concat", "asvs"), ("add", "asvs"), ("film", "asvs"),
+                                       ("gated", "pooled"), ("gmu", "pooled"), ("cross-attention", "pooled")])
+def test_every_fusion_lets_the_categories_change_the_output(tmp_path, fusion, at):
+    batch, _ = _batch(tmp_path)
+    n = batch["mask"].shape[0]
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, categoricalFusion=fusion, categoricalAt=at), n_outputs=1,
+               categorical_sizes=[2, 3]).eval()
+    with torch.no_grad():
+        for p in m.parameters():  # larger than the init's 0.02, so a difference is not lost in rounding
+            p.add_(torch.randn_like(p) * 0.3)
+        one = m(dict(batch, categoricals=torch.tensor([[1, 1]] * n)), need_target=True)["target"]
+        other = m(dict(batch, categoricals=torch.tensor([[2, 3]] * n)), need_target=True)["target"]
+        unseen = m(dict(batch, categoricals=torch.zeros(n, 2, dtype=torch.long)), need_target=True)
+    assert not torch.allclose(one, other, atol=1e-5)
+    assert torch.isfinite(unseen["target"]).all()
+    assert ("fusion_gate" in unseen) == (fusion in ("gated", "gmu"))
+    # asvs: the embedding enters before the target encoder, so no wider head after pooling
+    assert m.out[0].in_features == (16 + 8 if (fusion, at) == ("concat", "pooled") else 16)
+
+
+def test_gmu_is_the_published_residual_gated_unit():
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, categoricalFusion="gmu"), n_outputs=1, categorical_sizes=[2])
+    x, c = torch.randn(5, 16), torch.randn(5, 4)
+    out: dict = {}
+    got = m.fuse(x, c, out)
+    z = torch.sigmoid(m.cat_gate(torch.cat([x, c], -1)))
+    assert torch.allclose(got, x + z * torch.tanh(m.cat_proj(c)))
+    assert 0 < out["fusion_gate"].item() < 1
+
+
+def test_cross_attention_weighs_columns_per_position():
+    """Two columns are two tokens: ASV positions that differ attend to them differently."""
+    torch.manual_seed(0)
+    m = _model(dict(SMALL_MODEL, categoricalFusion="cross-attention"), n_outputs=1, categorical_sizes=[2, 3])
+    x, c = torch.randn(1, 6, 16), torch.randn(1, 8)
+    tokens = m.cat_proj(c.view(1, 2, 4))
+    _, weights = m.cat_attn(x, tokens, tokens, need_weights=True)
+    assert weights.shape == (1, 6, 2) and weights[0].std(0).min() > 0
