@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.update_status(phase="Pruned", finished=time.time(), reason="pruned by its sweep")
                 folder.event("finished", phase="Pruned")
                 if cfg is not None:
-                    cfg.wandb_finish(exit_code=RF.EXIT_PRUNED)
+                    cfg.tracking_finish(exit_code=RF.EXIT_PRUNED)
                 folder.release_reserve()
             return RF.EXIT_PRUNED
         if isinstance(exc, Preempted):
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 folder.update_status(phase="Preempted", reason="checkpointed after a stop signal; requeue to resume")
                 folder.event("preempted")
                 if cfg is not None:
-                    cfg.wandb_finish(exit_code=RF.EXIT_PREEMPTED)
+                    cfg.tracking_finish(exit_code=RF.EXIT_PREEMPTED)
                 folder.release_reserve()
             return RF.EXIT_PREEMPTED
         cause = RF.storage_cause(exc)
@@ -109,7 +109,7 @@ def _fail(folder: RunFolder, cfg, message: str, code: int, rank0: bool, tracking
         except OSError as exc:  # the exit code still tells the controller what happened
             _say(f"error: cannot write {RF.STATUS} either ({exc})")
         if cfg is not None and tracking:
-            cfg.wandb_finish(exit_code=code)
+            cfg.tracking_finish(exit_code=code)
         folder.release_reserve()
     try:
         sys.stdout.flush()

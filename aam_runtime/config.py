@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from .runfolder import METRICS, RECORD, RESOLVED_KEY
+from .runfolder import METRICS, RECORD, RESOLVED_KEY, TENSORBOARD
 
 
 class RecordError(Exception):
@@ -45,6 +45,7 @@ class RunConfig:
         self.labels = self.run["metadata"].get("labels", {})
         self.manifests = docs
         self._wandb = None
+        self._tensorboard = None
 
     @property
     def stage(self) -> str:
@@ -85,9 +86,54 @@ class RunConfig:
             return False
         return c == "on" or (c == "auto" and self.hardware["compileAllowed"])
 
-    # -- W&B (main process only; the key comes from the environment, never from us)
+    # -- tracking: W&B and TensorBoard (main process only; a W&B key comes from the environment,
+    # never from us). Tracking never kills training: a tracker that fails is dropped with a warning.
 
-    def wandb_start(self, folder) -> None:
+    def tracking_start(self, folder) -> None:
+        self._wandb_start(folder)
+        self._tensorboard_start(folder)
+
+    def tracking_log(self, row: dict, step: int | None = None) -> None:
+        if self._wandb is not None:
+            self._wandb.log(row, step=step)
+        if self._tensorboard is not None:
+            try:
+                self._tensorboard.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=step)
+            except Exception as exc:
+                print(f"warning: TensorBoard logging failed ({exc}); it stops for this run", flush=True)
+                self._tensorboard = None
+
+    def tracking_finish(self, summary: dict | None = None, images: dict | None = None, exit_code: int = 0) -> None:
+        self._tensorboard_finish()
+        self._wandb_finish(summary, images, exit_code)
+
+    def _tensorboard_start(self, folder) -> None:
+        """logging.tensorboard: event files under the run folder's tensorboard/, through
+        accelerate's tracker (torch.utils.tensorboard's SummaryWriter)."""
+        if not (self.spec["logging"].get("tensorboard") or False):
+            return
+        try:
+            from accelerate.tracking import TensorBoardTracker
+
+            tracker = TensorBoardTracker(f"{self.name}-g{self.generation}", str(folder.path / TENSORBOARD))
+            tracker.start()
+            self._tensorboard = tracker
+            folder.update_status(tensorboard={"dir": str(folder.path / TENSORBOARD)})
+        except Exception as exc:  # e.g. the tensorboard package is missing
+            print(f"warning: TensorBoard could not start ({type(exc).__name__}: {exc}); metrics stay in {METRICS}",
+                  flush=True)
+            self._tensorboard = None
+
+    def _tensorboard_finish(self) -> None:
+        if self._tensorboard is None:
+            return
+        try:
+            self._tensorboard.finish()
+        except Exception as exc:
+            print(f"warning: TensorBoard finish failed ({exc})", flush=True)
+        self._tensorboard = None
+
+    def _wandb_start(self, folder) -> None:
         wb = self.spec["logging"]["wandb"]
         if wb["mode"] == "disabled":
             return
@@ -109,11 +155,7 @@ class RunConfig:
             print(f"warning: W&B could not start ({exc}); metrics stay in {METRICS}", flush=True)
             self._wandb = None
 
-    def wandb_log(self, row: dict, step: int | None = None) -> None:
-        if self._wandb is not None:
-            self._wandb.log(row, step=step)
-
-    def wandb_finish(self, summary: dict | None = None, images: dict | None = None, exit_code: int = 0) -> None:
+    def _wandb_finish(self, summary: dict | None = None, images: dict | None = None, exit_code: int = 0) -> None:
         if self._wandb is None:
             return
         try:

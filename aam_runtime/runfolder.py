@@ -48,6 +48,7 @@ SPLIT = "split.tsv"
 PREDICTIONS = "predictions.tsv"
 CHECKPOINTS = "checkpoints"
 PLOTS = "plots"
+TENSORBOARD = "tensorboard"  # logging.tensorboard: event files, one folder per generation
 LOSS_PLOT = "loss.png"
 PRED_PLOT = "pred_vs_true.png"
 CONFUSION_PLOT = "confusion.png"

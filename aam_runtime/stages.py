@@ -45,7 +45,7 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         init_state = _load_checkpoint(cfg.init_checkpoint)["model"]
     data = prepare(cfg, folder, cfg.stage)
     if trainer.main:
-        cfg.wandb_start(folder)
+        cfg.tracking_start(folder)
     t0 = time.time()
     result = trainer.fit(data, init_state=init_state, resume=resume)
     summary = {k: v for k, v in (result.history[-1] if result.history else {}).items() if k != "split"}
@@ -59,7 +59,7 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         v = result.last_validation
         if cfg.stage == "finetune" and v is not None and v.pred is not None:
             images.update(_target_outputs(folder, data, v.rows, v.pred, data.enc.targets[v.rows]))
-        cfg.wandb_finish(summary=summary, images=images)
+        cfg.tracking_finish(summary=summary, images=images)
         log(f"done: {summary}")
     trainer.acc.wait_for_everyone()
     return summary
@@ -158,7 +158,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         outputs.append(np.concatenate(preds))
     pred, spread = average_passes(outputs, data.target_type)
     y = data.enc.targets[rows] if data.enc.targets is not None else None
-    cfg.wandb_start(folder)
+    cfg.tracking_start(folder)
     if y is None:
         y = np.full(len(rows), np.nan, dtype=np.float32) if data.target_type != "classification" else np.full(len(rows), -1)
     images = _target_outputs(folder, data, rows, pred, y, name="predict", spread=spread if passes > 1 else None)
@@ -167,7 +167,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     if has_truth:
         summary.update(target_metrics(pred, y, data))
     folder.metric(split="predict", step=0, **summary)
-    cfg.wandb_finish(summary=summary, images=images)
+    cfg.tracking_finish(summary=summary, images=images)
     log(f"predict: {len(rows)} samples -> {folder.file(PREDICTIONS)}; {summary}")
     return summary
 
@@ -187,7 +187,7 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     kw = dict(n_estimators=bl["trees"], max_features=mf, n_jobs=-1, random_state=cfg.seed)
     Model = RandomForestClassifier if data.target_type == "classification" else RandomForestRegressor
     folder.update_status(phase="Running", stage="baseline", step=0, total_steps=1)
-    cfg.wandb_start(folder)
+    cfg.tracking_start(folder)
     t0 = time.time()
     y = data.enc.targets
     rf = Model(**kw).fit(rel[data.train], y[data.train])
@@ -202,6 +202,6 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     images = _target_outputs(folder, data, data.val, pred, y[data.val])
     folder.metric(split="validation", step=1, epoch=1, **summary)
     folder.update_status(step=1, val_metrics=summary)
-    cfg.wandb_finish(summary=summary, images=images)
+    cfg.tracking_finish(summary=summary, images=images)
     log(f"baseline random forest ({bl['trees']} trees): {summary}")
     return summary

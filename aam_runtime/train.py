@@ -487,7 +487,7 @@ class Trainer:
             f"{row['samples_per_s']:.1f} samples/s")
         self.folder.update_status(epoch=row["epoch"], step=row["step"], throughput=row["samples_per_s"],
                                   last_metrics={k: v for k, v in row.items() if k not in ("step", "epoch")})
-        self.cfg.wandb_log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+        self.cfg.tracking_log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
 
     def _log_val(self, vm: dict, metric_name: str, state: dict):
         if not self.main:
@@ -497,7 +497,7 @@ class Trainer:
         log(f"validation epoch {vm['epoch']} step {vm['step']}: {parts}")
         self.folder.update_status(epoch=vm["epoch"], step=vm["step"], val_metrics=vm,
                                   best_metric={"name": metric_name, "value": state["best"], "step": state["best_step"]})
-        self.cfg.wandb_log({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float)) and k != "step"},
+        self.cfg.tracking_log({f"val/{k}": v for k, v in vm.items() if isinstance(v, (int, float)) and k != "step"},
                            step=vm["step"])
 
     # -- step 4: checkpoints

@@ -288,6 +288,7 @@ spec:
   hardwareRef: cpu-1
   initFrom: {run: pre}
   trainer: {epochs: 3, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}}
+  logging: {tensorboard: true}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -549,3 +550,25 @@ def test_quantile_head_writes_every_level_and_reports_coverage(pipeline):
             assert lo <= mid <= hi and float(f[2]) == mid
     pred = [r for r in read_jsonl(_folder(home, "pred-q") / "metrics.jsonl") if r["split"] == "predict"]
     assert "coverage" in pred[0] and "mae" in pred[0]
+
+
+@pytest.mark.slow
+def test_tensorboard_event_files_carry_the_metrics(pipeline):
+    """logging.tensorboard: event files in the run folder that TensorBoard itself reads back, with
+    the train and validation scalars of metrics.jsonl at their steps; describe names the logdir."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    home, _ = pipeline
+    folder = _folder(home, "fine-q")
+    runs = [p.parent for p in (folder / "tensorboard").rglob("events.out.tfevents.*")]
+    assert runs, list(folder.iterdir())
+    ea = EventAccumulator(str(runs[0]))
+    ea.Reload()
+    tags = set(ea.Tags()["scalars"])
+    assert {"train/target_loss", "train/lr", "val/mae", "val/coverage"} <= tags, tags
+    val = [r for r in read_jsonl(folder / "metrics.jsonl") if r["split"] == "validation"]
+    got = {e.step: e.value for e in ea.Scalars("val/mae")}
+    assert got == pytest.approx({r["step"]: r["mae"] for r in val}, rel=1e-6)
+    assert not (_folder(home, "fine") / "tensorboard").exists()  # off by default
+    out = subprocess.run([*AAMCTL, "--home", str(home), "describe", "run", "fine-q"], capture_output=True, text=True)
+    assert f"tensorboard --logdir {folder / 'tensorboard'}" in out.stdout, out.stdout

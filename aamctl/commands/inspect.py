@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import click
@@ -161,6 +162,8 @@ def describe(ctx, resource, name, generation, output):
         out.append(f"Depends on:  {row['depends_on']}")
     out.append("Paths:")
     out.extend(f"  {f}" for f in RUN_FILES if (folder / f).exists())
+    if (folder / RF.TENSORBOARD).is_dir():
+        out.append(f"TensorBoard: tensorboard --logdir {shlex.quote(str(folder / RF.TENSORBOARD))}")
     if st:
         out.append("Progress:")
         for k in ("epoch", "step", "total_steps", "throughput", "device", "world_size", "attention_backend", "precision"):
