@@ -72,6 +72,9 @@ class RunConfig:
         """The declared scaling of a target ('none' for a column the Dataset does not declare)."""
         return next((t["normalize"] for t in self.dataset["targets"] if t["name"] == name), "none")
 
+    def target_normalize_by(self, name) -> str | None:
+        return next((t.get("normalizeBy") for t in self.dataset["targets"] if t["name"] == name), None)
+
     def loss_weight(self, name) -> float:
         return float(self.trainer["lossWeights"].get(name, 0.0))  # records older than the field: off
 

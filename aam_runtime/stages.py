@@ -9,7 +9,7 @@ import numpy as np
 from . import plots
 from .config import RunConfig
 from .console import log
-from .data.prepare import unscale_target
+from .data.prepare import target_std, unscale_target
 from .data.table import DataError
 from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, checkpoint_name, read_jsonl
 
@@ -90,12 +90,13 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     else:
         pred = pred.reshape(len(rows), -1)
         col = point_column(q)
-        p = unscale_target(pred[:, col], data.norm)
-        levels = [unscale_target(pred[:, j], data.norm) for j in range(len(q))]
-        t = unscale_target(y, data.norm) if y is not None else np.full(len(p), np.nan)
+        groups = data.target_groups(rows)
+        p = unscale_target(pred[:, col], data.norm, groups)
+        levels = [unscale_target(pred[:, j], data.norm, groups) for j in range(len(q))]
+        t = unscale_target(y, data.norm, groups) if y is not None else np.full(len(p), np.nan)
         sd = None
         if spread is not None:  # std on the model's scale -> original units (exact for affine scaling)
-            sd = spread.reshape(len(rows), -1)[:, col] * data.norm["std"]
+            sd = spread.reshape(len(rows), -1)[:, col] * target_std(data.norm, groups)
             if data.norm.get("log1p"):  # delta method through expm1
                 sd = sd * (1.0 + p)
         for i, (r, a, b) in enumerate(zip(rows, p, t)):
@@ -165,7 +166,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     summary = {"samples": int(len(rows)), "passes": passes}
     has_truth = (y >= 0).any() if data.target_type == "classification" else np.isfinite(y).any()
     if has_truth:
-        summary.update(target_metrics(pred, y, data))
+        summary.update(target_metrics(pred, y, data, rows))
     folder.metric(split="predict", step=0, **summary)
     cfg.tracking_finish(summary=summary, images=images)
     log(f"predict: {len(rows)} samples -> {folder.file(PREDICTIONS)}; {summary}")
@@ -197,7 +198,7 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         pred[:, rf.classes_] = np.log(np.clip(proba, 1e-9, 1))
     else:
         pred = rf.predict(rel[data.val]).reshape(-1, 1)
-    summary = target_metrics(pred, y[data.val], data)
+    summary = target_metrics(pred, y[data.val], data, data.val)
     summary["train_seconds"] = round(time.time() - t0, 2)
     images = _target_outputs(folder, data, data.val, pred, y[data.val])
     folder.metric(split="validation", step=1, epoch=1, **summary)

@@ -131,7 +131,7 @@ class FinetuneObjective:
     def summarize(self, means: dict, rows: np.ndarray, pred: np.ndarray | None) -> dict:
         pred = pred if pred is not None else np.zeros((0, 1))
         out = {**means, "val_loss": means.get("target_loss", 0.0)}
-        out.update(target_metrics(pred, self.data.enc.targets[rows], self.data))
+        out.update(target_metrics(pred, self.data.enc.targets[rows], self.data, rows))
         return out
 
 
@@ -698,20 +698,21 @@ def average_passes(preds: list[np.ndarray], target_type: str | None) -> tuple[np
     return stack.mean(0), stack.std(0)
 
 
-def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data) -> dict:
+def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data, rows: np.ndarray) -> dict:
     """Regression metrics on the original scale, or classification metrics; rows without a
     truth (NaN value, unknown class) are left out."""
     if data.target_type == "classification":
         ok = y >= 0
         return M.classification(y[ok], pred[ok], len(data.classes))
     pred = pred.reshape(len(y), -1)
-    t = unscale_target(y, data.norm)
+    groups = data.target_groups(rows)
+    t = unscale_target(y, data.norm, groups)
     ok = np.isfinite(t)
     q = data.quantiles
-    p = unscale_target(pred[:, point_column(q)], data.norm)
+    p = unscale_target(pred[:, point_column(q)], data.norm, groups)
     out = M.regression(t[ok], p[ok])
     if len(q) > 1 and ok.any():  # share of truths inside the outer quantiles, against its nominal share
-        lo, hi = unscale_target(pred[:, 0], data.norm), unscale_target(pred[:, -1], data.norm)
+        lo, hi = unscale_target(pred[:, 0], data.norm, groups), unscale_target(pred[:, -1], data.norm, groups)
         out["coverage"] = float(((t >= lo) & (t <= hi))[ok].mean())
         out["coverage_nominal"] = round(q[-1] - q[0], 6)
     return out

@@ -89,6 +89,19 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
                 d.append(obj.diag(f"classification target '{t['name']}' is not a categorical column",
                                   ("spec", "targets", i, "name"),
                                   hint=f"add '{t['name']}' to spec.categoricalColumns"))
+            by = t.get("normalizeBy")
+            if by:
+                at = ("spec", "targets", i, "normalizeBy")
+                if t["type"] == "classification":
+                    d.append(obj.diag(f"normalizeBy scales a regression target; '{t['name']}' is classification", at,
+                                      hint="remove normalizeBy"))
+                elif by == t["name"]:
+                    d.append(obj.diag(f"target '{t['name']}' cannot be normalized by itself", at,
+                                      hint="name another metadata column (a category such as site or study)"))
+                elif t.get("normalize", "zscore") not in ("zscore", "minmax", "log1p_zscore"):
+                    d.append(obj.diag(f"normalizeBy needs statistics to take per category, but normalize is "
+                                      f"{t.get('normalize')}", at,
+                                      hint="use normalize zscore, minmax or log1p_zscore with it, or remove normalizeBy"))
             if names.count(t["name"]) > 1 and names.index(t["name"]) != i:
                 d.append(obj.diag(f"target '{t['name']}' is listed twice", ("spec", "targets", i, "name")))
         strat = split.get("stratifyBy")

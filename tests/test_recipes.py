@@ -445,3 +445,65 @@ def test_cross_attention_weighs_columns_per_position():
     tokens = m.cat_proj(c.view(1, 2, 4))
     _, weights = m.cat_attn(x, tokens, tokens, need_weights=True)
     assert weights.shape == (1, 6, 2) and weights[0].std(0).min() > 0
+
+
+# ---------------------------------------------------------------- per-category normalization
+
+def _site_data(tmp_path, ages_by_site: dict):
+    """The synthetic data set with ages drawn per site (gum around 20, tongue around 60...)."""
+    from aam_runtime.data import batches as B
+    from aam_runtime.data.prepare import Data
+
+    from synth import dataset_spec, make_dataset
+
+    d = make_dataset(tmp_path / "d", n_samples=24)
+    lines = d["metadata"].read_text().splitlines()
+    rng = np.random.default_rng(0)
+    out = [lines[0]]
+    for i, line in enumerate(lines[1:]):
+        sid, _, site = line.split("\t")
+        if i == 23:
+            site = "cheek"  # in validation only: a category training never saw
+        lo, hi = ages_by_site[site]
+        out.append(f"{sid}\t{rng.uniform(lo, hi):.2f}\t{site}")
+    d["metadata"].write_text("\n".join(out) + "\n")
+    p = T.load(dataset_spec(d), need_targets=["age"])
+    enc = B.encode(p, 150, 1024, "abundance")
+    return Data(enc=enc, train=np.arange(20), val=np.arange(20, 24), target_name="age", target_type="regression")
+
+
+def test_normalize_by_recovers_per_category_means_and_falls_back_for_unseen(tmp_path, capsys):
+    from aam_runtime.data.prepare import encode_target
+
+    data = _site_data(tmp_path, {"gum": (15, 25), "tongue": (55, 65), "cheek": (40, 41)})
+    encode_target(data, "zscore", None, strict=True, by="site")
+    warned = capsys.readouterr().out
+    assert "'cheek' never seen in training" in warned
+    meta = data.enc.prepared.metadata
+    site = meta["site"].to_numpy()
+    age = meta["age"].astype(float).to_numpy()
+    z = data.enc.targets
+    for s in ("gum", "tongue"):
+        rows = np.flatnonzero(site[:20] == s)
+        assert abs(z[rows].mean()) < 1e-5 and z[rows].std() == pytest.approx(1.0, abs=1e-4)
+        # a model that predicts 0 on the normalized scale predicts each category's training mean
+        back = unscale_target(np.zeros(len(rows)), data.norm, data.target_groups(rows))
+        assert np.allclose(back, age[rows].mean())
+    # the unseen category uses the global statistics, and everything round-trips
+    assert data.norm["groups"].keys() == {"gum", "tongue"}
+    all_rows = np.arange(24)
+    assert np.allclose(unscale_target(z, data.norm, data.target_groups(all_rows)), age, atol=1e-3)
+    g = data.norm
+    assert z[23] == pytest.approx((age[23] - g["mean"]) / g["std"], rel=1e-4)
+
+
+def test_normalize_by_column_missing_is_found_at_preflight(tmp_path):
+    from aam_runtime.data.preflight import check_dataset
+
+    from synth import dataset_spec, make_dataset
+
+    d = make_dataset(tmp_path / "d")
+    spec = dataset_spec(d, targets=[{"name": "age", "type": "regression", "normalizeBy": "sitee"}])
+    [p] = check_dataset(spec, "finetune", "age", need_distances=False)
+    assert p.field == ("spec", "targets", 0, "normalizeBy") and p.hint == "did you mean 'site'?"
+    assert "normalizeBy column 'sitee' is not a column of" in p

@@ -145,6 +145,11 @@ def _check_targets(spec: dict, meta, overlap: list, add) -> None:
             add(where, f"target '{name}' is not a column of {path}",
                 hint=f"did you mean '{close[0]}'?" if close else f"columns: {', '.join(map(str, meta.columns[:8]))}")
             continue
+        by = t.get("normalizeBy")
+        if by and by not in meta.columns:
+            close = difflib.get_close_matches(by, [str(c) for c in meta.columns], n=1, cutoff=0.5)
+            add(("targets", i, "normalizeBy"), f"normalizeBy column '{by}' is not a column of {path}",
+                hint=f"did you mean '{close[0]}'?" if close else f"columns: {', '.join(map(str, meta.columns[:8]))}")
         if not overlap:
             continue
         vals = meta.loc[overlap, name]

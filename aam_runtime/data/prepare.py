@@ -38,6 +38,16 @@ class Data:
     def sample_ids(self) -> list[str]:
         return self.enc.prepared.sample_ids
 
+    def target_groups(self, rows) -> np.ndarray | None:
+        """normalizeBy: each row's category (as text), for per-category scaling; else None."""
+        by = self.norm.get("by")
+        if not by:
+            return None
+        meta = self.enc.prepared.metadata
+        if by not in meta:
+            return np.full(len(rows), "", dtype=object)  # predict data without the column: global statistics
+        return meta[by].astype(str).to_numpy()[np.asarray(rows)]
+
 
 def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -> Data:
     """All steps for one stage (cfg: a RunConfig; ckpt_meta: the finetune checkpoint's, for predict)."""
@@ -61,7 +71,8 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
             [c for c in ds["categoricalColumns"] if c != target]
         code_categoricals(data, columns, (ckpt_meta or {}).get("cat_levels"))
     if target and (stage in ("finetune", "baseline") or (stage == "predict" and target in prepared.metadata)):
-        encode_target(data, cfg.target_normalize(target), ckpt_meta, strict=stage != "predict")
+        encode_target(data, cfg.target_normalize(target), ckpt_meta, strict=stage != "predict",
+                      by=cfg.target_normalize_by(target))
     elif stage == "predict" and ckpt_meta is not None:
         data.classes = ckpt_meta.get("classes", [])
         data.norm = ckpt_meta.get("norm", {})
@@ -92,7 +103,7 @@ def code_categoricals(data: Data, columns: list[str], levels: list | None = None
     data.cat_columns, data.cat_levels = list(columns), levels
 
 
-def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bool) -> None:
+def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bool, by: str | None = None) -> None:
     """Class indices (-1: a class training never saw), or the value on the scale the model learns
     (see fit_target_scale; statistics from the training split, or the finetune checkpoint's for
     predict). strict: every value is numeric (the loader dropped the others); predict reads what it
@@ -109,7 +120,43 @@ def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bo
         data.norm = ckpt_meta["norm"]
     else:
         data.norm = fit_target_scale(y[data.train], normalize, data.target_name)
-    data.enc.targets = scale_target(y, data.norm).astype(np.float32)
+        if by:
+            groups = data.enc.prepared.metadata[by].astype(str).to_numpy()
+            data.norm = fit_group_scale(y[data.train], groups[data.train], data.norm, by)
+    everyone = np.arange(len(y))
+    groups = data.target_groups(everyone)
+    if groups is not None:
+        unseen = sorted(set(groups) - set(data.norm["groups"]))
+        if unseen:
+            log(f"warning: target '{data.target_name}' normalized by '{data.norm['by']}': "
+                f"{', '.join(repr(u) for u in unseen[:10])}{' ...' if len(unseen) > 10 else ''} never seen in "
+                "training; those samples use the global statistics")
+    data.enc.targets = scale_target(y, data.norm, groups).astype(np.float32)
+
+
+def fit_group_scale(y: np.ndarray, groups: np.ndarray, norm: dict, by: str) -> dict:
+    """normalizeBy: the same kind of statistics as `norm`, per category of `by` (training rows).
+    A category with a single value keeps the global spread."""
+    out = dict(norm, by=by, groups={})
+    for g in sorted(set(groups)):
+        sub = y[groups == g]
+        sub = sub[np.isfinite(sub)]
+        if not len(sub):
+            continue
+        one = fit_target_scale(sub, norm["kind"])
+        std = one["std"] if sub.max() > sub.min() else norm["std"]  # one value: no spread of its own
+        out["groups"][str(g)] = [one["mean"], std]
+    return out
+
+
+def _row_stats(norm: dict, groups) -> tuple:
+    """(mean, std): scalars, or per-row arrays under normalizeBy (unseen categories: global)."""
+    if groups is None or not norm.get("groups"):
+        return norm["mean"], norm["std"]
+    table = norm["groups"]
+    mean = np.array([table.get(g, (norm["mean"], norm["std"]))[0] for g in groups], dtype=np.float64)
+    std = np.array([table.get(g, (norm["mean"], norm["std"]))[1] for g in groups], dtype=np.float64)
+    return mean, std
 
 
 def fit_target_scale(y: np.ndarray, kind: str, name: str = "target") -> dict:
@@ -131,18 +178,26 @@ def fit_target_scale(y: np.ndarray, kind: str, name: str = "target") -> dict:
     return {"kind": kind, "log1p": log1p, "mean": mean, "std": std}
 
 
-def scale_target(y: np.ndarray, norm: dict) -> np.ndarray:
-    """Original units -> the model's scale (NaN stays NaN)."""
+def scale_target(y: np.ndarray, norm: dict, groups=None) -> np.ndarray:
+    """Original units -> the model's scale (NaN stays NaN). groups: each row's normalizeBy
+    category (Data.target_groups), when the statistics are per category."""
     y = np.asarray(y, dtype=np.float64)
     if norm.get("log1p"):
         with np.errstate(invalid="ignore", divide="ignore"):
             y = np.log1p(y)
-    return (y - norm["mean"]) / norm["std"]
+    mean, std = _row_stats(norm, groups)
+    return (y - mean) / std
 
 
-def unscale_target(z: np.ndarray, norm: dict) -> np.ndarray:
+def target_std(norm: dict, groups=None):
+    """The scale factor from the model's scale to (log) original units, per row under normalizeBy."""
+    return _row_stats(norm, groups)[1]
+
+
+def unscale_target(z: np.ndarray, norm: dict, groups=None) -> np.ndarray:
     """The model's scale -> original units (what predictions.tsv and the metrics use)."""
-    y = np.asarray(z, dtype=np.float64) * norm["std"] + norm["mean"]
+    mean, std = _row_stats(norm, groups)
+    y = np.asarray(z, dtype=np.float64) * std + mean
     if norm.get("log1p"):
         y = np.expm1(np.minimum(y, 700.0))  # no overflow warning for a wild output
     return y
