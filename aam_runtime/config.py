@@ -113,7 +113,7 @@ class RunConfig:
     def _tensorboard_start(self, folder) -> None:
         """logging.tensorboard: event files under the run folder's tensorboard/, through
         accelerate's tracker (torch.utils.tensorboard's SummaryWriter)."""
-        if not (self.spec["logging"].get("tensorboard") or False):
+        if not self.spec["logging"].get("tensorboard"):
             return
         try:
             from accelerate.tracking import TensorBoardTracker

@@ -67,6 +67,7 @@ class PretrainObjective:
     """UniFrac pairwise distances (global batch) + masked-nucleotide + count losses."""
 
     stage = "pretrain"
+    n_outputs = 0  # no target head
 
     def __init__(self, cfg: RunConfig, data: Data):
         self.w = cfg.trainer["lossWeights"]
@@ -107,6 +108,7 @@ class FinetuneObjective:
                                                   "countWhenFinetuning")}
         self.data = data
         self.loss = target_loss(cfg.model, data)
+        self.n_outputs = self.loss.n_outputs(len(data.classes))
         self.passes = int(cfg.trainer.get("validationPasses", 1)) if cfg.dataset["asvSelection"] == "random" else 1
 
     def _target_loss(self, res, batch):
@@ -223,11 +225,9 @@ class Trainer:
 
     # -- step 1: the model, its starting weights, the optimiser and schedule
 
-    def build_model(self, data: Data, init_state: dict | None) -> AAM:
-        n_out, cond = 0, None
-        if self.stage == "finetune":
-            n_out = target_loss(self.cfg.model, data).n_outputs(len(data.classes))
-            cond = conditional_column(self.cfg.model, data.cat_columns)
+    def build_model(self, data: Data, init_state: dict | None, n_out: int) -> AAM:
+        """n_out: the target head's outputs (the objective's; 0 when pretraining)."""
+        cond = conditional_column(self.cfg.model, data.cat_columns) if n_out else None
         model = build_model(self.cfg.model, self.cfg.hardware, max_bp=data.enc.tokens.shape[1] - 1, n_outputs=n_out,
                             categorical_sizes=[len(lv) for lv in data.cat_levels],
                             max_asvs=sample_positions(self.cfg.dataset["maxAsvsPerSample"]), conditional_column=cond)
@@ -249,9 +249,10 @@ class Trainer:
                 p.requires_grad_(False)
         return model
 
-    def setup_optimisation(self, data: Data, init_state: dict | None, resume: dict | None) -> Optimisation:
+    def setup_optimisation(self, data: Data, init_state: dict | None, resume: dict | None,
+                           n_out: int = 0) -> Optimisation:
         tr, acc = self.cfg.trainer, self.acc
-        model = self.build_model(data, init_state if resume is None else None)
+        model = self.build_model(data, init_state if resume is None else None, n_out)
         if resume is not None:  # before prepare: FSDP shards (and DDP broadcasts) what is loaded here
             model.load_state_dict(resume["model"])
         groups = param_groups(model, tr)
@@ -291,7 +292,7 @@ class Trainer:
     def fit(self, data: Data, init_state=None, resume: dict | None = None) -> FitResult:
         cfg, tr = self.cfg, self.cfg.trainer
         objective = OBJECTIVES[self.stage](cfg, data)
-        o = self.setup_optimisation(data, init_state, resume)
+        o = self.setup_optimisation(data, init_state, resume, objective.n_outputs)
         self.meta = checkpoint_meta(cfg, data)
         result = FitResult(state={"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None,
                                   "bad_epochs": 0, "history": []})
