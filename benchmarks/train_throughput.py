@@ -6,6 +6,13 @@ the reference defaults). Prints a table and the ratios; --json writes the number
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 4] [--device cpu|cuda] [--json out.json]
     # on a GPU also: --precision bf16 --attention math|mem_efficient|flash --compile
+
+--compare REV checks that new code did not slow the default path: it checks REV out into a git
+worktree and, in one run, alternates the same steps (pretraining, and fine-tuning a fresh target
+head) between that tree and this one, --repeat times, at the default Model (and, with
+--model-set, extra Model fields on this tree only, e.g. sequenceSkip=false):
+
+    .venv/bin/python benchmarks/train_throughput.py --compare 1b3203f --batches 8 --repeat 3
 """
 from __future__ import annotations
 
@@ -23,12 +30,13 @@ ORAL = ROOT / "examples" / "data" / "oral-age"
 REFERENCE_SAMPLES_PER_S = 0.18  # the reference implementation, batch 8, this CPU (issue #5)
 
 
-def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attention: str, compile_: bool) -> dict:
+def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attention: str, compile_: bool,
+        root: Path = ROOT, stage: str = "pretrain", model_set: dict | None = None) -> dict:
     import numpy as np
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(root))  # the code under test: this tree, or a --compare worktree
     from aam_runtime.data import batches as B
     from aam_runtime.data import table as T
     from aam_runtime.data.unifrac import DistanceLookup, compute
@@ -38,13 +46,15 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
     from aam_runtime.model import ModelConfig
 
     spec = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model", "metadata": {"name": "bench"},
-                                   "spec": {"attentionBackend": attention, "dedupAsvs": dedup}})["spec"]
+                                   "spec": {"attentionBackend": attention, "dedupAsvs": dedup,
+                                            **(model_set or {})}})["spec"]
     p = T.load(fill_defaults("Dataset", {"apiVersion": "aam/v1alpha1", "kind": "Dataset", "metadata": {"name": "b"},
                                          "spec": {"table": str(ORAL / "table.biom")}})["spec"])
     enc = B.encode(p, 150, 1024, "abundance")
     lookup = DistanceLookup(compute(p.sample_ids, p.asv_ids, p.counts, str(ORAL / "tree.nwk")), p.sample_ids)
     torch.manual_seed(0)
-    model = AAM(ModelConfig.from_spec(spec), max_bp=150).to(device)
+    finetune = stage == "finetune"
+    model = AAM(ModelConfig.from_spec(spec), max_bp=150, n_outputs=1 if finetune else 0).to(device)
     model.attention_backend = attention
     fwd = torch.compile(model, dynamic=True) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -62,9 +72,14 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-            out = fwd(b, mask_nucleotides=True, generator=gen)
-            target = torch.from_numpy(lookup.sub(rows)).to(device)
-            loss = pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
+            if finetune:  # a fresh target head on a standardised target (values do not matter here)
+                out = fwd(b, need_target=True)
+                y = torch.from_numpy(rng.standard_normal(batch).astype(np.float32)).to(device)
+                loss = F.huber_loss(out["target"].float().squeeze(-1), y)
+            else:
+                out = fwd(b, mask_nucleotides=True, generator=gen)
+                target = torch.from_numpy(lookup.sub(rows)).to(device)
+                loss = pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -79,7 +94,8 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
     return {"batch": batch, "dedup": dedup, "samples_per_s": batch * len(times) / sum(times),
             "s_per_step": sum(times) / len(times), "peak_rss_mib": round(peak), "gpu_peak_mib": gpu_peak,
             "asv_occurrences_per_unique": occ / max(1, uniq), "threads": torch.get_num_threads(),
-            "device": device, "precision": precision, "attention": attention, "compile": compile_}
+            "device": device, "precision": precision, "attention": attention, "compile": compile_,
+            "code": str(Path(sys.modules[AAM.__module__].__file__).parent.parent)}
 
 
 def main():
@@ -91,11 +107,22 @@ def main():
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--batches", default="8,32")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compare", default=None, metavar="REV", help="git revision to compare this tree with")
+    ap.add_argument("--repeat", type=int, default=3, help="--compare: alternations per configuration")
+    ap.add_argument("--model-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="--compare: an extra variant of this tree with a Model field set (JSON value)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--root", default=str(ROOT), help=argparse.SUPPRESS)
+    ap.add_argument("--stage", default="pretrain", help=argparse.SUPPRESS)
+    ap.add_argument("--set-json", default="{}", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.one:
         batch, dedup = a.one.split(":")
-        print(json.dumps(one(int(batch), dedup == "1", a.steps, a.device, a.precision, a.attention, a.compile)))
+        print(json.dumps(one(int(batch), dedup == "1", a.steps, a.device, a.precision, a.attention, a.compile,
+                             Path(a.root), a.stage, json.loads(a.set_json))))
+        return
+    if a.compare:
+        compare(a)
         return
     results = []
     for batch in [int(x) for x in a.batches.split(",")]:
@@ -119,6 +146,53 @@ def main():
         print(f"  batch {batch}: de-dup speed-up {on['samples_per_s'] / off['samples_per_s']:.2f}x, "
               f"memory {on['peak_rss_mib'] / off['peak_rss_mib']:.2f}x; vs reference (0.18 samples/s at batch 8) "
               f"{on['samples_per_s'] / REFERENCE_SAMPLES_PER_S:.1f}x")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+def _child(a, batch: int, dedup: bool, root: Path, stage: str, model_set: dict) -> dict:
+    cmd = [sys.executable, __file__, "--one", f"{batch}:{int(dedup)}", "--steps", str(a.steps), "--device", a.device,
+           "--precision", a.precision, "--attention", a.attention, "--root", str(root), "--stage", stage,
+           "--set-json", json.dumps(model_set)] + (["--compile"] if a.compile else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if out.returncode != 0:
+        print(out.stderr[-2000:], file=sys.stderr)
+        sys.exit(1)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(a) -> None:
+    """Before/after in one run: REV's tree and this one, alternated, same data, same seeds."""
+    import statistics
+    import tempfile
+
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", a.compare], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    tmp = Path(tempfile.mkdtemp(prefix="aam-before-"))
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(tmp / "tree"), rev],
+                   capture_output=True, check=True)
+    variants = [(f"before ({rev})", tmp / "tree", {}), ("after (defaults)", ROOT, {})]
+    for kv in a.model_set:
+        field, value = kv.split("=", 1)
+        variants.append((f"after ({kv})", ROOT, {field: json.loads(value)}))
+    results = []
+    try:
+        for stage in ("pretrain", "finetune"):
+            for batch in [int(x) for x in a.batches.split(",")]:
+                got: dict = {name: [] for name, _, _ in variants}
+                for _ in range(a.repeat):
+                    for name, root, extra in variants:
+                        r = _child(a, batch, True, root, stage, extra)
+                        got[name].append(r["samples_per_s"])
+                        results.append({**r, "stage": stage, "variant": name})
+                base = statistics.median(got[variants[0][0]])
+                for name, _, _ in variants:
+                    xs = got[name]
+                    print(f"{stage:8} batch {batch:>3} {name:32}: median {statistics.median(xs):6.2f} samples/s "
+                          f"(runs {', '.join(f'{x:.2f}' for x in xs)}), {statistics.median(xs) / base:.3f}x before",
+                          flush=True)
+    finally:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tmp / "tree")], capture_output=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
 
