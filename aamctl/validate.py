@@ -98,10 +98,10 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
                 elif by == t["name"]:
                     d.append(obj.diag(f"target '{t['name']}' cannot be normalized by itself", at,
                                       hint="name another metadata column (a category such as site or study)"))
-                elif t.get("normalize", "zscore") not in ("zscore", "minmax", "log1p_zscore"):
+                elif t.get("normalize", "zscore") not in ("zscore", "minmax", "log1p_zscore", "log1p_minmax"):
                     d.append(obj.diag(f"normalizeBy needs statistics to take per category, but normalize is "
                                       f"{t.get('normalize')}", at,
-                                      hint="use normalize zscore, minmax or log1p_zscore with it, or remove normalizeBy"))
+                                      hint="use normalize zscore, minmax, log1p_zscore or log1p_minmax with it, or remove normalizeBy"))
             if names.count(t["name"]) > 1 and names.index(t["name"]) != i:
                 d.append(obj.diag(f"target '{t['name']}' is listed twice", ("spec", "targets", i, "name")))
         strat = split.get("stratifyBy")

@@ -183,14 +183,17 @@ def test_onecycle_rises_to_the_peak_then_anneals():
 
 # ---------------------------------------------------------------- targets
 
-@pytest.mark.parametrize("kind", ["none", "zscore", "minmax", "log1p", "log1p_zscore"])
+@pytest.mark.parametrize("kind", ["none", "zscore", "minmax", "log1p", "log1p_zscore", "log1p_minmax"])
 def test_target_transforms_round_trip(kind):
     y = np.array([18.0, 25.0, 31.0, 47.0, 85.0])
     norm = fit_target_scale(y, kind)
     z = scale_target(y, norm)
     assert np.allclose(unscale_target(z, norm), y)
-    if kind == "minmax":
+    if kind.endswith("minmax"):
         assert z.min() == 0 and z.max() == 1
+    if kind == "log1p_minmax":
+        ly = np.log1p(y)
+        assert np.allclose(z, (ly - ly.min()) / (ly.max() - ly.min()))
     if kind.endswith("zscore"):
         assert abs(z.mean()) < 1e-9 and abs(z.std() - 1) < 1e-9
     if kind == "log1p":

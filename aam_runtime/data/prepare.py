@@ -164,7 +164,7 @@ def fit_target_scale(y: np.ndarray, kind: str, name: str = "target") -> dict:
     minmax maps the training range to [0, 1] (mean = min, std = max - min)."""
     y = np.asarray(y, dtype=np.float64)
     y = y[np.isfinite(y)]
-    log1p = kind in ("log1p", "log1p_zscore")
+    log1p = kind in ("log1p", "log1p_zscore", "log1p_minmax")
     if log1p:
         if len(y) and y.min() <= -1:
             raise T.DataError(f"target '{name}': normalize {kind} needs values above -1, found {y.min():g} in the "
@@ -173,7 +173,7 @@ def fit_target_scale(y: np.ndarray, kind: str, name: str = "target") -> dict:
     mean, std = 0.0, 1.0
     if kind in ("zscore", "log1p_zscore") and len(y):
         mean, std = float(y.mean()), float(y.std() or 1.0)
-    elif kind == "minmax" and len(y):
+    elif kind in ("minmax", "log1p_minmax") and len(y):
         mean, std = float(y.min()), float((y.max() - y.min()) or 1.0)
     return {"kind": kind, "log1p": log1p, "mean": mean, "std": std}
 
