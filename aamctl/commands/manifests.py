@@ -82,4 +82,26 @@ def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, 
         ctx.exit(0 if ok else 1)
 
 
-COMMANDS = [validate, explain, version, apply]
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-f", "--filename", "file", default=None, metavar="FILE",
+              help="A shell script or Markdown file: every aam command in it (VAR=value lines and #SBATCH lines read).")
+@click.option("--name", default=None, help="Name of the manifests (default: from --output-dir / --output).")
+@click.argument("argv", nargs=-1, type=click.UNPROCESSED)
+def convert(file, name, argv):
+    """Manifests from a reference (jbk708/aam) command line: aamctl convert -- aam train --table ...
+
+    Prints a Dataset, Model, Run and HardwareProfile; every value where the reference's default
+    differs from aam's carries a comment, and flags aam cannot express are listed atop the Run
+    (docs/reference.md has the whole table)."""
+    import re
+
+    from ..convert import convert_argv, convert_file
+
+    if name is not None and not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", name) or (name and len(name) > 60):
+        raise UsageError(f"--name '{name}' is not a DNS-1123 label (lower-case letters, digits and '-', at most 60)")
+    if file and argv:
+        raise UsageError("give either -f FILE or a command line after --, not both")
+    click.echo(convert_file(file, name) if file else convert_argv(list(argv), name), nl=False)
+
+
+COMMANDS = [validate, explain, version, apply, convert]
