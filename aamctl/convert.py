@@ -906,7 +906,7 @@ def convert_commands(commands: list[tuple[str, list[str], dict]], name: str | No
             if key in emitted:
                 m.name = emitted[key]
             else:
-                m.name = _unique(_object_name(m, base), taken.setdefault(m.kind, set()))
+                m.name = _unique(base if name else _object_name(m, base), taken.setdefault(m.kind, set()))
                 emitted[key] = m.name
                 fresh.append(m)
         runs = []

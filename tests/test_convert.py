@@ -219,7 +219,7 @@ def test_cli_unknown_flag_exit_1_no_traceback(tmp_path):
     assert p.returncode == 2 and "DNS-1123" in p.stderr
 
 
-def test_cli_prints_manifests_that_apply_dry_run_accepts(tmp_path):
+def test_cli_prints_manifests_that_validate(tmp_path):
     """End to end on the bundled data: the README's fine-tune line, pointed at examples/data."""
     data = ROOT / "examples" / "data" / "oral-age"
     p = aamctl(tmp_path / "home", "convert", "--name", "oral", "--", "aam", "train", "--table", str(data / "table.biom"),
@@ -229,7 +229,8 @@ def test_cli_prints_manifests_that_apply_dry_run_accepts(tmp_path):
     path = tmp_path / "oral.yaml"
     path.write_text(p.stdout)
     v = aamctl(tmp_path / "home", "validate", "-f", str(path))
-    assert "run/oral valid" in v.stdout and "dataset/table valid" in v.stdout
+    assert v.stdout.split() == ["dataset/oral", "valid", "model/oral", "valid", "hardwareprofile/oral", "valid",
+                                "run/oral", "valid"]  # --name names every object
 
 
 # ---------------------------------------------------------------- docs

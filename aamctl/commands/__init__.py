@@ -1,6 +1,7 @@
 """aamctl's verbs, one module per group:
 
-manifests: validate, explain, version, apply      watch: wait, logs
+manifests: validate, explain, version, apply,     watch: wait, logs
+           convert
 inspect:   get, status, describe                  lifecycle: cancel, resume, delete
 records:   export, diff, rebuild-state            doctor: doctor
 sweeps:    (get/describe/export/cancel sweep go through the verbs above) sweep-controller
