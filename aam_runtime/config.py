@@ -60,10 +60,22 @@ class RunConfig:
         return self.trainer["seed"]
 
     def target_name(self) -> str | None:
+        """The run's target (with several targets: the first, which stratifies the split)."""
         if self.spec.get("target"):
             return self.spec["target"]
+        if self.spec.get("targets"):
+            return self.spec["targets"][0]["name"]
         t = self.dataset["targets"]
         return t[0]["name"] if t else None
+
+    def target_list(self) -> list[dict] | None:
+        """spec.targets (a finetune run with several targets): each entry joined with its Dataset
+        declaration, {name, type, normalize, normalizeBy, weight, loss}; None with one target."""
+        if not self.spec.get("targets"):
+            return None
+        declared = {t["name"]: t for t in self.dataset["targets"]}
+        return [{**declared[t["name"]], "weight": float(t.get("weight", 1.0)), "loss": t.get("loss")}
+                for t in self.spec["targets"]]
 
     def target_type(self, name) -> str | None:
         return next((t["type"] for t in self.dataset["targets"] if t["name"] == name), None)

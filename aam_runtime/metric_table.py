@@ -31,11 +31,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
 )}
 
 
+def split_metric(name: str) -> tuple[str, str | None]:
+    """'mae:age' -> ('mae', 'age'): a target's metric in a run with several targets; 'mae' -> ('mae', None)."""
+    base, _, target = name.partition(":")
+    return base, (target or None)
+
+
 def improved(metric: str, value: float, best: float | None) -> bool:
-    """Is `value` better than the best so far (None: nothing yet)?"""
+    """Is `value` better than the best so far (None: nothing yet)? metric may name a target (mae:age)."""
     if best is None:
         return True
-    return value > best if METRICS[metric].higher_is_better else value < best
+    return value > best if METRICS[split_metric(metric)[0]].higher_is_better else value < best
 
 
 def metrics_for(stage: str, target_type: str | None = None) -> list[str]:

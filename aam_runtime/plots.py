@@ -56,7 +56,7 @@ def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRE
     return path
 
 
-def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: str) -> Path:
+def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: str, name: str = CONFUSION_PLOT) -> Path:
     plt = _plt()
     n = len(classes)
     m = np.zeros((n, n), dtype=int)
@@ -75,7 +75,7 @@ def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: 
     ax.set_title(title)
     fig.tight_layout()
     out.mkdir(parents=True, exist_ok=True)
-    path = out / CONFUSION_PLOT
+    path = out / name
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

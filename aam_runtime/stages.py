@@ -57,7 +57,9 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         if p:
             images["loss"] = p
         v = result.last_validation
-        if cfg.stage == "finetune" and v is not None and v.pred is not None:
+        if cfg.stage == "finetune" and v is not None and v.pred is not None and data.parts:
+            images.update(_several_target_outputs(folder, data, trainer.meta["targets"], v.rows, v.pred))
+        elif cfg.stage == "finetune" and v is not None and v.pred is not None:
             images.update(_target_outputs(folder, data, v.rows, v.pred, data.enc.targets[v.rows]))
         cfg.tracking_finish(summary=summary, images=images)
         log(f"done: {summary}")
@@ -110,6 +112,110 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     return images
 
 
+def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, pred, name="validation",
+                            spread=None) -> dict:
+    """predictions.tsv for a run with several targets: per target, prediction:NAME and
+    truth:NAME (in its units or class names; std:NAME with several passes), and one plot each
+    (pred_vs_true_NAME.png or confusion_NAME.png)."""
+    from .train import point_column
+
+    ids = data.enc.prepared.sample_ids
+    header = ["sample_id", "split"]
+    columns = []  # per target: list of formatted strings per row
+    images = {}
+    for t, view in zip(targets, data.parts):
+        block = pred[:, t["start"]:t["stop"]]
+        y = view.enc.targets[rows]
+        sd = spread[:, t["start"]:t["stop"]] if spread is not None else None
+        header += [f"prediction:{t['name']}", f"truth:{t['name']}"] + ([f"std:{t['name']}"] if sd is not None else [])
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in t["name"])
+        if t["type"] == "classification":
+            cls = block.argmax(1)
+            cells = [[str(view.classes[c]), view.classes[v] if v >= 0 else ""] for c, v in zip(cls, y)]
+            if sd is not None:
+                for i, c in enumerate(cls):
+                    cells[i].append(f"{sd[i, c]:.6g}")
+            ok = y >= 0
+            if ok.any():
+                images[f"confusion_{safe}"] = plots.confusion(y[ok], cls[ok], view.classes, folder.plots,
+                                                              f"{t['name']} ({name})", name=f"confusion_{safe}.png")
+        else:
+            groups = view.target_groups(rows)
+            col = point_column(t.get("quantiles") or [])
+            p = unscale_target(block[:, col], view.norm, groups)
+            truth = unscale_target(y, view.norm, groups)
+            cells = [[f"{a:.6g}", f"{b:.6g}" if np.isfinite(b) else ""] for a, b in zip(p, truth)]
+            if sd is not None:
+                scale = target_std(view.norm, groups) * np.ones(len(rows))
+                for i in range(len(rows)):
+                    cells[i].append(f"{sd[i, col] * scale[i] * ((1.0 + p[i]) if view.norm.get('log1p') else 1.0):.6g}")
+            ok = np.isfinite(truth)
+            if ok.any():
+                images[f"pred_vs_true_{safe}"] = plots.scatter(truth[ok], p[ok], folder.plots, f"{t['name']} ({name})",
+                                                               name=f"pred_vs_true_{safe}.png")
+        columns.append(cells)
+    lines = ["\t".join(header)]
+    for i, r in enumerate(rows):
+        lines.append("\t".join([ids[r], name] + [c for cells in columns for c in cells[i]]))
+    atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
+    return images
+
+
+def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) -> dict:
+    """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
+    metrics (metric:target) where the Dataset has the column."""
+    import torch
+
+    from .data import batches as B
+    from .data.prepare import prepare
+    from .model import build_model
+    from .train import average_passes, check_hardware, conditional_column, target_metrics
+
+    data = prepare(cfg, folder, "predict", ckpt_meta=meta)
+    check_hardware(cfg)
+    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=meta["n_outputs"],
+                        categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
+                        conditional_column=conditional_column(meta["model_spec"], meta["cat_columns"]))
+    model.load_state_dict(ck["model"])
+    device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
+    model.to(device).eval()
+    bs = cfg.trainer["batchSize"]
+    passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if cfg.dataset["asvSelection"] == "random" else 1
+    rows = data.val
+    outputs = []
+    for p in range(passes):
+        if passes > 1:
+            data.enc.redraw(cfg.dataset["maxAsvsPerSample"], B.pass_key(cfg.seed, p))
+        preds = []
+        with torch.no_grad():
+            for i in range(0, len(rows), bs):
+                batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
+                preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
+        outputs.append(np.concatenate(preds))
+    pred_blocks, spread_blocks = [], []
+    for t in meta["targets"]:
+        m, sd = average_passes([o[:, t["start"]:t["stop"]] for o in outputs], t["type"])
+        pred_blocks.append(m)
+        spread_blocks.append(sd)
+    pred, spread = np.concatenate(pred_blocks, axis=1), np.concatenate(spread_blocks, axis=1)
+    cfg.tracking_start(folder)
+    images = _several_target_outputs(folder, data, meta["targets"], rows, pred, name="predict",
+                                     spread=spread if passes > 1 else None)
+    summary = {"samples": int(len(rows)), "passes": passes}
+    for t, view in zip(meta["targets"], data.parts):
+        y = view.enc.targets[rows]
+        has_truth = (y >= 0).any() if t["type"] == "classification" else np.isfinite(y).any()
+        if has_truth:
+            view.quantiles = list(t.get("quantiles") or [])
+            m = target_metrics(pred[:, t["start"]:t["stop"]], y, view, rows)
+            summary.update({f"{k}:{t['name']}": v for k, v in m.items()})
+    folder.metric(split="predict", step=0, **summary)
+    cfg.tracking_finish(summary=summary, images=images)
+    log(f"predict: {len(rows)} samples, targets {', '.join(t['name'] for t in meta['targets'])} -> "
+        f"{folder.file(PREDICTIONS)}; {summary}")
+    return summary
+
+
 def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Predictions of a finetuned checkpoint on any Dataset (unseen ASVs included), with metrics
     where the Dataset has the target."""
@@ -126,6 +232,8 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     if meta.get("stage") != "finetune":
         raise DataError(f"{cfg.init_checkpoint}: predict needs a finetune checkpoint (this one is from a "
                         f"{meta.get('stage', 'unknown')} run)")
+    if meta.get("targets"):
+        return _predict_several(cfg, folder, ck, meta)
     cfg.spec = dict(cfg.spec, target=meta["target"])
     if meta["target"] not in [t["name"] for t in cfg.dataset["targets"]]:
         # the column the model predicts, read as the finetune run read it (scaling comes from meta)

@@ -97,9 +97,46 @@ class PretrainObjective:
                 + self.w["nucleotide"] * means.get("nuc_loss", 0.0)}
 
 
+@dataclass
+class TargetPart:
+    """One target of a run with several: its view of the data, loss, weight, and the block of
+    head outputs [start, stop) that is its own; `column` is its column of enc.targets."""
+
+    view: Data
+    loss: L.TargetLoss
+    weight: float
+    column: int
+    start: int
+    stop: int
+
+    @property
+    def name(self) -> str:
+        return self.view.target_name
+
+    def y(self, values):
+        """This target's column of a [n, T] target array (numpy or torch), typed for its loss."""
+        col = values[:, self.column]
+        if self.view.target_type == "classification":
+            return col.long() if isinstance(col, torch.Tensor) else col.astype(np.int64)
+        return col
+
+
+def target_parts(cfg: RunConfig, data: Data) -> list[TargetPart]:
+    """Run spec.targets: one TargetPart per target, output blocks laid side by side."""
+    parts, start = [], 0
+    for column, (t, view) in enumerate(zip(cfg.target_list(), data.parts)):
+        head = dict(cfg.model["targetHead"], **({"loss": t["loss"]} if t.get("loss") else {}))
+        loss = target_loss({"targetHead": head}, view)
+        width = loss.n_outputs(len(view.classes))
+        parts.append(TargetPart(view, loss, t["weight"], column, start, start + width))
+        start += width
+    return parts
+
+
 class FinetuneObjective:
-    """The target loss, plus the auxiliary losses weighted by lossWeights.*WhenFinetuning:
-    masked nucleotides, pairwise UniFrac over the global batch, log counts."""
+    """The target loss (with several targets, their weighted sum), plus the auxiliary losses
+    weighted by lossWeights.*WhenFinetuning: masked nucleotides, pairwise UniFrac over the global
+    batch, log counts."""
 
     stage = "finetune"
 
@@ -107,12 +144,24 @@ class FinetuneObjective:
         self.w = {k: cfg.loss_weight(k) for k in ("target", "nucleotideWhenFinetuning", "unifracWhenFinetuning",
                                                   "countWhenFinetuning")}
         self.data = data
-        self.loss = target_loss(cfg.model, data)
-        self.n_outputs = self.loss.n_outputs(len(data.classes))
+        self.parts = target_parts(cfg, data) if data.parts else []
+        if self.parts:
+            self.n_outputs = self.parts[-1].stop
+        else:
+            self.loss = target_loss(cfg.model, data)
+            self.n_outputs = self.loss.n_outputs(len(data.classes))
         self.passes = int(cfg.trainer.get("validationPasses", 1)) if cfg.dataset["asvSelection"] == "random" else 1
 
-    def _target_loss(self, res, batch):
-        return self.loss(res["target"], batch["targets"])
+    def _target_losses(self, res, batch) -> tuple[torch.Tensor, dict]:
+        """The target loss, and with several targets each one's (target_loss:NAME)."""
+        if not self.parts:
+            return self.loss(res["target"], batch["targets"]), {}
+        total, each = 0.0, {}
+        for p in self.parts:
+            value = p.loss(res["target"][:, p.start:p.stop], p.y(batch["targets"]))
+            each[f"target_loss:{p.name}"] = value.detach()
+            total = total + p.weight * value
+        return total, each
 
     def train_losses(self, model, batch, gen, acc, global_rows) -> dict:
         w = self.w
@@ -120,7 +169,8 @@ class FinetuneObjective:
         aux, out = self_supervised_losses(res, batch, self.data, acc, global_rows, unifrac=w["unifracWhenFinetuning"],
                                           nucleotide=w["nucleotideWhenFinetuning"], count=w["countWhenFinetuning"])
         out.pop("nuc_accuracy", None)  # fine-tuning logs the nucleotide loss only, as before
-        out["target_loss"] = self._target_loss(res, batch)
+        out["target_loss"], each = self._target_losses(res, batch)
+        out.update(each)
         out["loss"] = w["target"] * out["target_loss"] + aux
         if "fusion_gate" in res:  # gated / gmu fusion: how much of the categorical signal passes
             out["fusion_gate"] = res["fusion_gate"]
@@ -128,13 +178,26 @@ class FinetuneObjective:
 
     def validation_batch(self, model, batch, rows, gen) -> tuple[dict, np.ndarray | None]:
         res = model(batch, need_target=True)
-        return {"target_loss": float(self._target_loss(res, batch))}, res["target"].float().cpu().numpy()
+        total, each = self._target_losses(res, batch)
+        return {"target_loss": float(total), **{k: float(v) for k, v in each.items()}}, \
+            res["target"].float().cpu().numpy()
 
     def summarize(self, means: dict, rows: np.ndarray, pred: np.ndarray | None) -> dict:
-        pred = pred if pred is not None else np.zeros((0, 1))
+        pred = pred if pred is not None else np.zeros((0, self.n_outputs))
         out = {**means, "val_loss": means.get("target_loss", 0.0)}
-        out.update(target_metrics(pred, self.data.enc.targets[rows], self.data, rows))
+        if not self.parts:
+            out.update(target_metrics(pred, self.data.enc.targets[rows], self.data, rows))
+        for p in self.parts:  # each target's metrics, named metric:target
+            m = target_metrics(pred[:, p.start:p.stop], p.y(self.data.enc.targets[rows]), p.view, rows)
+            out.update({f"{k}:{p.name}": v for k, v in m.items()})
         return out
+
+    def average(self, outputs: list[np.ndarray]) -> np.ndarray:
+        """Outputs of several validation passes -> their mean (per target block with several)."""
+        if not self.parts:
+            return average_passes(outputs, self.data.target_type)[0]
+        return np.concatenate([average_passes([o[:, p.start:p.stop] for o in outputs], p.view.target_type)[0]
+                               for p in self.parts], axis=1)
 
 
 OBJECTIVES = {"pretrain": PretrainObjective, "finetune": FinetuneObjective}
@@ -293,7 +356,7 @@ class Trainer:
         cfg, tr = self.cfg, self.cfg.trainer
         objective = OBJECTIVES[self.stage](cfg, data)
         o = self.setup_optimisation(data, init_state, resume, objective.n_outputs)
-        self.meta = checkpoint_meta(cfg, data)
+        self.meta = checkpoint_meta(cfg, data, getattr(objective, "parts", None))
         result = FitResult(state={"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None,
                                   "bad_epochs": 0, "history": []})
         state = result.state
@@ -427,7 +490,7 @@ class Trainer:
                 merged.setdefault(k, []).extend(v)
             rows_all.extend(g["rows"])
             if g["pred"][0]:  # this rank had rows and the stage predicts a target
-                preds_all.append(average_passes([np.concatenate(pp) for pp in g["pred"]], data.target_type)[0])
+                preds_all.append(objective.average([np.concatenate(pp) for pp in g["pred"]]))
         means = {k: float(np.average([a for a, _ in v], weights=[n for _, n in v])) for k, v in merged.items()}
         rows = np.concatenate(rows_all) if rows_all else np.array([], dtype=np.int64)
         pred = np.concatenate(preds_all) if preds_all else None
@@ -567,12 +630,19 @@ def output_bounds(head: dict, data: Data) -> tuple[float, float]:
     return lo, hi
 
 
-def checkpoint_meta(cfg: RunConfig, data: Data) -> dict:
-    """What predict needs besides weights: model spec, tokenization, target scaling, classes."""
-    return {"stage": cfg.stage, "run": cfg.name, "model_spec": cfg.model, "max_bp": int(data.enc.tokens.shape[1] - 1),
+def checkpoint_meta(cfg: RunConfig, data: Data, parts: list[TargetPart] | None = None) -> dict:
+    """What predict needs besides weights: model spec, tokenization, target scaling, classes
+    (with several targets, one entry per target with its output block)."""
+    meta = {"stage": cfg.stage, "run": cfg.name, "model_spec": cfg.model, "max_bp": int(data.enc.tokens.shape[1] - 1),
             "max_asvs": sample_positions(cfg.dataset["maxAsvsPerSample"]), "target": data.target_name,
             "target_type": data.target_type, "norm": data.norm, "classes": list(data.classes),
             "cat_columns": list(data.cat_columns), "cat_levels": [list(x) for x in data.cat_levels]}
+    if parts:
+        meta["targets"] = [{"name": p.name, "type": p.view.target_type, "norm": p.view.norm,
+                            "classes": list(p.view.classes), "loss": p.loss.kind, "quantiles": list(p.loss.quantiles),
+                            "weight": p.weight, "start": p.start, "stop": p.stop} for p in parts]
+        meta["n_outputs"] = parts[-1].stop
+    return meta
 
 
 def param_groups(model: AAM, tr: dict) -> list[dict]:

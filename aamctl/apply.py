@@ -83,6 +83,8 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None) -> list[Diagnostic]
         stage = run.spec["stage"]
         tr = run.spec["trainer"]
         target = run.spec.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)
+        if run.spec.get("targets"):  # several: every one must be present in the samples kept
+            target = tuple(t["name"] for t in run.spec["targets"])
         need_d = stage == "pretrain" and tr["lossWeights"]["unifrac"] > 0
         nodes = run.spec["executor"]["slurm"].get("nodes") if run.spec["executor"]["type"] == "slurm" else None
         procs = processes(hw, nodes)[1] if stage in ("pretrain", "finetune") else 1

@@ -125,7 +125,8 @@ FLAGS: list[Flag] = [
     _f("--over-penalty", T, "float", 1.0, "Model.spec.targetHead.asymmetric.over"),
     _f("--under-penalty", T, "float", 1.0, "Model.spec.targetHead.asymmetric.under"),
     _f("--loss-config", T, "str", None, "not expressible",
-       "Per-output losses of a multi-output head; aam fine-tunes one target per Run."),
+       "Per-output losses of the reference's multi-output head (--out-dim above 1). aam's several targets are "
+       "metadata columns: Run spec.targets, each with its own loss and weight."),
     _f("--class-weights", T, "str", None, "Model.spec.targetHead.classWeights",
        "The reference takes weights in class order; aam names the classes (convert numbers them by sorted "
        "class name, as both order classes)."),

@@ -184,6 +184,9 @@ def field_schema(kind: str, path) -> dict | None:
             node = items
             continue
         props = node.get("properties", {})
+        if part not in props and isinstance(node.get("items"), dict):  # a field of a list's items
+            node, base = _object_branch(node["items"], base)
+            props = node.get("properties", {})
         if part not in props:
             return None
         node = props[part]
@@ -352,10 +355,13 @@ def explain(target: str) -> str:
     if "default" in node and node["default"] not in ({}, []):
         lines.append(f"    Default: {json.dumps(node['default'])}")
     if "enum" in node:
-        lines.append(f"    One of: {', '.join(str(x) for x in node['enum'])}")
-    props = node.get("properties", {})
+        lines.append(f"    One of: {', '.join('null' if x is None else str(x) for x in node['enum'])}")
+    shape = node
+    if not node.get("properties") and isinstance(node.get("items"), dict):  # a list of objects: their fields
+        shape, _ = _object_branch(node["items"], kind_schema(kind)["$id"])
+    props = shape.get("properties", {})
     if props:
-        required = set(node.get("required", []))
+        required = set(shape.get("required", []))
         base = kind_schema(kind)["$id"]
         lines.append("")
         lines.append("FIELDS:")
@@ -369,7 +375,7 @@ def explain(target: str) -> str:
             if "default" in sub_r and sub_r["default"] not in ({}, [], None):
                 lines.append(f"    Default: {json.dumps(sub_r['default'])}")
             if "enum" in sub_r:
-                lines.append(f"    One of: {', '.join(str(x) for x in sub_r['enum'])}")
+                lines.append(f"    One of: {', '.join('null' if x is None else str(x) for x in sub_r['enum'])}")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
 

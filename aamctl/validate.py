@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from aam_runtime.metric_table import METRICS, metrics_for
+from aam_runtime.metric_table import METRICS, metrics_for, split_metric
 
 from .errors import AamError, Diagnostic
 from .parse import Document
@@ -251,6 +251,59 @@ def _check_target_recipe(run: Obj, ds: Obj, model: Obj) -> list[Diagnostic]:
     return d
 
 
+def _check_targets(run: Obj, ds: Obj, model: Obj | None) -> list[Diagnostic]:
+    """spec.targets (several targets): finetune only, instead of target, each a target of the
+    Dataset once; per-target losses for regression only; a head every target can share; the
+    best metric names one of them."""
+    d: list[Diagnostic] = []
+    s = run.spec
+    at = ("spec", "targets")
+    if s["stage"] != "finetune":
+        return [run.diag(f"targets is for finetune runs; a {s['stage']} run takes one target", at,
+                         hint="use spec.target (predict reads the targets from the checkpoint)")]
+    if s.get("target"):
+        d.append(run.diag("target and targets are both set", ("spec", "target"),
+                          hint="list every column in targets, and remove target"))
+    declared = {t["name"]: t for t in ds.spec["targets"]}
+    seen: set = set()
+    for i, t in enumerate(s["targets"]):
+        if t["name"] not in declared:
+            d.append(run.diag(f"'{t['name']}' is not a target of Dataset '{ds.name}'", (*at, i, "name"),
+                              hint=f"one of: {', '.join(declared) or 'none (add spec.targets to the Dataset)'}"))
+        elif t["name"] in seen:
+            d.append(run.diag(f"'{t['name']}' is listed twice", (*at, i, "name")))
+        elif t.get("loss") and declared[t["name"]]["type"] == "classification":
+            d.append(run.diag(f"'{t['name']}' is a classification target, which uses cross-entropy, not "
+                              f"{t['loss']}", (*at, i, "loss"), hint="remove loss (classWeights and labelSmoothing "
+                                                                    "on the Model's targetHead tune it)"))
+        seen.add(t["name"])
+    if model is not None:
+        th = model.spec["targetHead"]
+        for key, bad in (("loss", "quantile"), ("outputActivation", "bounded"), ("outputActivation", "softplus"),
+                         ("outputActivation", "relu"), ("outputActivation", "exp")):
+            if th.get(key) == bad:
+                d.append(run.diag(f"Model '{model.name}' sets targetHead.{key} {bad}, which one head shared by "
+                                  "several targets cannot apply (it would reach every target's outputs)", at,
+                                  hint=f"remove targetHead.{key} from the Model, or fine-tune one target per Run"))
+        col = th.get("conditionalScale")
+        if col and col in seen:
+            d.append(run.diag(f"Model '{model.name}' scales outputs per category of '{col}', which is one of the "
+                              "targets", at, hint="name another categorical column in conditionalScale"))
+    field_ = ("spec", "trainer", "earlyStopping", "metric")
+    name = s["trainer"]["earlyStopping"]["metric"]
+    base, target = split_metric(name)
+    if base != "val_loss":
+        kinds = {t["name"]: declared[t["name"]]["type"] for t in s["targets"] if t["name"] in declared}
+        choices = [f"{m}:{n}" for n, k in kinds.items() for m in metrics_for("finetune", k) if m != "val_loss"]
+        if target is None or target not in kinds or METRICS[base].target_type != kinds[target]:
+            why = "must name its target" if target is None else \
+                f"names '{target}', which is not one of the targets" if target not in kinds else \
+                f"needs a {METRICS[base].target_type} target, and '{target}' is {kinds[target]}"
+            d.append(run.diag(f"metric '{name}' {why}", field_,
+                              hint=f"use val_loss (the weighted sum) or one of: {', '.join(choices[:8])}"))
+    return d
+
+
 def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
     """Recipe fields that make no sense together (issue: every option rejects nonsense)."""
     d: list[Diagnostic] = []
@@ -367,9 +420,16 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
         elif not names and stage != "predict":
             d.append(run.diag(f"Dataset '{ds.name}' has no targets", ("spec", "datasetRef"),
                               hint="add spec.targets to the Dataset"))
-    metric = METRICS[tr["earlyStopping"]["metric"]]
     field_ = ("spec", "trainer", "earlyStopping", "metric")
-    if stage in ("pretrain", "finetune") and stage not in metric.stages:
+    base, metric_target = split_metric(tr["earlyStopping"]["metric"])
+    metric = METRICS[base]
+    if s.get("targets"):
+        d.extend(_check_targets(run, ds, res.get("Model", model_ref) if model_ref and ("Model", model_ref)
+                                in res.objects else None))
+    elif metric_target:
+        d.append(run.diag(f"metric '{tr['earlyStopping']['metric']}' names a target, which only a run with "
+                          "spec.targets (several targets) does", field_, hint=f"use '{base}'"))
+    elif stage in ("pretrain", "finetune") and stage not in metric.stages:
         d.append(run.diag(f"metric '{metric.name}' is not computed by a {stage} run", field_,
                           hint=f"use one of: {', '.join(metrics_for(stage))}"))
     elif stage == "finetune":
@@ -381,7 +441,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     if s["freezeBase"] and not init:
         d.append(run.diag("freezeBase needs pretrained weights", ("spec", "freezeBase"), hint="add initFrom or remove freezeBase"))
     d.extend(_check_recipe(res, run, ds))
-    if stage == "finetune" and model_ref and ("Model", model_ref) in res.objects:
+    if stage == "finetune" and model_ref and ("Model", model_ref) in res.objects and not s.get("targets"):
         d.extend(_check_target_recipe(run, ds, res.get("Model", model_ref)))
     ex = s["executor"]
     hs = hw.spec

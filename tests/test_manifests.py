@@ -273,8 +273,11 @@ def test_metric_table_matches_the_schema_enum():
     from aam_runtime.metric_table import METRICS
 
     schema = _json.loads((ROOT / "schemas" / "v1alpha1" / "run.schema.json").read_text())
-    enum = schema["properties"]["spec"]["properties"]["trainer"]["properties"]["earlyStopping"]["properties"]["metric"]["enum"]
+    enum = schema["properties"]["spec"]["properties"]["trainer"]["properties"]["earlyStopping"]["properties"]["metric"]["anyOf"][0]["enum"]
     assert set(enum) == set(METRICS)
+    pattern = schema["properties"]["spec"]["properties"]["trainer"]["properties"]["earlyStopping"]["properties"][
+        "metric"]["anyOf"][1]["pattern"]
+    assert set(pattern[2:pattern.index(")")].split("|")) == {m.name for m in METRICS.values() if m.target_type}
     sweep = _json.loads((ROOT / "schemas" / "v1alpha1" / "sweep.schema.json").read_text())
     assert set(sweep["properties"]["spec"]["properties"]["objective"]["properties"]["metric"]["enum"]) == set(METRICS)
 
@@ -292,3 +295,12 @@ def test_non_tty_progress_prints_tenths_and_minutes_not_steps():
     lines = [slow.lines("b", "Running", None, {"step": s, "total_steps": 10**6}, now=s * 30.0) for s in range(1, 9)]
     assert sum(map(len, lines)) == 4  # the first, then one a minute while it moves (30 s a step)
     assert slow.lines("b", "Succeeded", None, {"step": 9, "total_steps": 10**6}, now=241) != []
+
+
+def test_explain_lists_the_fields_of_a_list_of_objects():
+    from aamctl.schema import explain
+
+    text = explain("Run.spec.targets")
+    assert "  name\t<string> -required-" in text and "  weight\t<number>" in text
+    assert "One of: huber, mse, mae, asymmetric, null" in explain("Run.spec.targets.loss")
+    assert "Metadata column." in explain("Dataset.spec.targets.name")

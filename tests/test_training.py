@@ -193,6 +193,28 @@ spec:
   maxBp: 100
 ---
 apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-multi}}
+spec:
+  table: {ORAL}/table.biom
+  metadata: {{path: {ORAL}/metadata-study.tsv}}
+  targets: [{{name: age, type: regression}}, {{name: study, type: classification}}]
+  categoricalColumns: [study]
+  subsample: {{samples: 200, seed: 5}}
+  maxAsvsPerSample: 48
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-new-multi}}
+spec:
+  table: {ORAL}/table.biom
+  metadata: {{path: {ORAL}/metadata-study.tsv}}
+  subsample: {{samples: 60, seed: 99}}
+  maxAsvsPerSample: 48
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
 spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
@@ -298,6 +320,26 @@ spec:
   datasetRef: oral-new
   hardwareRef: cpu-1
   initFrom: {run: fine-q}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: fine-multi}
+spec:
+  stage: finetune
+  datasetRef: oral-multi
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  targets: [{name: age, loss: mae}, {name: study, weight: 0.5}]
+  trainer: {epochs: 3, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: "mae:age"}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-multi}
+spec:
+  stage: predict
+  datasetRef: oral-new-multi
+  hardwareRef: cpu-1
+  initFrom: {run: fine-multi}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -572,3 +614,47 @@ def test_tensorboard_event_files_carry_the_metrics(pipeline):
     assert not (_folder(home, "fine") / "tensorboard").exists()  # off by default
     out = subprocess.run([*AAMCTL, "--home", str(home), "describe", "run", "fine-q"], capture_output=True, text=True)
     assert f"tensorboard --logdir {folder / 'tensorboard'}" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_several_targets_in_one_finetune_run(pipeline):
+    """age (regression, MAE loss) and study (classification, weight 0.5) share one head: each has
+    its loss, its metrics (metric:target), its prediction columns; the best metric names its
+    target; predict writes both, with metrics where the new samples have the columns."""
+    import pandas as pd
+
+    home, _ = pipeline
+    folder = _folder(home, "fine-multi")
+    rows = read_jsonl(folder / "metrics.jsonl")
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "validation"]
+    assert {"target_loss:age", "target_loss:study"} <= set(train[-1])
+    # the total is the weighted sum of the two (weights 1 and 0.5), step by step
+    for r in train:
+        assert r["target_loss"] == pytest.approx(r["target_loss:age"] + 0.5 * r["target_loss:study"], rel=1e-4)
+    last = val[-1]
+    for key in ("mae:age", "r2:age", "accuracy:study", "f1:study", "target_loss:age", "target_loss:study"):
+        assert key in last, sorted(last)
+    assert "mae" not in last and "accuracy" not in last
+    # the study head learned: below a uniform guess over the training classes, where its fresh
+    # head (near-zero logits) starts
+    split = pd.read_csv(folder / "split.tsv", sep="\t", dtype=str)
+    meta = pd.read_csv(ORAL / "metadata-study.tsv", sep="\t", dtype=str).set_index("sample_id")
+    n_classes = meta.loc[split[split["split"] == "train"]["sample_id"], "study"].nunique()
+    assert last["target_loss:study"] < np.log(n_classes) - 0.1
+    status = json.loads((folder / "status.json").read_text())
+    assert status["best_metric"]["name"] == "mae:age"
+    assert status["best_metric"]["value"] == min(r["mae:age"] for r in val)
+    pred = pd.read_csv(folder / "predictions.tsv", sep="\t", dtype={"sample_id": str, "truth:study": str,
+                                                                     "prediction:study": str})
+    assert list(pred.columns) == ["sample_id", "split", "prediction:age", "truth:age", "prediction:study",
+                                  "truth:study"]
+    assert np.mean(np.abs(pred["prediction:age"] - pred["truth:age"])) == pytest.approx(last["mae:age"], rel=1e-3)
+    assert (pred["prediction:study"] == pred["truth:study"]).mean() == pytest.approx(last["accuracy:study"], abs=1e-6)
+    assert (folder / "plots" / "pred_vs_true_age.png").exists() and (folder / "plots" / "confusion_study.png").exists()
+    # predict on new samples: both targets, metrics named by target
+    p = _folder(home, "pred-multi")
+    out = pd.read_csv(p / "predictions.tsv", sep="\t", dtype=str)
+    assert len(out) == 60 and {"prediction:age", "prediction:study", "truth:study"} <= set(out.columns)
+    summary = [r for r in read_jsonl(p / "metrics.jsonl") if r["split"] == "predict"][0]
+    assert {"mae:age", "accuracy:study"} <= set(summary)

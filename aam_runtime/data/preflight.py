@@ -59,7 +59,7 @@ def check_dataset_files(spec: dict) -> list[Problem]:
     return problems
 
 
-def check_dataset(spec: dict, stage: str, target: str | None = None, need_distances: bool = False, *,
+def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, need_distances: bool = False, *,
                   batch_size: int | None = None, processes: int = 1, seed: int = 0) -> list[Problem]:
     """Problems with a resolved Dataset spec for one stage, each one sentence; [] when usable.
     Warnings (severity 'warning') do not stop a run."""
@@ -181,7 +181,10 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
     from .split import make_split
     from .table import load
 
-    need = [target] if target and stage in ("finetune", "baseline") else []
+    several = list(target) if isinstance(target, tuple) else None  # a run with several targets
+    if several:
+        target = several[0]  # stratifies the split, as in the runtime
+    need = (several or [target]) if target and stage in ("finetune", "baseline") else []
     try:
         prepared = load(spec, need_targets=need, seed=seed, table=table, metadata=meta)
     except DataError as exc:

@@ -33,6 +33,9 @@ class Data:
     cat_levels: list = field(default_factory=list)  # per categorical column: its levels
     cat_columns: list = field(default_factory=list)
     quantiles: list = field(default_factory=list)  # loss quantile: the level of each output column
+    # several targets (Run spec.targets): one view per target (a Data sharing enc's samples, with
+    # its own name, type, scaling, classes and 1-D enc.targets); enc.targets is then [n, T] float32
+    parts: list = field(default_factory=list)
 
     @property
     def sample_ids(self) -> list[str]:
@@ -54,7 +57,12 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
     ds = cfg.dataset
     target = cfg.target_name()
     ttype = cfg.target_type(target)
+    several = cfg.target_list() if stage == "finetune" else None
+    if stage == "predict" and ckpt_meta and ckpt_meta.get("targets"):
+        several = ckpt_meta["targets"]
     need = [target] if (stage in ("finetune", "baseline") and target) else []
+    if several and stage == "finetune":
+        need = [t["name"] for t in several]
     prepared = T.load(ds, need_targets=need, seed=cfg.seed)
     log(f"data: {prepared.n_samples} samples, {len(prepared.asv_ids)} ASVs; report {prepared.report}")
     max_bp = (ckpt_meta or {}).get("max_bp", ds["maxBp"])
@@ -67,10 +75,13 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
         data.train, data.val = make_split(ds, prepared, ttype, target)
         write_split(folder, data)
     if stage in ("finetune", "predict"):
+        targets = {t["name"] for t in several} if several else {target}
         columns = ckpt_meta.get("cat_columns", []) if stage == "predict" and ckpt_meta is not None else \
-            [c for c in ds["categoricalColumns"] if c != target]
+            [c for c in ds["categoricalColumns"] if c not in targets]
         code_categoricals(data, columns, (ckpt_meta or {}).get("cat_levels"))
-    if target and (stage in ("finetune", "baseline") or (stage == "predict" and target in prepared.metadata)):
+    if several:
+        encode_targets(data, several, stage)
+    elif target and (stage in ("finetune", "baseline") or (stage == "predict" and target in prepared.metadata)):
         encode_target(data, cfg.target_normalize(target), ckpt_meta, strict=stage != "predict",
                       by=cfg.target_normalize_by(target))
     elif stage == "predict" and ckpt_meta is not None:
@@ -132,6 +143,35 @@ def encode_target(data: Data, normalize: str, ckpt_meta: dict | None, strict: bo
                 f"{', '.join(repr(u) for u in unseen[:10])}{' ...' if len(unseen) > 10 else ''} never seen in "
                 "training; those samples use the global statistics")
     data.enc.targets = scale_target(y, data.norm, groups).astype(np.float32)
+
+
+def encode_targets(data: Data, targets: list[dict], stage: str) -> None:
+    """Several targets: one view per target (encode_target on a copy of enc), their values side
+    by side in data.enc.targets [n, T] (float32; class indices as numbers, -1 unknown). predict
+    passes the checkpoint's per-target entries (scaling and classes learned in training); a column
+    the predict data lacks is all missing."""
+    import dataclasses
+
+    meta = data.enc.prepared.metadata
+    columns = []
+    for t in targets:
+        view = dataclasses.replace(data, enc=dataclasses.replace(data.enc), target_name=t["name"],
+                                   target_type=t["type"], norm={}, classes=[], quantiles=[], parts=[])
+        if stage == "predict":
+            view.classes, view.norm = list(t.get("classes") or []), dict(t.get("norm") or {})
+            if t["name"] in meta:
+                encode_target(view, "none", {"classes": view.classes, "norm": view.norm}, strict=False)
+            else:
+                n = len(data.sample_ids)
+                view.enc.targets = np.full(n, -1, dtype=np.int64) if t["type"] == "classification" else \
+                    np.full(n, np.nan, dtype=np.float32)
+        else:
+            encode_target(view, t.get("normalize", "none"), None, strict=True, by=t.get("normalizeBy"))
+        data.parts.append(view)
+        columns.append(view.enc.targets.astype(np.float32))
+    data.target_name = ",".join(t["name"] for t in targets)
+    data.target_type = "several"
+    data.enc.targets = np.stack(columns, axis=1)
 
 
 def fit_group_scale(y: np.ndarray, groups: np.ndarray, norm: dict, by: str) -> dict:
