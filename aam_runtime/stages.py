@@ -161,26 +161,24 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
     return images
 
 
-def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) -> dict:
-    """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
-    metrics (metric:target) where the Dataset has the column."""
+def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int) -> tuple[list, int]:
+    """The finetune checkpoint's network on the predict data: target outputs [n, n_outputs] of
+    every pass (several passes draw other ASVs, with asvSelection random), and the pass count."""
     import torch
 
     from .data import batches as B
-    from .data.prepare import prepare
     from .model import build_model
-    from .train import average_passes, check_hardware, conditional_column, target_metrics
+    from .train import conditional_column
 
-    data = prepare(cfg, folder, "predict", ckpt_meta=meta)
-    check_hardware(cfg)
-    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=meta["n_outputs"],
+    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=n_outputs,
                         categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
                         conditional_column=conditional_column(meta["model_spec"], meta["cat_columns"]))
     model.load_state_dict(ck["model"])
     device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
     model.to(device).eval()
     bs = cfg.trainer["batchSize"]
-    passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if cfg.dataset["asvSelection"] == "random" else 1
+    random_asvs = cfg.dataset["asvSelection"] == "random"
+    passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if random_asvs else 1
     rows = data.val
     outputs = []
     for p in range(passes):
@@ -192,6 +190,19 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) ->
                 batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
                 preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
         outputs.append(np.concatenate(preds))
+    return outputs, passes
+
+
+def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) -> dict:
+    """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
+    metrics (metric:target) where the Dataset has the column."""
+    from .data.prepare import prepare
+    from .train import average_passes, check_hardware, target_metrics
+
+    data = prepare(cfg, folder, "predict", ckpt_meta=meta)
+    check_hardware(cfg)
+    outputs, passes = _predict_outputs(cfg, data, ck, meta, meta["n_outputs"])
+    rows = data.val
     pred_blocks, spread_blocks = [], []
     for t in meta["targets"]:
         m, sd = average_passes([o[:, t["start"]:t["stop"]] for o in outputs], t["type"])
@@ -219,13 +230,9 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) ->
 def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Predictions of a finetuned checkpoint on any Dataset (unseen ASVs included), with metrics
     where the Dataset has the target."""
-    import torch
-
-    from .data import batches as B
     from .data.prepare import prepare
-    from .model import build_model
     from .losses import TargetLoss
-    from .train import average_passes, check_hardware, conditional_column, target_metrics
+    from .train import average_passes, check_hardware, target_metrics
 
     ck = _load_checkpoint(cfg.init_checkpoint)
     meta = ck.get("meta") or {}
@@ -244,27 +251,8 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     check_hardware(cfg)
     head = TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"])
     data.quantiles = list(head.quantiles)
-    model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"],
-                        n_outputs=head.n_outputs(len(meta["classes"])),
-                        categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
-                        conditional_column=conditional_column(meta["model_spec"], meta["cat_columns"]))
-    model.load_state_dict(ck["model"])
-    device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
-    model.to(device).eval()
-    bs = cfg.trainer["batchSize"]
-    random_asvs = cfg.dataset["asvSelection"] == "random"
-    passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if random_asvs else 1
+    outputs, passes = _predict_outputs(cfg, data, ck, meta, head.n_outputs(len(meta["classes"])))
     rows = data.val
-    outputs = []
-    for p in range(passes):
-        if passes > 1:
-            data.enc.redraw(cfg.dataset["maxAsvsPerSample"], B.pass_key(cfg.seed, p))
-        preds = []
-        with torch.no_grad():
-            for i in range(0, len(rows), bs):
-                batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
-                preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
-        outputs.append(np.concatenate(preds))
     pred, spread = average_passes(outputs, data.target_type)
     y = data.enc.targets[rows] if data.enc.targets is not None else None
     cfg.tracking_start(folder)
