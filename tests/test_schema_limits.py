@@ -32,6 +32,7 @@ PATTERN_SAMPLES = {
     "^[A-Za-z0-9_./+-]+$(?!\\n)": "rocm/6.3.0",
     "^[A-Za-z0-9_:-]+$(?!\\n)": "gpu:a100",
     "^(spec|model\\.spec)(\\.[A-Za-z][A-Za-z0-9]*)+$(?!\\n)": "model.spec.targetHead.hidden",
+    "^(mae|rmse|r2|accuracy|f1|auroc):[^:\\r\\n]+$(?!\\n)": "mae:age",
 }
 
 
