@@ -56,6 +56,14 @@ RESERVE = ".space-reserve"  # freed on ENOSPC so the failure itself can still be
 LOW_SPACE = 64 * 1024  # below this many free bytes, a write that failed is taken for a full disk
 
 
+def target_plot(plot: str, target: str) -> str:
+    """A target's own plot in a run with several targets: pred_vs_true.png -> pred_vs_true_age.png
+    (characters a file name should not carry become '_')."""
+    stem, dot, ext = plot.rpartition(".")
+    safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in target)
+    return f"{stem}_{safe}{dot}{ext}"
+
+
 def checkpoint_name(which: str) -> str:
     """checkpoints/last.pt or checkpoints/best.pt, relative to the run folder."""
     return f"{CHECKPOINTS}/{which}.pt"

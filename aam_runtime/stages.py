@@ -11,7 +11,8 @@ from .config import RunConfig
 from .console import log
 from .data.prepare import target_std, unscale_target
 from .data.table import DataError
-from .runfolder import METRICS, PREDICTIONS, RunFolder, atomic_write, checkpoint_name, read_jsonl
+from .runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write, checkpoint_name,
+                        read_jsonl, target_plot)
 
 
 def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -96,11 +97,7 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
         p = unscale_target(pred[:, col], data.norm, groups)
         levels = [unscale_target(pred[:, j], data.norm, groups) for j in range(len(q))]
         t = unscale_target(y, data.norm, groups) if y is not None else np.full(len(p), np.nan)
-        sd = None
-        if spread is not None:  # std on the model's scale -> original units (exact for affine scaling)
-            sd = spread.reshape(len(rows), -1)[:, col] * target_std(data.norm, groups)
-            if data.norm.get("log1p"):  # delta method through expm1
-                sd = sd * (1.0 + p)
+        sd = None if spread is None else _spread_in_units(spread.reshape(len(rows), -1)[:, col], data.norm, groups, p)
         for i, (r, a, b) in enumerate(zip(rows, p, t)):
             extra = f"\t{sd[i]:.6g}" if sd is not None else ""
             extra += "".join(f"\t{lv[i]:.6g}" for lv in levels)
@@ -110,6 +107,13 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
             images["pred_vs_true"] = plots.scatter(t[ok], p[ok], folder.plots, f"{data.target_name} ({name})")
     atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
     return images
+
+
+def _spread_in_units(sd: np.ndarray, norm: dict, groups, pred: np.ndarray) -> np.ndarray:
+    """A standard deviation over passes on the model's scale -> the target's units (exact for
+    affine scaling; through expm1 by the delta method). pred: the predictions in those units."""
+    sd = sd * target_std(norm, groups)
+    return sd * (1.0 + pred) if norm.get("log1p") else sd
 
 
 def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, pred, name="validation",
@@ -128,7 +132,6 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
         y = view.enc.targets[rows]
         sd = spread[:, t["start"]:t["stop"]] if spread is not None else None
         header += [f"prediction:{t['name']}", f"truth:{t['name']}"] + ([f"std:{t['name']}"] if sd is not None else [])
-        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in t["name"])
         if t["type"] == "classification":
             cls = block.argmax(1)
             cells = [[str(view.classes[c]), view.classes[v] if v >= 0 else ""] for c, v in zip(cls, y)]
@@ -137,8 +140,9 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
                     cells[i].append(f"{sd[i, c]:.6g}")
             ok = y >= 0
             if ok.any():
-                images[f"confusion_{safe}"] = plots.confusion(y[ok], cls[ok], view.classes, folder.plots,
-                                                              f"{t['name']} ({name})", name=f"confusion_{safe}.png")
+                plot = target_plot(CONFUSION_PLOT, t["name"])
+                images[Path(plot).stem] = plots.confusion(y[ok], cls[ok], view.classes, folder.plots,
+                                                          f"{t['name']} ({name})", name=plot)
         else:
             groups = view.target_groups(rows)
             col = point_column(t.get("quantiles") or [])
@@ -146,13 +150,13 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
             truth = unscale_target(y, view.norm, groups)
             cells = [[f"{a:.6g}", f"{b:.6g}" if np.isfinite(b) else ""] for a, b in zip(p, truth)]
             if sd is not None:
-                scale = target_std(view.norm, groups) * np.ones(len(rows))
-                for i in range(len(rows)):
-                    cells[i].append(f"{sd[i, col] * scale[i] * ((1.0 + p[i]) if view.norm.get('log1p') else 1.0):.6g}")
+                for i, v in enumerate(_spread_in_units(sd[:, col], view.norm, groups, p)):
+                    cells[i].append(f"{v:.6g}")
             ok = np.isfinite(truth)
             if ok.any():
-                images[f"pred_vs_true_{safe}"] = plots.scatter(truth[ok], p[ok], folder.plots, f"{t['name']} ({name})",
-                                                               name=f"pred_vs_true_{safe}.png")
+                plot = target_plot(PRED_PLOT, t["name"])
+                images[Path(plot).stem] = plots.scatter(truth[ok], p[ok], folder.plots, f"{t['name']} ({name})",
+                                                        name=plot)
         columns.append(cells)
     lines = ["\t".join(header)]
     for i, r in enumerate(rows):
@@ -197,18 +201,13 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) ->
     """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
     metrics (metric:target) where the Dataset has the column."""
     from .data.prepare import prepare
-    from .train import average_passes, check_hardware, target_metrics
+    from .train import average_blocks, check_hardware, target_metrics
 
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     check_hardware(cfg)
     outputs, passes = _predict_outputs(cfg, data, ck, meta, meta["n_outputs"])
     rows = data.val
-    pred_blocks, spread_blocks = [], []
-    for t in meta["targets"]:
-        m, sd = average_passes([o[:, t["start"]:t["stop"]] for o in outputs], t["type"])
-        pred_blocks.append(m)
-        spread_blocks.append(sd)
-    pred, spread = np.concatenate(pred_blocks, axis=1), np.concatenate(spread_blocks, axis=1)
+    pred, spread = average_blocks(outputs, [(t["start"], t["stop"], t["type"]) for t in meta["targets"]])
     cfg.tracking_start(folder)
     images = _several_target_outputs(folder, data, meta["targets"], rows, pred, name="predict",
                                      spread=spread if passes > 1 else None)

@@ -196,8 +196,7 @@ class FinetuneObjective:
         """Outputs of several validation passes -> their mean (per target block with several)."""
         if not self.parts:
             return average_passes(outputs, self.data.target_type)[0]
-        return np.concatenate([average_passes([o[:, p.start:p.stop] for o in outputs], p.view.target_type)[0]
-                               for p in self.parts], axis=1)
+        return average_blocks(outputs, [(p.start, p.stop, p.view.target_type) for p in self.parts])[0]
 
 
 OBJECTIVES = {"pretrain": PretrainObjective, "finetune": FinetuneObjective}
@@ -767,6 +766,13 @@ def average_passes(preds: list[np.ndarray], target_type: str | None) -> tuple[np
         prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
         return np.log(np.clip(prob.mean(0), 1e-12, 1.0)), prob.std(0)
     return stack.mean(0), stack.std(0)
+
+
+def average_blocks(outputs: list[np.ndarray], blocks: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+    """average_passes for a head with several targets: each (start, stop, target_type) block of
+    the outputs averaged as its kind of target, side by side again."""
+    done = [average_passes([o[:, a:b] for o in outputs], kind) for a, b, kind in blocks]
+    return np.concatenate([m for m, _ in done], axis=1), np.concatenate([sd for _, sd in done], axis=1)
 
 
 def target_metrics(pred: np.ndarray, y: np.ndarray, data: Data, rows: np.ndarray) -> dict:

@@ -15,6 +15,7 @@ under an earlier `pretrain`'s --output-dir starts from that Run.
 from __future__ import annotations
 
 import difflib
+import functools
 import json
 import math
 import os
@@ -366,7 +367,9 @@ class Manifest:
         return {"apiVersion": API_VERSION, "kind": self.kind, "metadata": {"name": self.name}, "spec": self.spec}
 
 
+@functools.lru_cache(maxsize=None)
 def _defaults(kind: str) -> dict:
+    """A kind's spec with every schema default filled (read-only: shared by every caller)."""
     base = {"Run": {"stage": "finetune", "datasetRef": "x"}, "Dataset": {"table": "x"},
             "HardwareProfile": {"accelerator": "cpu"}}.get(kind, {})
     doc = fill_defaults(kind, {"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": "x"},
@@ -954,7 +957,7 @@ def _stand_in_pretrain(conv: Converted, launch: Launch, taken_runs: set) -> Mani
     for the reference run that wrote the checkpoint given to --pretrained-encoder."""
     ckpt = launch.options["--pretrained-encoder"]
     folder = Path(ckpt).parent
-    if folder.name == "checkpoints":
+    if folder.name == "checkpoints":  # the reference's layout: <output-dir>/checkpoints/best_model.pt
         folder = folder.parent
     args = []
     for flag in sorted(launch.given & STAND_IN_FLAGS):

@@ -37,8 +37,9 @@ def export_record(row, phase: str, status: dict, new_name: str | None = None) ->
     if status.get(STATUS_PROBLEM):
         ann["aam/record-notes"] = status[STATUS_PROBLEM]
     if new_name:
-        import re
-        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", new_name) or len(new_name) > 63:
+        from .schema import is_name
+
+        if not is_name(new_name):
             raise AamError(Diagnostic(f"'{new_name}' is not a valid name", file="aamctl",
                                       hint="names are DNS-1123 labels: lower-case letters, digits and '-'"))
         main["metadata"]["name"] = new_name

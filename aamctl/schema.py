@@ -27,6 +27,13 @@ KIND_ALIASES = {
 BASE_URI = "https://aam.dev/schemas/v1alpha1/"
 
 
+def is_name(text: str, max_len: int = 63) -> bool:
+    """Is `text` a DNS-1123 label (the schema's name pattern) of at most max_len characters?"""
+    import re
+
+    return bool(re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", text)) and len(text) <= max_len
+
+
 def schema_dir() -> Path:
     here = Path(__file__).resolve().parent
     for candidate in (here.parent / "schemas" / "v1alpha1", here / "schemas" / "v1alpha1"):

@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from aam_runtime.runfolder import STATUS  # noqa: E402
 from aamctl.plan import run_folder  # noqa: E402
 
 AAMCTL = [sys.executable, "-m", "aamctl"]
@@ -48,7 +49,7 @@ def apply(home: Path, docs: list[dict], name: str) -> float:
 
 
 def best_mae(home: Path, name: str) -> float:
-    status = json.loads((run_folder(home, name, 1) / "status.json").read_text())
+    status = json.loads((run_folder(home, name, 1) / STATUS).read_text())
     return float(status["final_metrics"]["best_metric"])  # the run's earlyStopping metric: mae
 
 

@@ -93,11 +93,10 @@ def convert(file, name, argv):
     Prints a Dataset, Model, Run and HardwareProfile; every value where the reference's default
     differs from aam's carries a comment, and flags aam cannot express are listed atop the Run
     (docs/reference.md has the whole table)."""
-    import re
-
     from ..convert import convert_argv, convert_file
+    from ..schema import is_name
 
-    if name is not None and not re.match(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", name) or (name and len(name) > 60):
+    if name is not None and not is_name(name, max_len=60):  # room for the -2, -3 of repeated names
         raise UsageError(f"--name '{name}' is not a DNS-1123 label (lower-case letters, digits and '-', at most 60)")
     if file and argv:
         raise UsageError("give either -f FILE or a command line after --, not both")
