@@ -39,7 +39,10 @@ class RunConfig:
         self.dataset = by[("Dataset", s["datasetRef"])]["spec"]
         self.hardware = by[("HardwareProfile", s["hardwareRef"])]["spec"]
         self.model = (settings.get("model") or {}).get("spec")
-        self.init_checkpoint = settings.get("initCheckpoint")
+        init = settings.get("initCheckpoint")
+        # a list for an ensemble (predict with initFrom.runs); init_checkpoint is the first
+        self.init_checkpoints = list(init) if isinstance(init, list) else [init] if init else []
+        self.init_checkpoint = self.init_checkpoints[0] if self.init_checkpoints else None
         self.init_stage = settings.get("initStage")
         self.precision = settings["precision"]
         self.labels = self.run["metadata"].get("labels", {})

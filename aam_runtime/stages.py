@@ -197,7 +197,75 @@ def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int)
     return outputs, passes
 
 
-def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) -> dict:
+# what every checkpoint of an ensemble must share: how samples are read and what the head predicts
+_ENSEMBLE_KEYS = ("max_bp", "max_asvs", "cat_columns", "cat_levels", "target", "target_type", "classes")
+
+
+def _check_ensemble(paths: list[str], cks: list[dict]) -> None:
+    first = cks[0]["meta"]
+    for path, ck in zip(paths[1:], cks[1:]):
+        meta = ck["meta"]
+        for key in _ENSEMBLE_KEYS:
+            if meta.get(key) != first.get(key):
+                raise DataError(f"{path}: cannot average with {paths[0]}: their {key} differ "
+                                f"({meta.get(key)!r} vs {first.get(key)!r}); an ensemble's runs fine-tune the "
+                                f"same target(s) on Datasets read the same way (maxBp, maxAsvsPerSample, categoricals)")
+        if _head_outputs(meta) != _head_outputs(first):
+            raise DataError(f"{path}: cannot average with {paths[0]}: their target heads give different outputs "
+                            f"({_head_outputs(meta)} vs {_head_outputs(first)}); use runs whose Models share "
+                            f"targetHead.loss and quantiles")
+        mine = [(t["name"], t["type"], t["classes"], t["start"], t["stop"]) for t in meta.get("targets") or []]
+        theirs = [(t["name"], t["type"], t["classes"], t["start"], t["stop"]) for t in first.get("targets") or []]
+        if mine != theirs:
+            raise DataError(f"{path}: cannot average with {paths[0]}: their targets differ "
+                            f"({[t[0] for t in mine]} vs {[t[0] for t in theirs]})")
+
+
+def _head_outputs(meta: dict) -> list:
+    """What a checkpoint's head emits: per target, its quantile levels (or [] for one value or
+    class logits)."""
+    if meta.get("targets"):
+        return [list(t.get("quantiles") or []) for t in meta["targets"]]
+    from .losses import TargetLoss
+
+    return [list(TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"]).quantiles)]
+
+
+def _rescale(out: np.ndarray, norm: dict, first: dict, groups) -> np.ndarray:
+    """Regression outputs on one member's target scale -> the first member's (units in between),
+    column by column; the identity when both were scaled alike."""
+    from .data.prepare import scale_target, unscale_target
+
+    if norm == first or not norm or not first:
+        return out
+    cols = [scale_target(unscale_target(out[:, j].astype(np.float64), norm, groups), first, groups)
+            for j in range(out.shape[1])]
+    return np.stack(cols, axis=1).astype(out.dtype)
+
+
+def _ensemble_outputs(cfg: RunConfig, data, cks: list[dict], n_outputs: int) -> tuple[list, int]:
+    """Every member's outputs over every pass, on the first member's target scale: the list that
+    the passes average runs over. Returns (outputs, passes per member)."""
+    first = cks[0]["meta"]
+    rows = data.val
+    outputs, passes = [], 1
+    for ck in cks:
+        meta = ck["meta"]
+        outs, passes = _predict_outputs(cfg, data, ck, meta, n_outputs)
+        for o in outs:
+            if meta.get("targets"):
+                o = o.copy()
+                for t, t0, view in zip(meta["targets"], first["targets"], data.parts):
+                    if t["type"] != "classification":
+                        o[:, t["start"]:t["stop"]] = _rescale(o[:, t["start"]:t["stop"]], t["norm"], t0["norm"],
+                                                              view.target_groups(rows))
+            elif meta["target_type"] != "classification":
+                o = _rescale(o, meta["norm"], first["norm"], data.target_groups(rows))
+            outputs.append(o)
+    return outputs, passes
+
+
+def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: dict) -> dict:
     """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
     metrics (metric:target) where the Dataset has the column."""
     from .data.prepare import prepare
@@ -205,13 +273,13 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, ck: dict, meta: dict) ->
 
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     check_hardware(cfg)
-    outputs, passes = _predict_outputs(cfg, data, ck, meta, meta["n_outputs"])
+    outputs, passes = _ensemble_outputs(cfg, data, cks, meta["n_outputs"])
     rows = data.val
     pred, spread = average_blocks(outputs, [(t["start"], t["stop"], t["type"]) for t in meta["targets"]])
     cfg.tracking_start(folder)
     images = _several_target_outputs(folder, data, meta["targets"], rows, pred, name="predict",
-                                     spread=spread if passes > 1 else None)
-    summary = {"samples": int(len(rows)), "passes": passes}
+                                     spread=spread if len(outputs) > 1 else None)
+    summary = {"samples": int(len(rows)), "passes": passes, "models": len(cks)}
     for t, view in zip(meta["targets"], data.parts):
         y = view.enc.targets[rows]
         has_truth = (y >= 0).any() if t["type"] == "classification" else np.isfinite(y).any()
@@ -233,13 +301,18 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     from .losses import TargetLoss
     from .train import average_passes, check_hardware, target_metrics
 
-    ck = _load_checkpoint(cfg.init_checkpoint)
-    meta = ck.get("meta") or {}
-    if meta.get("stage") != "finetune":
-        raise DataError(f"{cfg.init_checkpoint}: predict needs a finetune checkpoint (this one is from a "
-                        f"{meta.get('stage', 'unknown')} run)")
+    cks = []
+    for path in cfg.init_checkpoints:
+        ck = _load_checkpoint(path)
+        ck["meta"] = ck.get("meta") or {}
+        if ck["meta"].get("stage") != "finetune":
+            raise DataError(f"{path}: predict needs a finetune checkpoint (this one is from a "
+                            f"{ck['meta'].get('stage', 'unknown')} run)")
+        cks.append(ck)
+    _check_ensemble(cfg.init_checkpoints, cks)
+    meta = cks[0]["meta"]
     if meta.get("targets"):
-        return _predict_several(cfg, folder, ck, meta)
+        return _predict_several(cfg, folder, cks, meta)
     cfg.spec = dict(cfg.spec, target=meta["target"])
     if meta["target"] not in [t["name"] for t in cfg.dataset["targets"]]:
         # the column the model predicts, read as the finetune run read it (scaling comes from meta)
@@ -250,15 +323,15 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     check_hardware(cfg)
     head = TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"])
     data.quantiles = list(head.quantiles)
-    outputs, passes = _predict_outputs(cfg, data, ck, meta, head.n_outputs(len(meta["classes"])))
+    outputs, passes = _ensemble_outputs(cfg, data, cks, head.n_outputs(len(meta["classes"])))
     rows = data.val
     pred, spread = average_passes(outputs, data.target_type)
     y = data.enc.targets[rows] if data.enc.targets is not None else None
     cfg.tracking_start(folder)
     if y is None:
         y = np.full(len(rows), np.nan, dtype=np.float32) if data.target_type != "classification" else np.full(len(rows), -1)
-    images = _target_outputs(folder, data, rows, pred, y, name="predict", spread=spread if passes > 1 else None)
-    summary = {"samples": int(len(rows)), "passes": passes}
+    images = _target_outputs(folder, data, rows, pred, y, name="predict", spread=spread if len(outputs) > 1 else None)
+    summary = {"samples": int(len(rows)), "passes": passes, "models": len(cks)}
     has_truth = (y >= 0).any() if data.target_type == "classification" else np.isfinite(y).any()
     if has_truth:
         summary.update(target_metrics(pred, y, data, rows))

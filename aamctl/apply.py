@@ -13,7 +13,7 @@ from .errors import AamError, Diagnostic
 from .parse import load_paths
 from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents, run_folder
 from .slurm import check_path
-from .resolve import MemoryStore, Obj, Resolved
+from .resolve import MemoryStore, Obj, Resolved, init_field, init_runs
 from .validate import validate
 
 TERMINAL_BAD = {"Failed", "Cancelled"}
@@ -34,9 +34,9 @@ def _topo_runs(res: Resolved) -> list[Obj]:
     def visit(r: Obj):
         if r.name in done:
             return
-        dep = (r.spec.get("initFrom") or {}).get("run")
-        if dep in names:
-            visit(next(x for x in runs if x.name == dep))
+        for dep in init_runs(r.spec):
+            if dep in names:
+                visit(next(x for x in runs if x.name == dep))
         done.add(r.name)
         ordered.append(r)
 
@@ -109,35 +109,35 @@ def _python() -> str:
     return os.environ.get("AAM_PYTHON") or sys.executable
 
 
-def find_upstreams(res: Resolved, new_runs: list[Obj], store) -> dict[str, Upstream | None]:
-    """For each run to start: where its starting weights come from, and the run it must wait
-    for. Runs of this apply are planned in order, so a source among them is filled in later
-    (None here); a source from the store is reconciled now, before anything is planned."""
+def find_upstreams(res: Resolved, new_runs: list[Obj], store) -> dict[tuple[str, str], tuple]:
+    """For each run to start and each run it starts from that is not started by this apply:
+    (checkpoint, stage, Dependency or None), keyed by (run, source). A source from the store is
+    reconciled now, before anything is planned; a source among this apply's runs is filled in
+    when it has been planned (`upstream_of`)."""
     from .reconcile import reconcile
 
     starting = {r.name for r in new_runs}
-    out: dict[str, Upstream | None] = {}
+    out: dict[tuple[str, str], tuple] = {}
     for run in new_runs:
-        init = run.spec.get("initFrom") or {}
-        out[run.name] = Upstream(checkpoint=init["checkpoint"]) if init.get("checkpoint") else None
-        if not init.get("run") or init["run"] in starting:
-            continue
-        src = res.get("Run", init["run"])
-        row = store.latest_run(src.name) if store is not None else None
-        if row is None:
-            raise AamError(run.diag(f"initFrom run '{src.name}' has never run", ("spec", "initFrom", "run"),
-                                    hint=f"apply run/{src.name} first or in the same command"))
-        (row, phase, reason, _), = reconcile(store, [row])
-        if phase in TERMINAL_BAD:
-            raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
-                                    ("spec", "initFrom", "run"),
-                                    hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
-        dep = None
-        if phase != "Succeeded":
-            dep = Dependency(row["name"], row["generation"], row["executor"], Path(row["folder"]))
-            _check_same_executor(run, dep)
-        out[run.name] = Upstream(checkpoint=str(Path(row["folder"]) / RF.checkpoint_name(init["which"])),
-                                 stage=src.spec["stage"], dependency=dep)
+        which = (run.spec.get("initFrom") or {}).get("which", "best")
+        for name in init_runs(run.spec):
+            if name in starting:
+                continue
+            src = res.get("Run", name)
+            row = store.latest_run(src.name) if store is not None else None
+            if row is None:
+                raise AamError(run.diag(f"initFrom run '{src.name}' has never run", init_field(run.spec, name),
+                                        hint=f"apply run/{src.name} first or in the same command"))
+            (row, phase, reason, _), = reconcile(store, [row])
+            if phase in TERMINAL_BAD:
+                raise AamError(run.diag(f"initFrom run '{src.name}' is {phase}" + (f" ({reason})" if reason else ""),
+                                        init_field(run.spec, name),
+                                        hint=f"re-apply run/{src.name} (--force) and this run waits for it"))
+            dep = None
+            if phase != "Succeeded":
+                dep = Dependency(row["name"], row["generation"], row["executor"], Path(row["folder"]))
+                _check_same_executor(run, dep)
+            out[(run.name, name)] = (str(Path(row["folder"]) / RF.checkpoint_name(which)), src.spec["stage"], dep)
     return out
 
 
@@ -148,15 +148,25 @@ def _check_same_executor(run: Obj, dep: Dependency) -> None:
                                 hint="use the same executor for a pipeline"))
 
 
-def _upstream_in_apply(res: Resolved, run: Obj, planned: dict[str, RunPlan]) -> Upstream | None:
-    """The Upstream of a run whose source run starts in this same apply."""
+def upstream_of(run: Obj, found: dict[tuple[str, str], tuple], planned: dict[str, RunPlan]) -> Upstream | None:
+    """Where a run's starting weights come from: a checkpoint path, or its source run(s), from
+    the store (`found`) or planned earlier in this apply."""
     init = run.spec.get("initFrom") or {}
-    src = planned.get(init.get("run"))
-    if src is None:
+    if init.get("checkpoint"):
+        return Upstream(checkpoints=(init["checkpoint"],))
+    parts = []
+    for name in init_runs(run.spec):
+        if (run.name, name) in found:
+            parts.append(found[(run.name, name)])
+            continue
+        src = planned[name]
+        dep = Dependency(src.name, src.generation, src.executor, src.folder)
+        _check_same_executor(run, dep)
+        parts.append((str(src.folder / RF.checkpoint_name(init.get("which", "best"))), src.stage, dep))
+    if not parts:
         return None
-    dep = Dependency(src.name, src.generation, src.executor, src.folder)
-    _check_same_executor(run, dep)
-    return Upstream(checkpoint=str(src.folder / RF.checkpoint_name(init["which"])), stage=src.stage, dependency=dep)
+    return Upstream(checkpoints=tuple(c for c, _, _ in parts), stage=parts[0][1],
+                    dependencies=tuple(d for _, _, d in parts if d is not None))
 
 
 def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool = False, force: bool = False,
@@ -223,13 +233,14 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
     digests: dict[str, dict] = {}  # per Dataset: its files are hashed once, however many runs use it
     planned: dict[str, RunPlan] = {}
     for run, h in new_runs:
-        upstream = upstreams[run.name] or _upstream_in_apply(res, run, planned)
+        upstream = upstream_of(run, upstreams, planned)
         if dry_run:
             gen = store.next_run_generation(run.name) if store is not None else 1
         else:
             gen = store.add_run(name=run.name, run_hash=h, stage=run.spec["stage"],
                                 executor=run.spec["executor"]["type"], folder="", phase="Pending",
-                                depends_on=upstream.dependency.label if upstream and upstream.dependency else None,
+                                depends_on=", ".join(d.label for d in upstream.dependencies) if upstream and
+                                upstream.dependencies else None,
                                 labels=json.dumps(run.manifest["metadata"].get("labels", {})))
         bundle = res.run_bundle(run)
         ds = bundle["dataset"]
@@ -261,8 +272,7 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
             if obj.kind == "Run" and obj.name in planned:
                 p = planned[obj.name]
                 state = f"{state}; would start generation {p.generation} ({p.executor})"
-                if p.dependency:
-                    state += f" after run/{p.dependency.name}"
+                state += p.after
             echo(f"{obj.kind.lower()}/{obj.name} {state} (dry run)")
         if not output:
             for plan in planned.values():
@@ -300,11 +310,7 @@ def submit_plan(store, plan: RunPlan, executor, echo) -> None:
     gen = plan.generation
     try:
         if plan.executor == "slurm":
-            dep_job = None
-            if plan.dependency:
-                dep_row = store.run(plan.dependency.name, plan.dependency.generation)
-                dep_job = dep_row["job_id"] if dep_row is not None else None
-            info = executor.submit(plan.folder, dependency=dep_job)
+            info = executor.submit(plan.folder, dependency=dependency_jobs(store, plan))
         else:
             info = executor.submit(plan.folder)
     except AamError:
@@ -313,9 +319,18 @@ def submit_plan(store, plan: RunPlan, executor, echo) -> None:
     store.update_run(plan.name, gen, **info)
     store.add_event(plan.name, gen, "Submitted", json.dumps(info))
     what = f"job {info['job_id']}" if "job_id" in info else f"pid {info['pid']}"
-    after = f", after run/{plan.dependency.name}" if plan.dependency else ""
     state = "created" if gen == 1 else "configured"
-    echo(f"run/{plan.name} {state} (generation {gen}, {plan.executor} {what}{after}) -> {plan.folder}")
+    echo(f"run/{plan.name} {state} (generation {gen}, {plan.executor} {what}{plan.after}) -> {plan.folder}")
+
+
+def dependency_jobs(store, plan: RunPlan) -> str | None:
+    """The SLURM job ids a plan waits for, as sbatch's afterok list wants them ('12:13')."""
+    jobs = []
+    for dep in plan.dependencies:
+        row = store.run(dep.name, dep.generation)
+        if row is not None and row["job_id"]:
+            jobs.append(str(row["job_id"]))
+    return ":".join(jobs) or None
 
 
 def _unchanged_hint(store, name: str) -> str:

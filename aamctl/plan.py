@@ -41,9 +41,9 @@ class Dependency:
 class Upstream:
     """Where a run's starting weights come from, as apply found them."""
 
-    checkpoint: str
-    stage: str | None = None  # the stage of the run it comes from (None: a checkpoint path)
-    dependency: Dependency | None = None  # that run, while it has not yet succeeded
+    checkpoints: tuple[str, ...]  # one, or one per run of an ensemble (initFrom.runs)
+    stage: str | None = None  # the stage of the run(s) it comes from (None: a checkpoint path)
+    dependencies: tuple[Dependency, ...] = ()  # those runs that have not yet succeeded
 
 
 @dataclass
@@ -55,8 +55,13 @@ class RunPlan:
     executor: str
     folder: Path
     files: dict[str, str] = field(default_factory=dict)  # file name -> content
-    dependency: Dependency | None = None
+    dependencies: tuple[Dependency, ...] = ()  # runs that must succeed first
     command: list[str] = field(default_factory=list)
+
+    @property
+    def after(self) -> str:
+        """', after run/A, run/B' for messages ('' without dependencies)."""
+        return ", after " + ", ".join(f"run/{d.name}" for d in self.dependencies) if self.dependencies else ""
 
     @property
     def entry(self) -> str:
@@ -78,7 +83,7 @@ def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home:
     folder = run_folder(home, run.name, generation)
     ex = run.spec["executor"]["type"]
     plan = RunPlan(name=run.name, generation=generation, run_hash=run_hash, stage=run.spec["stage"],
-                   executor=ex, folder=folder, dependency=upstream.dependency if upstream else None)
+                   executor=ex, folder=folder, dependencies=upstream.dependencies if upstream else ())
     nodes = run.spec["executor"]["slurm"].get("nodes") if ex == "slurm" else None
     stage_hw = hw if run.spec["stage"] != "baseline" else dict(hw, nodes=1, devicesPerNode=1)
     precision = effective_precision(run.spec["trainer"], hw)
@@ -121,7 +126,9 @@ def runtime_settings(res: Resolved, run: Obj, *, generation: int, run_hash: str,
     model = res.run_bundle(run).get("model")
     return {"generation": generation, "runHash": run_hash,
             "model": {"name": model.name, "spec": model.spec} if model else None,
-            "initCheckpoint": upstream.checkpoint if upstream else None,
+            # one path, or a list for an ensemble (initFrom.runs)
+            "initCheckpoint": (None if upstream is None else upstream.checkpoints[0] if len(upstream.checkpoints) == 1
+                               else list(upstream.checkpoints)),
             "initStage": upstream.stage if upstream else None,
             "precision": precision}
 
@@ -216,13 +223,13 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
              *env_lines(job_env(hw)),
              "export PYTHONUNBUFFERED=1",
              f"finish() {{ echo \"$1\" > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}; exit \"$1\"; }}"]
-    if plan.dependency is not None:
-        dep = q(str(plan.dependency.folder))
+    for dependency in plan.dependencies:
+        dep = q(str(dependency.folder))
         fail = f"finish {EXIT_DEPENDENCY_FAILED}"
         lines += [
             f"dep={dep}",
             f"echo waiting > {WAITING}",
-            f"echo \"[$(date +%H:%M:%S)] waiting for run/{plan.dependency.name} generation {plan.dependency.generation}\" >> {LOG}",
+            f"echo \"[$(date +%H:%M:%S)] waiting for run/{dependency.name} generation {dependency.generation}\" >> {LOG}",
             f'while [ ! -f "$dep/{EXIT_CODE}" ]; do',
             f'  if [ -f "$dep/{PID}" ] && ! kill -0 "$(cat "$dep/{PID}")" 2>/dev/null; then',
             f'    sleep 3; [ -f "$dep/{EXIT_CODE}" ] || {{ echo "dependency died without an exit status" >> {LOG}; '
@@ -232,7 +239,7 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
             "done",
             f"rm -f {WAITING}",
             f'if [ "$(cat "$dep/{EXIT_CODE}")" != "0" ]; then',
-            f'  echo "[$(date +%H:%M:%S)] run/{plan.dependency.name} did not succeed; not starting" >> {LOG}',
+            f'  echo "[$(date +%H:%M:%S)] run/{dependency.name} did not succeed; not starting" >> {LOG}',
             f"  {fail}",
             "fi",
         ]
@@ -266,8 +273,8 @@ def record_documents(res: Resolved, run: Obj, annotations: dict[str, str], setti
         for key in ("dataset", "model", "hardware"):
             if key in b:
                 add(b[key])
-        if "init" in b:
-            closure(b["init"])
+        for src in b.get("inits", []):
+            closure(src)
 
     closure(run, main=True)
     return docs

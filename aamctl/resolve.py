@@ -147,9 +147,10 @@ class Resolved:
         model_name = effective_model_ref(self, run)
         if model_name:
             out["model"] = self.get("Model", model_name)
-        init = s.get("initFrom") or {}
-        if init.get("run"):
-            out["init"] = self.get("Run", init["run"])
+        sources = init_runs(s)
+        if sources:
+            out["init"] = self.get("Run", sources[0])
+            out["inits"] = [self.get("Run", n) for n in sources]
         return out
 
     def run_hash(self, run: Obj) -> str:
@@ -159,22 +160,39 @@ class Resolved:
         for key in ("dataset", "model", "hardware"):
             if key in bundle:
                 parts.append(bundle[key].hash)
-        if "init" in bundle:
-            parts.append(self.run_hash(bundle["init"]))
+        for src in bundle.get("inits", []):
+            parts.append(self.run_hash(src))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
+def init_runs(spec: dict) -> list[str]:
+    """The Runs a Run starts from: initFrom.run, or every one of initFrom.runs (an ensemble)."""
+    init = spec.get("initFrom") or {}
+    if init.get("runs"):
+        return list(init["runs"])
+    return [init["run"]] if init.get("run") else []
+
+
+def init_field(spec: dict, name: str) -> tuple:
+    """The manifest path of one source run in initFrom, for diagnostics."""
+    init = spec.get("initFrom") or {}
+    if init.get("runs") and name in init["runs"]:
+        return ("spec", "initFrom", "runs", init["runs"].index(name))
+    return ("spec", "initFrom", "run")
+
+
 def effective_model_ref(res: Resolved, run: Obj, _seen=None) -> str | None:
+    """The Model a Run uses: its modelRef, else its (first) initFrom run's."""
     s = run.spec
     if s.get("modelRef"):
         return s["modelRef"]
-    init = s.get("initFrom") or {}
-    if init.get("run") and ("Run", init["run"]) in res.objects:
+    sources = init_runs(s)
+    if sources and ("Run", sources[0]) in res.objects:
         seen = _seen or set()
-        if init["run"] in seen:
+        if sources[0] in seen:
             return None
-        seen.add(init["run"])
-        return effective_model_ref(res, res.objects[("Run", init["run"])], seen)
+        seen.add(sources[0])
+        return effective_model_ref(res, res.objects[("Run", sources[0])], seen)
     return None
 
 
@@ -222,7 +240,7 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
         other = next((k for k in ("Dataset", "Model", "HardwareProfile", "Run") if k != kind and lookup(k, name)), None)
         if other is not None:
             return obj.diag(f"{kind} '{name}' not found; '{name}' is a {other}", path,
-                            hint=f"{path[-1]} names a {kind}; point it at one (aamctl get {kind.lower()}s)")
+                            hint=f"{[p for p in path if isinstance(p, str)][-1]} names a {kind}; point it at one (aamctl get {kind.lower()}s)")
         close = difflib.get_close_matches(name, known(kind), n=1, cutoff=0.6)
         hint = f"did you mean '{close[0]}'?" if close else (
             f"apply a {kind} named '{name}' first or pass its file with -f")
@@ -249,31 +267,31 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
         for kind, fld in (("Dataset", "datasetRef"), ("Model", "modelRef"), ("HardwareProfile", "hardwareRef")):
             if s.get(fld) and lookup(kind, s[fld]) is None:
                 diags.append(missing(run, kind, s[fld], at + (fld,)))
-        init = s.get("initFrom") or {}
-        if init.get("run"):
-            target = lookup("Run", init["run"])
+        for name in init_runs(s):
+            target = lookup("Run", name)
             if target is None:
-                diags.append(missing(run, "Run", init["run"], at + ("initFrom", "run")))
+                diags.append(missing(run, "Run", name, at + init_field(s, name)[1:]))
             else:
                 queue.append((target, target.spec, ("spec",)))
     if diags:
         raise AamError(diags)
 
     # cycles through initFrom
-    for run in [o for o in res.objects.values() if o.kind == "Run"]:
-        chain = [run.name]
-        cur = run
-        while (cur.spec.get("initFrom") or {}).get("run"):
-            nxt = cur.spec["initFrom"]["run"]
+    def cycle(chain: list[str], cur: Obj) -> list[str] | None:
+        for nxt in init_runs(cur.spec):
             if nxt in chain:
-                if run in given:
-                    diags.append(run.diag(f"initFrom forms a cycle: {' -> '.join(chain + [nxt])}",
-                                          ("spec", "initFrom", "run"), hint="a run cannot start from itself"))
-                break
-            chain.append(nxt)
-            cur = res.objects.get(("Run", nxt))
-            if cur is None:
-                break
+                return chain + [nxt]
+            src = res.objects.get(("Run", nxt))
+            found = cycle(chain + [nxt], src) if src is not None else None
+            if found:
+                return found
+        return None
+
+    for run in [o for o in res.objects.values() if o.kind == "Run" and o in given]:
+        found = cycle([run.name], run)
+        if found:
+            diags.append(run.diag(f"initFrom forms a cycle: {' -> '.join(found)}",
+                                  init_field(run.spec, found[1]), hint="a run cannot start from itself"))
     if diags:
         raise AamError(diags)
     return res

@@ -701,10 +701,9 @@ class Controller:
         script = arrays / f"{k}.sbatch"
         spec = self.manifest()["spec"]
         RF.atomic_write(script, render_array(plans, self.name, self.generation, k, arrays, spec["parallelism"]))
-        dep = None
-        if plans[0].dependency is not None:
-            row = self.store.run(plans[0].dependency.name, plans[0].dependency.generation)
-            dep = row["job_id"] if row is not None else None
+        from .apply import dependency_jobs
+
+        dep = dependency_jobs(self.store, plans[0])
         try:
             info = SlurmExecutor().submit(script.parent, dependency=dep, script=script)
         except AamError as exc:

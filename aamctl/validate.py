@@ -15,7 +15,7 @@ from aam_runtime.metric_table import METRICS, metrics_for, split_metric
 
 from .errors import AamError, Diagnostic
 from .parse import Document
-from .resolve import Obj, Resolved, Store, effective_model_ref, resolve
+from .resolve import Obj, Resolved, Store, effective_model_ref, init_field, init_runs, resolve
 from .schema import field_schema, validate_document
 
 
@@ -251,6 +251,49 @@ def _check_target_recipe(run: Obj, ds: Obj, model: Obj) -> list[Diagnostic]:
     return d
 
 
+def _finetune_targets(res: Resolved, run: Obj) -> list[str]:
+    """The target column(s) a finetune Run's head predicts."""
+    s = run.spec
+    if s.get("targets"):
+        return [t["name"] for t in s["targets"]]
+    if s.get("target"):
+        return [s["target"]]
+    declared = res.get("Dataset", s["datasetRef"]).spec.get("targets") or []
+    return [declared[0]["name"]] if declared else []
+
+
+def _check_ensemble(res: Resolved, run: Obj) -> list[Diagnostic]:
+    """initFrom.runs: a predict run only, over finetune runs that predict the same target(s)."""
+    s = run.spec
+    if s["stage"] != "predict":
+        return [run.diag(f"initFrom.runs (an ensemble) is for predict runs; a {s['stage']} run starts from one run",
+                         ("spec", "initFrom", "runs"), hint="initFrom: {run: NAME}")]
+    d: list[Diagnostic] = []
+    first = None
+    for name in s["initFrom"]["runs"]:
+        src = res.get("Run", name)
+        if src.spec["stage"] != "finetune":
+            d.append(run.diag(f"initFrom.runs: '{name}' is a {src.spec['stage']} run", init_field(s, name),
+                              hint="an ensemble averages finetune runs that predict the same target"))
+            continue
+        targets = _finetune_targets(res, src)
+        model_ref = effective_model_ref(res, src)
+        th = res.get("Model", model_ref).spec.get("targetHead", {}) if model_ref else {}
+        levels = list(th.get("quantiles") or [0.5]) if th.get("loss") == "quantile" else []
+        if first is None:
+            first = (name, targets, levels)
+        elif levels != first[2]:
+            desc = lambda q: f"quantiles {', '.join(f'{x:g}' for x in q)}" if q else "one value"  # noqa: E731
+            d.append(run.diag(f"initFrom.runs: '{name}' predicts {desc(levels)}, but '{first[0]}' predicts "
+                              f"{desc(first[2])}", init_field(s, name),
+                              hint="average runs whose Models share targetHead.loss and quantiles"))
+        elif targets != first[1]:
+            d.append(run.diag(f"initFrom.runs: '{name}' predicts {', '.join(targets) or 'nothing'}, but "
+                              f"'{first[0]}' predicts {', '.join(first[1])}", init_field(s, name),
+                              hint="every run of an ensemble predicts the same target(s), in the same order"))
+    return d
+
+
 def _check_targets(run: Obj, ds: Obj, model: Obj | None) -> list[Diagnostic]:
     """spec.targets (several targets): finetune only, instead of target, each a target of the
     Dataset once; per-target losses for regression only; a head every target can share; the
@@ -364,9 +407,11 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     tr = s["trainer"]
     init = s.get("initFrom") or {}
     if init:
-        if bool(init.get("run")) == bool(init.get("checkpoint")):
-            d.append(run.diag("initFrom needs exactly one of run or checkpoint", ("spec", "initFrom"),
-                              hint="initFrom: {run: NAME} or initFrom: {checkpoint: PATH}"))
+        if sum(bool(init.get(k)) for k in ("run", "runs", "checkpoint")) != 1:
+            d.append(run.diag("initFrom needs exactly one of run, runs or checkpoint", ("spec", "initFrom"),
+                              hint="initFrom: {run: NAME}, {runs: [NAME, NAME, ...]} (predict) or {checkpoint: PATH}"))
+        elif init.get("runs"):
+            d += _check_ensemble(res, run)
         elif init.get("run"):
             src = res.get("Run", init["run"])
             if src.spec["stage"] not in ("pretrain", "finetune"):

@@ -200,6 +200,46 @@ def _plan(res, name, **kw):
                       python="/usr/bin/python3")
 
 
+def test_ensemble_predict_waits_for_every_run_and_hashes_them_all():
+    """initFrom.runs: the local job waits for each unfinished run in turn, SLURM gets one afterok
+    list, the runtime gets every checkpoint, and a change to any member is a new generation."""
+    from aamctl.apply import dependency_jobs
+    from aamctl.plan import LOCAL_SCRIPT, Dependency, Upstream
+    from aam_runtime.runfolder import RECORD, RESOLVED_KEY
+
+    text = (ROOT / "manifests" / "pretrain.yaml").read_text() + "\n---\n" + (ROOT / "manifests" / "finetune.yaml").read_text()
+    text += """
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: fine-2}
+spec: {stage: finetune, datasetRef: oral-age, initFrom: {run: oral-pretrain}, trainer: {seed: 2}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: ens}
+spec: {stage: predict, datasetRef: oral-age, initFrom: {runs: [oral-age-finetune, fine-2]}}
+"""
+    res = validate(parse_text(text, "ens.yaml", ROOT / "manifests"))
+    deps = (Dependency("oral-age-finetune", 1, "local", Path("/runs/a/1")), Dependency("fine-2", 4, "local", Path("/runs/b/4")))
+    up = Upstream(checkpoints=("/runs/a/1/best.pt", "/runs/b/4/best.pt"), stage="finetune", dependencies=deps)
+    plan = _plan(res, "ens", upstream=up)
+    script = plan.files[LOCAL_SCRIPT]
+    assert script.index("dep=/runs/a/1") < script.index("dep=/runs/b/4") < script.index("aam_runtime")
+    assert "waiting for run/fine-2 generation 4" in script and plan.after == ", after run/oral-age-finetune, run/fine-2"
+    run = next(d for d in yaml.safe_load_all(plan.files[RECORD]) if RESOLVED_KEY in d)
+    assert run[RESOLVED_KEY]["initCheckpoint"] == ["/runs/a/1/best.pt", "/runs/b/4/best.pt"]
+
+    class Store:
+        def run(self, name, gen):
+            return {"job_id": {"oral-age-finetune": 11, "fine-2": None}[name]}
+    assert dependency_jobs(Store(), plan) == "11"  # a run without a job id (already finished) is not waited on
+
+    before = res.run_hash(res.get("Run", "ens"))
+    changed = validate(parse_text(text.replace("seed: 2", "seed: 3"), "ens.yaml", ROOT / "manifests"))
+    assert changed.run_hash(changed.get("Run", "ens")) != before
+
+
 def test_record_carries_the_runtime_settings_and_reapplies_without_them():
     """What aamctl decided (generation, model, init checkpoint and stage, precision) sits in the
     record's resolved: section, which the runtime reads; applying the record ignores it."""
@@ -207,7 +247,8 @@ def test_record_carries_the_runtime_settings_and_reapplies_without_them():
     from aam_runtime.runfolder import ACCELERATE_CONFIG, RECORD, RESOLVED_KEY
 
     res = validate(load_paths([str(ROOT / "manifests")]))
-    up = Upstream(checkpoint="/x/best.pt", stage="pretrain", dependency=Dependency("oral-pretrain", 2, "local", Path("/x")))
+    up = Upstream(checkpoints=("/x/best.pt",), stage="pretrain",
+                  dependencies=(Dependency("oral-pretrain", 2, "local", Path("/x")),))
     plan = _plan(res, "oral-age-finetune", upstream=up)
     docs = list(yaml.safe_load_all(plan.files[RECORD]))
     run = next(d for d in docs if d["kind"] == "Run" and RESOLVED_KEY in d)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 import torch
 
 from aam_runtime.data import batches as B
@@ -343,6 +344,34 @@ spec:
 ---
 apiVersion: aam/v1alpha1
 kind: Run
+metadata: {name: fine-b}
+spec:
+  stage: finetune
+  datasetRef: oral-sub
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  trainer: {epochs: 3, seed: 7, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-b}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {run: fine-b}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-ens}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {runs: [fine, fine-b]}
+---
+apiVersion: aam/v1alpha1
+kind: Run
 metadata: {name: rf}
 spec:
   stage: baseline
@@ -419,6 +448,52 @@ def test_prediction_passes_give_a_spread_with_random_asvs(pipeline):
     assert len(sd) == 60 and (sd >= 0).all() and (sd > 0).mean() > 0.5
     st = json.loads((_folder(home, "pred-passes") / "status.json").read_text())
     assert st["final_metrics"]["passes"] == 4
+
+
+@pytest.mark.slow
+def test_ensemble_predict_averages_its_runs(pipeline):
+    """A predict run over initFrom.runs [fine, fine-b] waits for both, and predicts their average,
+    with the spread between them as std; its record names both runs."""
+    home, _ = pipeline
+
+    def table(name):
+        lines = (_folder(home, name) / "predictions.tsv").read_text().splitlines()
+        return lines[0].split("\t"), {l.split("\t")[0]: l.split("\t") for l in lines[1:]}
+
+    _, a = table("pred")
+    _, b = table("pred-b")
+    header, ens = table("pred-ens")
+    assert header == ["sample_id", "split", "prediction", "truth", "std"]
+    assert set(ens) == set(a) == set(b) and len(ens) == 60
+    pa, pb = (np.array([float(t[s][2]) for s in sorted(ens)]) for t in (a, b))
+    pe = np.array([float(ens[s][2]) for s in sorted(ens)])
+    sd = np.array([float(ens[s][4]) for s in sorted(ens)])
+    assert np.abs(pa - pb).max() > 0.1  # two different models
+    np.testing.assert_allclose(pe, (pa + pb) / 2, atol=1e-3)
+    np.testing.assert_allclose(sd, np.abs(pa - pb) / 2, atol=1e-3)
+    st = json.loads((_folder(home, "pred-ens") / "status.json").read_text())
+    assert st["final_metrics"]["models"] == 2 and st["phase"] == "Succeeded"
+    finished = [json.loads((_folder(home, n) / "status.json").read_text())["finished"] for n in ("fine", "fine-b")]
+    assert max(finished) <= st["started"]
+    record = list(yaml.safe_load_all((_folder(home, "pred-ens") / "record.yaml").read_text()))
+    assert {"fine", "fine-b", "pre"} <= {d["metadata"]["name"] for d in record if d["kind"] == "Run"}
+    main = next(d for d in record if d["metadata"]["name"] == "pred-ens")
+    assert [Path(c).parent.parent.name for c in main["resolved"]["initCheckpoint"]] == ["fine", "fine-b"]
+
+
+def test_ensemble_rescales_members_to_the_first_members_units():
+    """Members scaled differently (fine-tuned on other samples) are averaged in units: each
+    member's outputs mapped through units onto the first member's scale."""
+    from aam_runtime.data.prepare import scale_target, unscale_target
+    from aam_runtime.stages import _rescale
+
+    first = {"log1p": False, "mean": 30.0, "std": 10.0, "kind": "zscore"}
+    other = {"log1p": True, "mean": 3.0, "std": 0.5, "kind": "log1p_zscore"}
+    z = np.array([[-1.0], [0.0], [2.0]], dtype=np.float32)
+    out = _rescale(z, other, first, None)
+    np.testing.assert_allclose(unscale_target(out[:, 0], first), unscale_target(z[:, 0], other), rtol=1e-5)
+    assert _rescale(z, first, dict(first), None) is z
+    np.testing.assert_allclose(scale_target(np.array([40.0]), first), [1.0])
 
 
 @pytest.mark.slow
