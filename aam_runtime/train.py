@@ -445,7 +445,7 @@ class Trainer:
                 dt = max(time.time() - window["t"], 1e-9)
                 row = {k: float(np.mean(v)) for k, v in running.items()}
                 row.update(step=step, epoch=epoch, lr=o.scheduler.get_last_lr()[0],
-                           samples_per_s=window["samples"] / dt)
+                           samples_per_s=window["samples"] / dt, peak_memory_mb=peak_memory_mb(self.device))
                 self._log_train(row, o.total_steps)
                 running.clear()
                 window = {"t": time.time(), "samples": 0}
@@ -545,10 +545,12 @@ class Trainer:
         if not self.main:
             return
         self.folder.metric(split="train", **row)
-        parts = " ".join(f"{k}={v:.4f}" for k, v in row.items() if k not in ("step", "epoch", "lr", "samples_per_s"))
+        parts = " ".join(f"{k}={v:.4f}" for k, v in row.items()
+                         if k not in ("step", "epoch", "lr", "samples_per_s", "peak_memory_mb"))
         log(f"step {row['step']}/{total} epoch {row['epoch']} {parts} lr={row['lr']:.2e} "
-            f"{row['samples_per_s']:.1f} samples/s")
+            f"{row['samples_per_s']:.1f} samples/s peak {row['peak_memory_mb']:.0f} MiB")
         self.folder.update_status(epoch=row["epoch"], step=row["step"], throughput=row["samples_per_s"],
+                                  peak_memory_mb=row["peak_memory_mb"], memory_kind=memory_kind(self.device),
                                   last_metrics={k: v for k, v in row.items() if k not in ("step", "epoch")})
         self.cfg.tracking_log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
 
@@ -627,6 +629,22 @@ def output_bounds(head: dict, data: Data) -> tuple[float, float]:
         raise T.DataError(f"model targetHead.bounds: the range [{lo:g}, {hi:g}] on the model's scale is empty "
                         "(bounds.min must lie below bounds.max and below the training maximum)")
     return lo, hi
+
+
+def memory_kind(device: torch.device) -> str:
+    """What peak_memory_mb measures: the accelerator's allocator on CUDA/ROCm, else the process."""
+    return "device max allocated" if device.type == "cuda" else "process peak RSS"
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The run's peak memory so far in MiB (this process; rank 0's in a distributed run): the
+    device's max allocated tensors on CUDA/ROCm (torch.cuda covers both), else the peak resident
+    set of the process (ru_maxrss, KiB on Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def checkpoint_meta(cfg: RunConfig, data: Data, parts: list[TargetPart] | None = None) -> dict:

@@ -15,7 +15,7 @@ from aam_runtime.metric_table import METRICS, metrics_for, split_metric
 
 from .errors import AamError, Diagnostic
 from .parse import Document
-from .resolve import Obj, Resolved, Store, effective_model_ref, init_field, init_runs, resolve
+from .resolve import Obj, Resolved, Store, effective_model_ref, init_field, resolve
 from .schema import field_schema, validate_document
 
 

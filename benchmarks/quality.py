@@ -85,6 +85,9 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=None)
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--only-folds", type=int, default=None, help="run the first N folds only")
+    ap.add_argument("--repeat", type=int, default=0,
+                    help="training repeat: adds 1000 x this to every run's trainer.seed (same folds); "
+                         "run 0, 1, 2 for the spread over seeds")
     ap.add_argument("--work", default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -97,9 +100,12 @@ def main() -> None:
     docs = load_manifests(Path(args.manifests))
     runs = {n: d for (k, n), d in docs.items() if k == "Run"}
     pre = next(d for d in runs.values() if d["spec"]["stage"] == "pretrain")
-    fine = next(d for d in runs.values() if d["spec"]["stage"] == "finetune")
     pred = next(d for d in runs.values() if d["spec"]["stage"] == "predict")
     base = next((d for d in runs.values() if d["spec"]["stage"] == "baseline"), None)
+    # the finetune run(s) the predict Run averages (one, or an ensemble under initFrom.runs)
+    init = pred["spec"]["initFrom"]
+    fines = [runs[n] for n in (init.get("runs") or [init["run"]])]
+    fine = fines[0]
     ds = docs[("Dataset", fine["spec"]["datasetRef"])]
     model = docs[("Model", pre["spec"]["modelRef"])]
     target = fine["spec"].get("target") or ds["spec"]["targets"][0]["name"]
@@ -134,6 +140,7 @@ def main() -> None:
     pre_doc = copy.deepcopy(pre)
     pre_doc["metadata"]["name"] = "q-pre"
     pre_doc["spec"]["datasetRef"] = "q-all"
+    pre_doc["spec"].setdefault("trainer", {})["seed"] = pre_doc["spec"]["trainer"].get("seed", 42) + 1000 * args.repeat
     if args.pretrain_epochs:
         pre_doc["spec"]["trainer"]["epochs"] = args.pretrain_epochs
     print(f"pretraining {pre['metadata']['name']} on {len(ids)} samples", flush=True)
@@ -162,18 +169,26 @@ def main() -> None:
         held["spec"].pop("tree", None)
         with biom.util.biom_open(str(work / f"f{k}-held.biom"), "w") as fh:
             table.filter(ids[te], inplace=False).to_hdf5(fh, "aam quality")
-        ft = copy.deepcopy(fine)
-        ft["metadata"]["name"] = f"q-fine{k}"
-        ft["spec"]["datasetRef"] = f"q-f{k}"
-        ft["spec"]["initFrom"] = dict(ft["spec"].get("initFrom") or {}, run="q-pre")
-        if args.finetune_epochs:
-            ft["spec"]["trainer"]["epochs"] = args.finetune_epochs
+        fts = []
+        for j, f in enumerate(fines):
+            ft = copy.deepcopy(f)
+            ft["metadata"]["name"] = f"q-fine{k}-{j}"
+            ft["spec"]["datasetRef"] = f"q-f{k}"
+            ft["spec"]["initFrom"] = dict(ft["spec"].get("initFrom") or {}, run="q-pre")
+            ft["spec"].setdefault("trainer", {})["seed"] = ft["spec"]["trainer"].get("seed", 42) + 1000 * args.repeat
+            if args.finetune_epochs:
+                ft["spec"]["trainer"]["epochs"] = args.finetune_epochs
+            fts.append(ft)
         pr = copy.deepcopy(pred)
         pr["metadata"]["name"] = f"q-pred{k}"
         pr["spec"]["datasetRef"] = f"q-held{k}"
-        pr["spec"]["initFrom"] = dict(pr["spec"].get("initFrom") or {}, run=f"q-fine{k}")
+        names = [ft["metadata"]["name"] for ft in fts]
+        pr["spec"]["initFrom"] = {"which": init.get("which", "best"), **({"runs": names} if len(names) > 1 else {"run": names[0]})}
         t0 = time.time()
-        apply(home, [ds_all, model, pre_doc, ds_k, held, ft, pr], f"fold{k}")
+        # one finetune run at a time: on a small CPU, runs side by side only fight over the cores
+        for ft in fts:
+            apply(home, [ds_all, model, pre_doc, ds_k, ft], ft["metadata"]["name"])
+        apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, pr], f"fold{k}")
         t_fold = time.time() - t0
         out = pd.read_csv(run_folder(home, f"q-pred{k}", 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
         p_aam = out.set_index("sample_id").loc[ids[te], "prediction"].to_numpy(dtype=float)

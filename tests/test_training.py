@@ -410,6 +410,21 @@ def test_pretraining_learns(pipeline):
 
 
 @pytest.mark.slow
+def test_peak_memory_is_logged_per_step_and_in_status(pipeline):
+    """Every logged training step carries the peak memory so far (the process's peak RSS on
+    CPU), never falling; status.json and describe say it and what it measures."""
+    home, _ = pipeline
+    train = [r for r in read_jsonl(_folder(home, "pre") / "metrics.jsonl") if r["split"] == "train"]
+    peaks = [r["peak_memory_mb"] for r in train]
+    assert len(peaks) > 3 and all(100 < p < 24 * 1024 for p in peaks)  # torch alone is over 100 MiB
+    assert peaks == sorted(peaks)
+    st = json.loads((_folder(home, "pre") / "status.json").read_text())
+    assert st["peak_memory_mb"] == peaks[-1] and st["memory_kind"] == "process peak RSS"
+    p = subprocess.run([*AAMCTL, "--home", str(home), "describe", "run", "pre"], capture_output=True, text=True)
+    assert p.returncode == 0 and f"peak memory: {peaks[-1]:.0f} MiB (process peak RSS)" in p.stdout, p.stdout
+
+
+@pytest.mark.slow
 def test_finetune_beats_predicting_the_mean(pipeline):
     home, _ = pipeline
     folder = _folder(home, "fine")

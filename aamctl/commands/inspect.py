@@ -169,6 +169,8 @@ def describe(ctx, resource, name, generation, output):
         for k in ("epoch", "step", "total_steps", "throughput", "device", "world_size", "attention_backend", "precision"):
             if st.get(k) is not None:
                 out.append(f"  {k}: {fmt(st[k])}")
+        if st.get("peak_memory_mb") is not None:
+            out.append(f"  peak memory: {st['peak_memory_mb']:.0f} MiB ({st.get('memory_kind', 'rank 0')})")
         if st.get("heartbeat"):
             out.append(f"  heartbeat: {age(st['heartbeat'])} ago")
     metrics = st.get("final_metrics") or st.get("val_metrics")
