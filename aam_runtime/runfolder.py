@@ -42,6 +42,7 @@ EXIT_CODE = "exit_code"
 PID = "pid"
 WAITING = "waiting"  # present while a local job waits for its initFrom run
 PREEMPT_FLAG = "PREEMPT"
+REQUEUES = "requeues"  # one line per automatic SLURM requeue: "<unix time> <job id> <cause>" (cause 'limit': refused)
 CANCEL_FLAG = "CANCEL"  # written by aamctl cancel before scancel: the job script must not requeue
 PRUNE_FLAG = "PRUNE"  # written by a sweep's controller: the trial stops at its next step, as Pruned
 SPLIT = "split.tsv"

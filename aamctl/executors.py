@@ -100,15 +100,43 @@ class SlurmState:
     source: str = "squeue"
 
 
-def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT) -> subprocess.CompletedProcess:
-    try:
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except FileNotFoundError:
-        raise AamError(Diagnostic(f"'{cmd[0]}' not found: SLURM commands are not installed on this machine",
-                                  file="aamctl", hint="run aamctl on a login node of the cluster, or use executor type local")) from None
-    except subprocess.TimeoutExpired:
-        raise AamError(Diagnostic(f"'{' '.join(cmd[:2])}' did not answer within {timeout:.0f}s",
-                                  file="aamctl", hint="slurmctld may be busy or down; try again, or raise AAM_SLURM_TIMEOUT")) from None
+SLURM_RETRIES = int(os.environ.get("AAM_SLURM_RETRIES", "3"))  # extra attempts after a transient failure
+SLURM_RETRY_DELAY = float(os.environ.get("AAM_SLURM_RETRY_DELAY", "2"))  # first back-off, doubled each time
+# what SLURM's clients print when slurmctld is busy, restarting or unreachable: nothing was done,
+# so the same command may be sent again
+TRANSIENT = ("Unable to contact slurm controller", "Resource temporarily unavailable", "Connection refused",
+             "Socket timed out", "Zero Bytes were transmitted or received", "slurmctld not responding")
+
+
+def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT, *, retry_timeout: bool = True) -> subprocess.CompletedProcess:
+    """Run a SLURM client command; a transient failure (see TRANSIENT, or no answer in time when
+    retry_timeout) is retried with exponential back-off, AAM_SLURM_RETRIES times. sbatch passes
+    retry_timeout=False: a submission that timed out may have been queued, and sending it again
+    would queue the run twice."""
+    delay = SLURM_RETRY_DELAY
+    for attempt in range(SLURM_RETRIES + 1):
+        last = attempt == SLURM_RETRIES
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        except FileNotFoundError:
+            raise AamError(Diagnostic(f"'{cmd[0]}' not found: SLURM commands are not installed on this machine",
+                                      file="aamctl", hint="run aamctl on a login node of the cluster, or use executor type local")) from None
+        except subprocess.TimeoutExpired:
+            if retry_timeout and not last:
+                time.sleep(delay)
+                delay *= 2
+                continue
+            raise AamError(Diagnostic(f"'{' '.join(cmd[:2])}' did not answer within {timeout:.0f}s"
+                                      + (f" ({attempt + 1} attempts)" if attempt else ""), file="aamctl",
+                                      hint="slurmctld may be busy or down; try again, or raise AAM_SLURM_TIMEOUT")) from None
+        said = (p.stderr or "") + (p.stdout or "")
+        if p.returncode != 0 and not last and any(t in said for t in TRANSIENT) and \
+                (retry_timeout or "Socket timed out" not in said):
+            time.sleep(delay)
+            delay *= 2
+            continue
+        return p
+    raise AssertionError("unreachable")
 
 
 class SlurmExecutor:
@@ -120,7 +148,7 @@ class SlurmExecutor:
         if dependency:
             cmd.append(f"--dependency=afterok:{dependency}")
         cmd.append(str(script))
-        proc = _run(cmd)
+        proc = _run(cmd, retry_timeout=False)
         if proc.returncode != 0:
             msg = (proc.stderr or proc.stdout).strip().splitlines()
             raise AamError(Diagnostic(f"sbatch refused the job: {msg[-1] if msg else proc.returncode}",

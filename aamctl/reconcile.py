@@ -5,7 +5,7 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_MEANINGS, EXIT_PRUNED, LOG, LOW_SPACE, WAITING, read_status
+from aam_runtime.runfolder import EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LOG, LOW_SPACE, REQUEUES, WAITING, read_status
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore, free_bytes
@@ -13,9 +13,50 @@ from .store import TERMINAL, StateError, StateStore, free_bytes
 STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagged
 
 
+def _stale(status: dict) -> str | None:
+    """'no heartbeat for Ns' for a run whose runtime says Running but has not written for long."""
+    hb = status.get("heartbeat")
+    if hb and time.time() - hb > STALE_AFTER and status.get("phase") == "Running":
+        return f"no heartbeat for {int(time.time() - hb)}s"
+    return None
+
+
+def read_requeues(folder: Path) -> list[tuple[float, str, str]]:
+    """The run folder's record of automatic SLURM requeues: (unix time, job id, cause) per line;
+    cause is 'time limit', 'preempted', 'stop signal', or 'limit' for a requeue refused at
+    executor.slurm.maxRequeues."""
+    out = []
+    try:
+        lines = (folder / REQUEUES).read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split(" ", 2)
+        if len(parts) == 3:
+            try:
+                out.append((float(parts[0]), parts[1], parts[2]))
+            except ValueError:
+                continue
+    return out
+
+
+def requeue_summary(folder: Path) -> str | None:
+    """'3 (time limit 2, preempted 1)' for describe; None without requeues."""
+    done = [c for _, _, c in read_requeues(folder) if c != "limit"]
+    if not done:
+        return None
+    counts = {c: done.count(c) for c in dict.fromkeys(done)}
+    return f"{len(done)} (" + ", ".join(f"{c} {n}" for c, n in counts.items()) + ")"
+
+
 def _exit_reason(code: int, folder: Path, status: dict) -> str:
     if status.get("error"):
         return status["error"]
+    requeues = read_requeues(folder) if code == EXIT_PREEMPTED else []
+    if requeues and requeues[-1][2] == "limit":
+        done = [c for _, _, c in requeues if c != "limit"]
+        return (f"requeue limit reached: stopped checkpointed after {len(done)} automatic requeues "
+                f"(executor.slurm.maxRequeues); aamctl resume continues from the checkpoint")
     if code in EXIT_MEANINGS:
         why = EXIT_MEANINGS[code]
     elif code > 128:
@@ -48,10 +89,7 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
             if (folder / WAITING).exists():
                 return "Pending", "waiting for its initFrom run", status
             # alive: Running whatever an earlier attempt left in status.json (Preempted, Failed...)
-            hb = status.get("heartbeat")
-            if hb and time.time() - hb > STALE_AFTER and status.get("phase") == "Running":
-                return "Running", f"no heartbeat for {int(time.time() - hb)}s", status
-            return "Running", None, status
+            return "Running", _stale(status), status
         if status.get("phase") == "Failed" and status.get("error"):
             return "Failed", status["error"], status  # it said why, then could not write its exit code
         free = free_bytes(folder)
@@ -89,6 +127,8 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         phase, reason = "Failed", _exit_reason(code, folder, status)
     if phase == "Running" and status.get("phase") == "Preempted":
         phase, reason = "Requeued", "checkpointed; waiting to be requeued"
+    elif phase == "Running" and not reason:
+        reason = _stale(status)
     if phase == "Pending" and base.startswith("REQUEUE"):
         phase = "Requeued"
     return phase, reason, status

@@ -5,7 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
-from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_PREEMPTED, LOG, PREEMPT_FLAG
+from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_PREEMPTED, LOG, PREEMPT_FLAG, REQUEUES
 
 from aam_runtime.jobenv import job_env
 
@@ -110,6 +110,8 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%PREEMPT%%": PREEMPT_FLAG,
         "%%CANCEL%%": CANCEL_FLAG,
         "%%REQUEUE%%": "yes" if sl["requeue"] else "no",
+        "%%REQUEUES%%": REQUEUES,
+        "%%MAX_REQUEUES%%": str(-1 if sl.get("maxRequeues") is None else int(sl["maxRequeues"])),
     }
     for k, v in repl.items():
         text = text.replace(k, v)

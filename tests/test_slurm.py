@@ -272,6 +272,85 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     assert "preempted" in events and "resumed" in events
     restarts = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts
+    # the requeue is recorded with its cause, counted across job ids, and described
+    (when, job_id, cause), = [l.split(" ", 2) for l in (folder / "requeues").read_text().splitlines()]
+    assert job_id == job and cause == "time limit" and "stop signal (time limit)" in log
+    assert "Requeues:    1 (time limit 1)" in aamctl(home, "describe", "run", "slurm-requeue").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_requeue_limit_stops_checkpointed(slurm, env):
+    """executor.slurm.maxRequeues: 0: the time-limit signal checkpoints, the job is not requeued,
+    and status says why and how to go on."""
+    home, data, tmp = env
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-limit", epochs=40, extra_trainer=", checkpoint: {everySteps: 100000}",
+                           slurm_extra=", maxRequeues: 0"))
+    aamctl(home, "apply", "-f", str(f))
+    st = _phase(home, "slurm-limit")
+    folder, job = Path(st["folder"]), st["job_id"]
+    deadline = time.time() + 180
+    s = {}
+    while time.time() < deadline:
+        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
+        if s.get("step", 0) >= 3:
+            break
+        time.sleep(0.2)
+    assert s.get("step", 0) >= 3, slurm.logs()
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        st = _phase(home, "slurm-limit")
+        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.5)
+    assert st["phase"] == "Failed" and "requeue limit reached" in st["reason"], (st, slurm.logs())
+    assert "aamctl resume" in st["reason"] and (folder / "checkpoints" / "last.pt").exists()
+    assert (folder / "requeues").read_text().split()[1:] == [job, "limit"]
+    restarts = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Restarts=0" in restarts or not restarts  # never requeued (or already forgotten)
+
+
+def test_transient_slurm_failures_are_retried_with_back_off(tmp_path, monkeypatch):
+    """sbatch that cannot reach slurmctld twice, then answers: one job id, three attempts. A
+    definite refusal is not retried; a squeue that times out is retried, an sbatch that times out
+    is not (it may have queued the job)."""
+    import aamctl.executors as E
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    count = tmp_path / "count"
+    (bin_dir / "sbatch").write_text(f"""#!/bin/bash
+n=$(( $(cat {count} 2>/dev/null || echo 0) + 1 )); echo $n > {count}
+if [ $n -le 2 ]; then echo "sbatch: error: Batch job submission failed: Unable to contact slurm controller (connect failure)" >&2; exit 1; fi
+echo 4242
+""")
+    (bin_dir / "squeue").write_text("#!/bin/bash\nsleep 5\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(E, "SLURM_RETRY_DELAY", 0.01)
+    monkeypatch.setattr(E, "SLURM_RETRIES", 3)
+    (tmp_path / "job.sbatch").write_text("#!/bin/bash\n")
+    assert E.SlurmExecutor().submit(tmp_path) == {"job_id": "4242"}
+    assert count.read_text().strip() == "3"
+
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho x >> {count}\necho 'sbatch: error: invalid partition specified: gpu' >&2\nexit 1\n")
+    count.write_text("")
+    with pytest.raises(AamError, match="invalid partition"):
+        E.SlurmExecutor().submit(tmp_path)
+    assert count.read_text().count("x") == 1
+
+    t0 = time.time()
+    with pytest.raises(AamError, match=r"did not answer within 0s \(4 attempts\)"):
+        E._run(["squeue", "-h"], timeout=0.2)
+    assert time.time() - t0 < 4
+    (bin_dir / "sbatch").write_text(f"#!/bin/bash\necho x >> {count}\nsleep 5\n")
+    count.write_text("")
+    with pytest.raises(AamError, match="did not answer"):
+        E._run(["sbatch", "job"], timeout=0.2, retry_timeout=False)
+    assert count.read_text().count("x") == 1
 
 
 @pytest.mark.slow

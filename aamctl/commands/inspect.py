@@ -13,6 +13,7 @@ from .. import flags
 from ..context import Context, kind_of, observe, observe_one
 from ..errors import AamError, Diagnostic
 from ..printers import Table, age, fmt, print_data, rows_as_dicts, run_table, timestamp
+from ..reconcile import requeue_summary
 from ..selectors import match_labels, parse_selector
 
 
@@ -122,7 +123,7 @@ def get(ctx, resource, name, output, selector):
     t.print()
 
 
-RUN_FILES = (RF.RECORD, RF.ACCELERATE_CONFIG, RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT, RF.LOG, RF.STATUS, RF.METRICS,
+RUN_FILES = (RF.RECORD, RF.ACCELERATE_CONFIG, RF.LOCAL_SCRIPT, RF.SLURM_SCRIPT, RF.LOG, RF.STATUS, RF.METRICS, RF.REQUEUES,
              RF.PREDICTIONS, RF.SPLIT, RF.checkpoint_name("best"), RF.checkpoint_name("last"),
              *(f"{RF.PLOTS}/{p}" for p in (RF.LOSS_PLOT, RF.PRED_PLOT, RF.CONFUSION_PLOT)))
 
@@ -160,6 +161,9 @@ def describe(ctx, resource, name, generation, output):
            f"Run hash:    {row['run_hash']}", f"Folder:      {folder}"]
     if row["depends_on"]:
         out.append(f"Depends on:  {row['depends_on']}")
+    requeues = requeue_summary(folder)
+    if requeues:
+        out.append(f"Requeues:    {requeues}")
     out.append("Paths:")
     out.extend(f"  {f}" for f in RUN_FILES if (folder / f).exists())
     if (folder / RF.TENSORBOARD).is_dir():
