@@ -10,11 +10,15 @@ forest (500 trees on relative abundances, the manifest's `oral-age-baseline`) is
 fold's whole training set.
 
 Everything runs through `aamctl apply` with the manifests in --manifests (default: manifests/),
-in a scratch state folder. Options shorten the recipe for a quick look (--finetune-epochs,
---pretrain-epochs, --samples); the numbers in docs/benchmarks.md say which were used.
+in a scratch state folder. When the predict Run is an ensemble (`initFrom.runs`), every listed
+finetune run is cloned per fold, fine-tuned one after another, and the fold's predict Run
+averages them, as the user's would. --repeat R adds 1000 x R to every run's trainer.seed (same
+folds): run 0, 1 and 2 for the spread over seeds. Options shorten the recipe for a quick look
+(--finetune-epochs, --pretrain-epochs, --samples); the numbers in docs/benchmarks.md say which
+were used.
 
-    .venv/bin/python benchmarks/quality.py [--folds 5] [--seed 0] [--samples N]
-        [--pretrain-epochs E] [--finetune-epochs E] [--work DIR] [--json out.json]
+    .venv/bin/python benchmarks/quality.py [--folds 5] [--seed 0] [--repeat 0] [--samples N]
+        [--pretrain-epochs E] [--finetune-epochs E] [--only-folds N] [--work DIR] [--json out.json]
 """
 from __future__ import annotations
 

@@ -109,6 +109,15 @@ def test_defaults_filled_and_paths_absolute():
     assert hw.source == "builtin"
 
 
+def test_benchmark_recipes_validate_and_the_tiny_one_is_an_ensemble():
+    """The recipes docs/benchmarks.md measured stay valid manifests; the tiny CPU recipe's predict
+    Run averages its three seeds."""
+    res = validate(load_paths([str(ROOT / "benchmarks" / "recipes" / "tiny-cpu")]))
+    pred = res.get("Run", "oral-age-predict")
+    runs = pred.spec["initFrom"]["runs"]
+    assert len(runs) == 3 and sorted(res.get("Run", r).spec["trainer"]["seed"] for r in runs) == [1, 2, 3]
+
+
 def test_round_trip_resolve_dump_parse_resolve_is_stable(tmp_path):
     res = validate(load_paths([str(ROOT / "manifests")]))
     dumped = yaml.safe_dump_all([o.manifest for o in res.given], sort_keys=False)
