@@ -210,7 +210,8 @@ def main() -> None:
           f"command: {shlex.join([Path(sys.executable).name, *sys.argv])}")
     print("| model | MAE | RMSE | R2 |")
     print("| --- | --- | --- | --- |")
-    for key, label in (("aam", "AAM recipe (manifests/)"), ("rf", "random forest, 500 trees"),
+    recipe = os.path.relpath(args.manifests, ROOT) if Path(args.manifests).resolve().is_relative_to(ROOT) else args.manifests
+    for key, label in (("aam", f"AAM recipe ({recipe})"), ("rf", "random forest, 500 trees"),
                        ("mean", "predict the training mean")):
         cells = []
         for m in ("mae", "rmse", "r2"):
