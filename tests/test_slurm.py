@@ -240,6 +240,29 @@ def test_slurm_cancel(slurm, env):
     assert not q
 
 
+def _time_limit_signal_then_end(home, name, slurm, timeout):
+    """Once the run has trained 3 steps, send its batch shell USR1 (what SLURM sends --signal
+    seconds before the time limit); wait for a final phase. Returns (status row, job id)."""
+    st = _phase(home, name)
+    folder, job = Path(st["folder"]), st["job_id"]
+    deadline = time.time() + 180
+    s = {}
+    while time.time() < deadline:
+        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
+        if s.get("step", 0) >= 3:
+            break
+        time.sleep(0.2)
+    assert s.get("step", 0) >= 3, slurm.logs()
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = _phase(home, name)
+        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.5)
+    return st, job
+
+
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
@@ -247,24 +270,9 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     f = tmp / "r.yaml"
     f.write_text(_manifest(data, "slurm-requeue", epochs=40, extra_trainer=", checkpoint: {everySteps: 100000}"))
     aamctl(home, "apply", "-f", str(f))
-    st = _phase(home, "slurm-requeue")
-    folder, job = Path(st["folder"]), st["job_id"]
+    folder = Path(_phase(home, "slurm-requeue")["folder"])
     assert "#SBATCH --signal=B:USR1@300" in (folder / "job.sbatch").read_text()
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
-        if s.get("step", 0) >= 3:
-            break
-        time.sleep(0.2)
-    assert s.get("step", 0) >= 3, slurm.logs()
-    # what SLURM sends the batch shell --signal seconds before the time limit
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    deadline = time.time() + 400
-    while time.time() < deadline:
-        st = _phase(home, "slurm-requeue")
-        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
-            break
-        time.sleep(0.5)
+    st, job = _time_limit_signal_then_end(home, "slurm-requeue", slurm, 400)
     log = (folder / "log.txt").read_text()
     assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
     assert "stop signal" in log and "requeueing" in log and "resumed from step" in log
@@ -288,23 +296,8 @@ def test_slurm_requeue_limit_stops_checkpointed(slurm, env):
     f.write_text(_manifest(data, "slurm-limit", epochs=40, extra_trainer=", checkpoint: {everySteps: 100000}",
                            slurm_extra=", maxRequeues: 0"))
     aamctl(home, "apply", "-f", str(f))
-    st = _phase(home, "slurm-limit")
-    folder, job = Path(st["folder"]), st["job_id"]
-    deadline = time.time() + 180
-    s = {}
-    while time.time() < deadline:
-        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
-        if s.get("step", 0) >= 3:
-            break
-        time.sleep(0.2)
-    assert s.get("step", 0) >= 3, slurm.logs()
-    subprocess.run(["scancel", "--signal=USR1", "--batch", job], check=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        st = _phase(home, "slurm-limit")
-        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
-            break
-        time.sleep(0.5)
+    folder = Path(_phase(home, "slurm-limit")["folder"])
+    st, job = _time_limit_signal_then_end(home, "slurm-limit", slurm, 300)
     assert st["phase"] == "Failed" and "requeue limit reached" in st["reason"], (st, slurm.logs())
     assert "aamctl resume" in st["reason"] and (folder / "checkpoints" / "last.pt").exists()
     assert (folder / "requeues").read_text().split()[1:] == [job, "limit"]
