@@ -493,7 +493,7 @@ def test_ensemble_predict_averages_its_runs(pipeline):
     record = list(yaml.safe_load_all((_folder(home, "pred-ens") / "record.yaml").read_text()))
     assert {"fine", "fine-b", "pre"} <= {d["metadata"]["name"] for d in record if d["kind"] == "Run"}
     main = next(d for d in record if d["metadata"]["name"] == "pred-ens")
-    assert [Path(c).parent.parent.name for c in main["resolved"]["initCheckpoint"]] == ["fine", "fine-b"]
+    assert [Path(c).parents[2].name for c in main["resolved"]["initCheckpoint"]] == ["fine", "fine-b"]
 
 
 def test_ensemble_rescales_members_to_the_first_members_units():
