@@ -10,6 +10,7 @@ from aam_runtime.runfolder import EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LO
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore, free_bytes
 
+ORPHAN_AFTER = 120.0  # seconds a reserved run row may stay without a folder before it is called dead
 STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagged
 
 
@@ -72,10 +73,16 @@ def _exit_reason(code: int, folder: Path, status: dict) -> str:
 
 def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, dict]:
     """(phase, reason, status.json) of one run row, without writing anything."""
+    if row["phase"] in TERMINAL:
+        return row["phase"], row["reason"], read_status(Path(row["folder"])) if row["folder"] else {}
+    if not row["folder"]:
+        # reserved by an apply (or a sweep controller) that died before it wrote the run: it
+        # can never start; an apply still planning it takes well under a second
+        if time.time() - row["created"] > ORPHAN_AFTER:
+            return "Failed", "never written: the aamctl that planned it stopped first; re-apply to start it", {}
+        return "Pending", None, {}
     folder = Path(row["folder"])
     status = read_status(folder)
-    if row["phase"] in TERMINAL:
-        return row["phase"], row["reason"], status
     code = read_exit_code(folder)
     if row["executor"] == "local":
         alive = pid_alive(row["pid"], row["pid_start"])
