@@ -210,10 +210,10 @@ def _check_ensemble(paths: list[str], cks: list[dict]) -> None:
                 raise DataError(f"{path}: cannot average with {paths[0]}: their {key} differ "
                                 f"({meta.get(key)!r} vs {first.get(key)!r}); an ensemble's runs fine-tune the "
                                 f"same target(s) on Datasets read the same way (maxBp, maxAsvsPerSample, categoricals)")
-        if _head_outputs(meta) != _head_outputs(first):
+        mine, theirs = _head_outputs(meta), _head_outputs(first)
+        if mine != theirs:
             raise DataError(f"{path}: cannot average with {paths[0]}: their target heads give different outputs "
-                            f"({_head_outputs(meta)} vs {_head_outputs(first)}); use runs whose Models share "
-                            f"targetHead.loss and quantiles")
+                            f"({mine} vs {theirs}); use runs whose Models share targetHead.loss and quantiles")
         mine = [(t["name"], t["type"], t["classes"], t["start"], t["stop"]) for t in meta.get("targets") or []]
         theirs = [(t["name"], t["type"], t["classes"], t["start"], t["stop"]) for t in first.get("targets") or []]
         if mine != theirs:

@@ -114,8 +114,10 @@ def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT, *, retry_timeout: bool 
     retry_timeout=False: a submission that timed out may have been queued, and sending it again
     would queue the run twice."""
     delay = SLURM_RETRY_DELAY
-    for attempt in range(SLURM_RETRIES + 1):
-        last = attempt == SLURM_RETRIES
+    attempt = -1
+    while True:
+        attempt += 1
+        last = attempt >= SLURM_RETRIES
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         except FileNotFoundError:
@@ -136,7 +138,6 @@ def _run(cmd: list[str], timeout: float = SLURM_TIMEOUT, *, retry_timeout: bool 
             delay *= 2
             continue
         return p
-    raise AssertionError("unreachable")
 
 
 class SlurmExecutor:

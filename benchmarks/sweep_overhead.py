@@ -22,6 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from aam_runtime.runfolder import RECORD  # noqa: E402
 ORAL = ROOT / "examples" / "data" / "oral-age"
 
 MANIFESTS = f"""apiVersion: aam/v1alpha1
@@ -93,7 +94,7 @@ def controller_overhead(home: Path, n: int) -> dict:
     finally:
         A.submit_plan = A_submit
     states = [t["state"] for t in store.trials(sweep.name, gen)]
-    folders = [p for p in (home / "runs").glob("bench-sweep-t*/1/record.yaml")]
+    folders = [p for p in (home / "runs").glob(f"bench-sweep-t*/1/{RECORD}")]
     assert states.count("Complete") == n and len(folders) == n, (states, len(folders))
     return {"trials": n, "open_study_s": round(t_open, 3), "create_per_trial_s": round(t_create, 3),
             "tell_per_trial_s": round(t_tell, 4), "per_trial_s": round(t_create + t_tell, 3)}
