@@ -69,14 +69,24 @@ def check_record_digests(res: Resolved, allow_change: bool) -> list[Diagnostic]:
     return diags
 
 
-def run_preflight(res: Resolved, runs: list[Obj], warn=None) -> list[Diagnostic]:
+def needs_distances(spec: dict) -> bool:
+    """Whether a run reads the Dataset's UniFrac distances (pretraining, or fine-tuning that keeps
+    the UniFrac loss)."""
+    w = spec["trainer"]["lossWeights"]
+    return (spec["stage"] == "pretrain" and w["unifrac"] > 0) or \
+        (spec["stage"] == "finetune" and w.get("unifracWhenFinetuning", 0) > 0)
+
+
+def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | None = None) -> list[Diagnostic]:
     """Read each Dataset as its runs will (once per distinct use); errors are returned, warnings
-    go to warn()."""
+    go to warn(). prepared, when given, receives each run's prepared data by run name (the same
+    object for runs that read the data alike)."""
     from aam_runtime.data.preflight import check_dataset
 
     from .plan import processes
 
     diags, done = [], set()
+    kept: dict = {}
     for run in runs:
         ds = res.get("Dataset", run.spec["datasetRef"])
         hw = res.get("HardwareProfile", run.spec["hardwareRef"]).spec
@@ -85,15 +95,21 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None) -> list[Diagnostic]
         target = run.spec.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)
         if run.spec.get("targets"):  # several: every one must be present in the samples kept
             target = tuple(t["name"] for t in run.spec["targets"])
-        need_d = stage == "pretrain" and tr["lossWeights"]["unifrac"] > 0
+        need_d = needs_distances(run.spec)
         nodes = run.spec["executor"]["slurm"].get("nodes") if run.spec["executor"]["type"] == "slurm" else None
         procs = processes(hw, nodes)[1] if stage in ("pretrain", "finetune") else 1
         key = (ds.name, stage, target, need_d, tr["batchSize"], procs, tr["seed"])
         if key in done:
+            if prepared is not None and key in kept:
+                prepared[run.name] = kept[key]
             continue
         done.add(key)
-        for problem in check_dataset(ds.spec, stage, target, need_distances=need_d, batch_size=tr["batchSize"],
-                                     processes=procs, seed=tr["seed"]):
+        keep: dict = {}
+        problems = check_dataset(ds.spec, stage, target, need_distances=need_d, batch_size=tr["batchSize"],
+                                 processes=procs, seed=tr["seed"], keep=keep)
+        if prepared is not None and "prepared" in keep:
+            kept[key] = prepared[run.name] = keep["prepared"]
+        for problem in problems:
             owner = run if problem.owner == "run" else ds
             hint = problem.hint or f"needed by run/{run.name}"
             d = owner.diag(str(problem), problem.field, hint=hint)
@@ -187,6 +203,7 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
     if diags:
         raise AamError(diags)
     result = ApplyResult()
+    prepared: dict = {}  # run name -> the data preflight prepared for it
 
     # which runs need a new generation
     runs = _topo_runs(res)
@@ -203,7 +220,7 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
         diags = [ds.diag(str(p), p.field, hint=p.hint) for ds in res.given if ds.kind == "Dataset"
                  for p in check_dataset_files(ds.spec)]
         if not diags and new_runs:
-            diags = run_preflight(res, [r for r, _ in new_runs], warn=warn)
+            diags = run_preflight(res, [r for r, _ in new_runs], warn=warn, prepared=prepared)
         if not diags:
             for sw in [o for o in res.given if o.kind == "Sweep"]:
                 diags += run_preflight(res, [SW.template_run(res, sw)], warn=warn)
@@ -258,12 +275,19 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
                 store.set_phase(run.name, gen, "Failed", "planning failed")
             raise
         planned[run.name] = plan
+        stripes = None if hold else _stripes_for(res, run, bundle, prepared, python)
+        if dry_run and stripes is not None:
+            echo(f"run/{run.name} would wait for {stripes.label}: UniFrac of {stripes.n_samples} samples as "
+                 f"{len(stripes.ranges)} partial-stripe jobs and a merge (dry run; {stripes.work})")
         if not dry_run:
             write_plan(store, plan)
             if hold:
                 result.held.append(plan)
             else:
-                submit_plan(store, plan, executor_for(plan.executor), echo)
+                executor = executor_for(plan.executor)
+                extra = _submit_stripes(store, plan, stripes, prepared[run.name], executor, echo) \
+                    if stripes is not None else None
+                submit_plan(store, plan, executor, echo, extra_jobs=extra)
                 result.started.append(plan)
 
     if dry_run:
@@ -305,12 +329,59 @@ def write_plan(store, plan: RunPlan) -> None:
     store.update_run(plan.name, plan.generation, folder=str(plan.folder))
 
 
-def submit_plan(store, plan: RunPlan, executor, echo) -> None:
-    """Hand a written generation to its executor."""
+def _stripes_for(res: Resolved, run: Obj, bundle: dict, prepared: dict, python: str):
+    """The UniFrac stripe jobs a SLURM run waits for (executor.slurm.unifracPartitions), or None."""
+    from aam_runtime.data.table import DataError, load
+
+    from .stripes import plan_stripes
+
+    spec = run.spec
+    if spec["executor"]["type"] != "slurm" or (spec["executor"]["slurm"].get("unifracPartitions") or 1) <= 1:
+        return None
+    tr = spec["trainer"]
+    ds = bundle["dataset"].spec
+    if not needs_distances(spec) or ds.get("distanceMatrix"):
+        return None
+    if run.name not in prepared:  # preflight was skipped, or did not keep it: read the data as the run will
+        targets = [t["name"] for t in spec.get("targets") or []] or \
+            [spec.get("target") or (ds["targets"][0]["name"] if ds["targets"] else None)]
+        need = [t for t in targets if t] if spec["stage"] == "finetune" else []
+        try:
+            prepared[run.name] = load(ds, need_targets=need, seed=tr["seed"])
+        except DataError as exc:
+            raise AamError(bundle["dataset"].diag(str(exc), ("spec",))) from None
+    return plan_stripes(ds, spec, bundle["hardware"].spec, prepared[run.name], python)
+
+
+def _submit_stripes(store, plan: RunPlan, stripes, prepared, executor, echo) -> str:
+    """Write and queue the stripe jobs; the merge job's id, for the run to wait on."""
+    from .stripes import submit, write
+
+    try:
+        write(stripes, prepared)
+        array, merge = submit(stripes, executor)
+    except (AamError, OSError) as exc:
+        store.set_phase(plan.name, plan.generation, "Failed", "UniFrac stripe jobs not submitted")
+        if isinstance(exc, AamError):
+            raise
+        raise AamError(Diagnostic(f"cannot write the UniFrac stripes folder {stripes.work}: {exc}",
+                                  file=str(stripes.work), hint="check AAM_CACHE_DIR points at a writable "
+                                                               "shared file system")) from None
+    store.add_event(plan.name, plan.generation, "UniFracStripes",
+                    json.dumps({"key": stripes.key, "array_job": array, "merge_job": merge,
+                                "partitions": len(stripes.ranges), "folder": str(stripes.work)}))
+    echo(f"{stripes.label}: UniFrac of {stripes.n_samples} samples as {len(stripes.ranges)} partial-stripe jobs "
+         f"(slurm job {array or 'queued before'}) and a merge (job {merge}) -> {stripes.work}")
+    return merge
+
+
+def submit_plan(store, plan: RunPlan, executor, echo, extra_jobs: str | None = None) -> None:
+    """Hand a written generation to its executor (after extra_jobs too: SLURM ids, 'A:B')."""
     gen = plan.generation
     try:
         if plan.executor == "slurm":
-            info = executor.submit(plan.folder, dependency=dependency_jobs(store, plan))
+            dep = ":".join(j for j in (dependency_jobs(store, plan), extra_jobs) if j) or None
+            info = executor.submit(plan.folder, dependency=dep)
         else:
             info = executor.submit(plan.folder)
     except AamError:

@@ -373,3 +373,103 @@ def test_drop_policy_removes_non_acgt_asvs(tmp_path):
     p2 = T.load(dataset_spec(d, nonACGT="pad"))
     assert p2.report["asvs_with_non_acgt"] == 1
     assert B.encode(p2, 150, 1024, "abundance").non_acgt_bases == 1
+
+
+# ---------------------------------------------------------------- scale (issue 16)
+
+@pytest.mark.parametrize("text", ["(A_b:1,(C:1,D)x:2)r;", "(a,b,(c,d));", "((a:1,b:1):1, c:2);\n",
+                                  "(a:1e-3,b:2.5E+1)0.9:1;", "('q a':1,b);", "(a[&&NHX:x=1],b);", "a;"])
+def test_fast_tree_scan_reads_tips_as_scikit_bio_does(text, tmp_path):
+    from skbio import TreeNode
+
+    p = tmp_path / "t.nwk"
+    p.write_text(text)
+    assert U.tree_tips(str(p)) == {n.name for n in TreeNode.read(str(p)).tips()}
+
+
+def test_fast_tree_scan_on_the_oral_tree():
+    from skbio import TreeNode
+
+    tree = str(ORAL / "tree.nwk")
+    assert U._scan_tips(open(tree).read()) is not None  # the fast path is the one taken
+    assert U.tree_tips(tree) == {n.name for n in TreeNode.read(tree).tips()}
+
+
+def test_sequence_checks_agree_with_the_letterwise_rules():
+    ids = ["ACGT", "acgn", "ACGU", "AC-GT", "ACGTACGT"]
+    assert list(T.non_acgt(ids)) == [False, True, True, True, False]
+    assert T.check_sequences(ids, "t.biom")["asvs_with_non_acgt"] == 3
+    for bad, shown in ((["ACGT", "ACGÉ"], "'ACGÉ'"), (["ACGT", ""], "''"), (["ACGT", "AC GT"], "'AC GT'")):
+        with pytest.raises(T.DataError, match=shown):
+            T.check_sequences(bad, "t.biom")
+
+
+def test_asv_cut_is_counted_and_described():
+    import scipy.sparse as sp
+
+    counts = sp.csr_matrix(np.array([[5, 4, 3, 2, 1, 0], [1, 1, 0, 0, 0, 0], [9, 0, 0, 0, 1, 1]], dtype=float))
+    assert T.asv_cut_summary(counts, 6, "abundance") is None
+    cut = T.asv_cut_summary(counts, 3, "abundance")
+    assert (cut["samples_cut"], cut["largest"], cut["median_cut"]) == (1, 5, 5)
+    assert cut["reads_dropped_fraction"] == pytest.approx(3 / 15)  # counts 2 and 1 of 15 reads
+    text = T.describe_cut(cut, "abundance")
+    assert "1 of 3 samples hold more ASVs than maxAsvsPerSample (3)" in text and "20.0% of their reads" in text
+    assert T.asv_cut_summary(counts, 3, "random")["reads_dropped_fraction"] is None
+
+
+def test_preflight_warns_how_many_samples_max_asvs_cuts(ds):
+    problems = check_dataset(dataset_spec(ds, maxAsvsPerSample=5), "pretrain")
+    cut = [p for p in problems if p.field == ("spec", "maxAsvsPerSample")]
+    assert len(cut) == 1 and cut[0].severity == "warning"
+    nnz = np.count_nonzero(ds["counts"], axis=1)
+    assert f"{int((nnz > 5).sum())} of 24 samples hold more ASVs" in cut[0]
+    assert not [p for p in check_dataset(dataset_spec(ds, maxAsvsPerSample=1024), "pretrain")
+                if p.field == ("spec", "maxAsvsPerSample")]
+
+
+def test_preflight_refuses_a_unifrac_matrix_the_cache_cannot_hold(ds, monkeypatch, tmp_path):
+    import collections
+    import shutil as sh
+
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache" / "not-yet"))
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    problems = [p for p in check_dataset(dataset_spec(ds), "pretrain", need_distances=True) if p.severity == "error"]
+    assert len(problems) == 1, problems
+    msg = problems[0]
+    n = 24
+    assert f"the UniFrac matrix of {n} samples does not fit the cache" in msg and "0.0 MB is free there" in msg
+    assert "spec.distanceMatrix" in msg.hint and "spec.subsample" in msg.hint and "AAM_CACHE_DIR" in msg.hint
+    # the same data without UniFrac, or with the matrix cached already, is fine
+    assert not [p for p in check_dataset(dataset_spec(ds), "pretrain") if p.severity == "error"]
+    monkeypatch.undo()
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache2"))
+    p = T.load(dataset_spec(ds))
+    U.compute(p.sample_ids, p.asv_ids, p.counts, str(ds["tree"]), backend="skbio")
+    monkeypatch.setattr(sh, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    assert not [p for p in check_dataset(dataset_spec(ds), "pretrain", need_distances=True) if p.severity == "error"]
+
+
+def test_ssu_output_is_streamed_to_the_cache_in_blocks(ds, tmp_path):
+    """h5_to_npy converts a block of rows at a time (here 3 rows) and reorders to the table's order."""
+    import h5py
+
+    p = T.load(dataset_spec(ds))
+    mat = U._skbio(p.sample_ids, p.asv_ids, p.counts, str(ds["tree"]), "unweighted")
+    perm = np.random.default_rng(1).permutation(len(p.sample_ids))
+    with h5py.File(tmp_path / "dm.h5", "w") as f:
+        f["matrix"] = mat[np.ix_(perm, perm)].astype(np.float32)
+        f["order"] = np.array([p.sample_ids[i].encode() for i in perm])
+    U.h5_to_npy(tmp_path / "dm.h5", p.sample_ids, tmp_path / "m.npy", block_bytes=3 * 4 * len(perm))
+    got = np.load(tmp_path / "m.npy")
+    assert got.dtype == np.float32 and np.allclose(got, mat, atol=1e-6)
+
+
+def test_stripe_ranges_cover_every_stripe_once():
+    from aamctl.stripes import stripe_ranges
+
+    for n, parts in ((41, 4), (500, 4), (3, 8), (2, 1), (100000, 64)):
+        r = stripe_ranges(n, parts)
+        assert r[0][0] == 0 and r[-1][1] == (n + 1) // 2
+        assert all(a < b for a, b in r) and all(r[i][1] == r[i + 1][0] for i in range(len(r) - 1))
+        assert len(r) == min(parts, (n + 1) // 2)

@@ -445,3 +445,51 @@ spec:
     assert b["counts"]["Complete"] == 6 and b["best"] is not None
     # each trial's log is its own, written by its array task
     assert "validation epoch" in aamctl(home, "logs", "ssw-t3").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_unifrac_partial_stripes_array_equals_the_one_off_matrix(slurm, env):
+    """executor.slurm.unifracPartitions: 4 -> a job array of 4 partial-stripe jobs and a merge
+    job, queued before the run; the merged matrix lands in the cache under the runtime's key and
+    equals ssu's one-off matrix; the run starts after the merge and finds it there."""
+    import numpy as np
+
+    from aam_runtime.data import table as T
+    from aam_runtime.data import unifrac as U
+    from synth import dataset_spec
+
+    home, _, tmp = env
+    data = make_dataset(tmp / "odd", n_samples=41, n_asvs=60, seed=5)  # odd: the last stripe is a half one
+    f = tmp / "r.yaml"
+    f.write_text(_manifest(data, "slurm-stripes", epochs=1, slurm_extra=", unifracPartitions: 4"))
+    dry = aamctl(home, "apply", "--dry-run", "-f", str(f)).stdout
+    assert "would wait for unifrac/" in dry and "4 partial-stripe jobs and a merge" in dry
+    out = aamctl(home, "apply", "-f", str(f)).stdout
+    assert "as 4 partial-stripe jobs (slurm job" in out, out
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        st = _phase(home, "slurm-stripes")
+        if st["phase"] in ("Succeeded", "Failed", "Cancelled"):
+            break
+        time.sleep(0.5)
+    assert st["phase"] == "Succeeded", (st, slurm.logs())
+    p = T.load(dataset_spec(data), seed=0)
+    key = U.cache_key(p.sample_ids, p.asv_ids, p.counts, str(data["tree"]), "unweighted")
+    path = U.cached(key)
+    assert path is not None
+    work = U.cache_dir() / f".stripes-{key}"
+    logs = sorted(x.name for x in work.glob("*.log"))
+    assert logs == ["merge.log", "partial-0.log", "partial-1.log", "partial-2.log", "partial-3.log"], logs
+    assert "published" in (work / "merge.log").read_text()
+    assert not list(work.glob("partial.[0-9]*")), "the partial outputs are removed once merged"
+    merged = np.load(path)
+    assert merged.dtype == np.float32 and merged.shape == (41, 41)
+    one_off = U._ssu(p.sample_ids, p.asv_ids, p.counts, str(data["tree"]), "unweighted")
+    assert np.array_equal(merged, one_off.astype(np.float32))
+    # the run waited for the merge: its job started after the merge job ended
+    events = aamctl(home, "describe", "run", "slurm-stripes").stdout
+    assert "UniFracStripes" in events
+    # applying again with the matrix cached queues no stripe job
+    aamctl(home, "apply", "--force", "--dry-run", "-f", str(f))
+    assert "would wait for unifrac/" not in aamctl(home, "apply", "--force", "--dry-run", "-f", str(f)).stdout

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .table import MISSING_VALUES, DataError, check_sequences, read_biom, read_metadata
+from .table import MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, read_biom, read_metadata
 
 
 class Problem(str):
@@ -60,9 +60,11 @@ def check_dataset_files(spec: dict) -> list[Problem]:
 
 
 def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, need_distances: bool = False, *,
-                  batch_size: int | None = None, processes: int = 1, seed: int = 0) -> list[Problem]:
+                  batch_size: int | None = None, processes: int = 1, seed: int = 0,
+                  keep: dict | None = None) -> list[Problem]:
     """Problems with a resolved Dataset spec for one stage, each one sentence; [] when usable.
-    Warnings (severity 'warning') do not stop a run."""
+    Warnings (severity 'warning') do not stop a run. keep, when given, receives the prepared data
+    as keep["prepared"] (what the run will train on), for a caller that needs it next."""
     problems: list[Problem] = []
 
     def add(field, text: str, **kw) -> None:
@@ -127,7 +129,7 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
         if p and not Path(p).exists():
             add('split', f"{p}: split file not found (check spec.split.{key})")
     if not any(p.severity == "error" for p in problems):
-        _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta)
+        _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta, need_distances, keep)
     return problems
 
 
@@ -176,7 +178,7 @@ def _check_targets(spec: dict, meta, overlap: list, add) -> None:
 
 
 def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: int | None, processes: int,
-                      seed: int, add, table, meta) -> None:
+                      seed: int, add, table, meta, need_distances: bool = False, keep: dict | None = None) -> None:
     """Load and split exactly as the runtime will, and check a training batch can be formed."""
     from .split import make_split
     from .table import load
@@ -190,6 +192,14 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
     except DataError as exc:
         add("rarefyDepth" if "rarefaction" in str(exc) else "table", str(exc))
         return
+    if keep is not None:
+        keep["prepared"] = prepared
+    cut = asv_cut_summary(prepared.counts, spec["maxAsvsPerSample"], spec["asvSelection"])
+    if cut:
+        add("maxAsvsPerSample", describe_cut(cut, spec["asvSelection"]), severity="warning",
+            hint="raise spec.maxAsvsPerSample to keep them whole (attention memory grows with its square)")
+    if need_distances and not spec.get("distanceMatrix"):
+        _check_unifrac_room(spec, prepared, add)
     if stage == "predict":
         return
     ttype = next((t["type"] for t in spec["targets"] if t["name"] == target), None)
@@ -202,3 +212,46 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
         add(("trainer", "batchSize"), f"the training split has {len(train)} samples, fewer than one batch of "
             f"{batch_size} x {processes} process(es): the run would stop before its first step", owner="run",
             hint="lower spec.trainer.batchSize, or the Dataset's spec.split.validationFraction")
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.1f} MB"
+
+
+def _check_unifrac_room(spec: dict, prepared, add) -> None:
+    """The UniFrac matrix this run computes must fit where it is cached (and the backend must be
+    able to compute it): a 100,000-sample matrix is 40 GB, and ssu's own output as much again
+    while it is converted. Nothing is checked when the matrix is cached already."""
+    import shutil
+
+    from . import unifrac as U
+
+    n, m = prepared.n_samples, len(prepared.asv_ids)
+    key = U.cache_key(prepared.sample_ids, prepared.asv_ids, prepared.counts, spec["tree"], spec["unifrac"]["metric"])
+    if U.cached(key):
+        return
+    alternatives = ("give a matrix computed elsewhere in spec.distanceMatrix, or pretrain on fewer samples "
+                    "(spec.subsample)")
+    try:
+        backend = U.pick_backend(spec["unifrac"]["backend"]) if spec["unifrac"]["backend"] != "auto" else \
+            (U.available_backends() or ["none"])[0]
+    except DataError as exc:
+        add(("unifrac", "backend"), str(exc))
+        return
+    if backend == "skbio" and n * m * 8 > 4e9:
+        add(("unifrac", "backend"), f"scikit-bio computes UniFrac from the dense table, {n:,} samples x {m:,} ASVs = "
+            f"{_gb(n * m * 8)} of memory, and would take days", hint="install ssu (Debian: unifrac-tools) or "
+            + alternatives)
+    matrix = U.matrix_bytes(n)
+    need = matrix * (2 if backend == "ssu" else 1)
+    folder = U.cache_dir()
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        extra = ", and as much again for ssu's output while it is converted" if backend == "ssu" else ""
+        add("tree", f"the UniFrac matrix of {n:,} samples does not fit the cache: it needs {_gb(need)} in {folder} "
+            f"({_gb(matrix)} for the fp32 matrix{extra}); {_gb(free)} is free there",
+            hint="set AAM_CACHE_DIR to a file system with room (it must be readable from the compute nodes), "
+                 + alternatives)

@@ -67,6 +67,9 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
     log(f"data: {prepared.n_samples} samples, {len(prepared.asv_ids)} ASVs; report {prepared.report}")
     max_bp = (ckpt_meta or {}).get("max_bp", ds["maxBp"])
     enc = B.encode(prepared, max_bp, ds["maxAsvsPerSample"], ds["asvSelection"], seed=cfg.seed)
+    cut = T.asv_cut_summary(prepared.counts, ds["maxAsvsPerSample"], ds["asvSelection"])
+    if cut:
+        log("warning: " + T.describe_cut(cut, ds["asvSelection"]))
     if enc.non_acgt_bases:
         log(f"warning: {enc.non_acgt_bases} bases other than A/C/G/T became padding (spec.nonACGT: pad)")
     data = Data(enc=enc, train=np.array([], dtype=np.int64), val=np.arange(prepared.n_samples),

@@ -81,25 +81,72 @@ def _write_biom(path: Path, sample_ids, asv_ids, counts) -> None:
         t.to_hdf5(f, "aam")
 
 
-def _ssu(sample_ids, asv_ids, counts, tree: str, metric: str) -> np.ndarray:
+def matrix_bytes(n_samples: int) -> int:
+    """Bytes of the cached fp32 matrix of n samples (what the cache and ssu's output each take)."""
+    return 4 * int(n_samples) ** 2
+
+
+def h5_to_npy(h5_path: Path, sample_ids, out: Path, block_bytes: int = 64 << 20) -> None:
+    """ssu's HDF5 output -> an fp32 .npy in sample_ids order, a block of rows at a time: memory
+    stays at block_bytes whatever the matrix size (a 100,000-sample matrix is 40 GB)."""
     import h5py
 
-    with tempfile.TemporaryDirectory(prefix="aam-ssu-") as tmp:
+    with h5py.File(h5_path, "r") as f:
+        order = [x.decode() if isinstance(x, bytes) else str(x) for x in f["order"][:]]
+        mat = f["matrix"]
+        n = len(sample_ids)
+        if mat.shape != (n, n) or len(order) != n:
+            raise DataError(f"{h5_path}: ssu wrote a {mat.shape} matrix for {n} samples")
+        pos = {s: i for i, s in enumerate(order)}
+        try:
+            src = np.array([pos[s] for s in sample_ids], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(f"{h5_path}: sample {exc} is missing from ssu's output") from None
+        same = bool(np.array_equal(src, np.arange(n)))
+        dst = np.lib.format.open_memmap(out, mode="w+", dtype=np.float32, shape=(n, n))
+        step = max(1, block_bytes // max(1, 4 * n))
+        for a in range(0, n, step):
+            rows = src[a:a + step]
+            if same:
+                block = mat[a:a + len(rows)]
+            else:  # h5py reads increasing row indices only
+                order_rows = np.argsort(rows)
+                block = np.empty((len(rows), n), dtype=mat.dtype)
+                block[order_rows] = mat[rows[order_rows]]
+                block = block[:, src]
+            dst[a:a + len(rows)] = block
+        dst.flush()
+        del dst
+
+
+def ssu_command(table: Path, tree: str, metric: str, out: Path, *extra: str) -> list[str]:
+    """ssu's command line for one computation (fp32: the cache keeps fp32; hdf5, no PCoA)."""
+    return ["ssu", "-i", str(table), "-t", str(tree), "-m", f"{metric}_fp32", "-o", str(out),
+            "--format", "hdf5_fp32", "--pcoa", "0", *extra]
+
+
+def run_ssu(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = (proc.stderr or proc.stdout).strip().splitlines()
+        raise DataError(f"ssu failed {what}: {msg[-1] if msg else proc.returncode}")
+
+
+def _ssu(sample_ids, asv_ids, counts, tree: str, metric: str, work: Path | None = None,
+         out: Path | None = None) -> np.ndarray | None:
+    """With `out`, the matrix goes straight to that .npy (streamed, fp32) and None is returned;
+    ssu's own output lands in `work` (a folder on the cache's file system: /tmp on a compute node
+    is often too small for it)."""
+    with tempfile.TemporaryDirectory(prefix="aam-ssu-", dir=work) as tmp:
         tpath = Path(tmp) / "table.biom"
-        out = Path(tmp) / "dm.h5"
+        h5 = Path(tmp) / "dm.h5"
         _write_biom(tpath, sample_ids, asv_ids, counts)
-        cmd = ["ssu", "-i", str(tpath), "-t", tree, "-m", f"{metric}_fp64", "-o", str(out),
-               "--format", "hdf5_fp64", "--pcoa", "0"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            msg = (proc.stderr or proc.stdout).strip().splitlines()
-            raise DataError(f"ssu failed computing {metric} UniFrac: {msg[-1] if msg else proc.returncode}")
-        with h5py.File(out, "r") as f:
-            order = [x.decode() if isinstance(x, bytes) else str(x) for x in f["order"][:]]
-            mat = f["matrix"][:]
-    pos = {s: i for i, s in enumerate(order)}
-    idx = np.array([pos[s] for s in sample_ids])
-    return np.ascontiguousarray(mat[np.ix_(idx, idx)], dtype=np.float64)
+        run_ssu(ssu_command(tpath, tree, metric, h5), f"computing {metric} UniFrac")
+        target = out if out is not None else Path(tmp) / "dm.npy"
+        h5_to_npy(h5, sample_ids, target)
+        if out is not None:
+            return None
+        return np.load(target).astype(np.float64)
 
 
 def _unifrac_pkg(sample_ids, asv_ids, counts, tree: str, metric: str) -> np.ndarray:
@@ -131,10 +178,39 @@ def _skbio(sample_ids, asv_ids, counts, tree: str, metric: str) -> np.ndarray:
 BACKENDS = {"ssu": _ssu, "unifrac": _unifrac_pkg, "skbio": _skbio}
 
 
+_TIP = None
+
+
+def _scan_tips(text: str) -> set[str] | None:
+    """Tip names of Newick text by one regular-expression pass (a 200,000-tip tree in about a
+    second, where a full parse takes 15); None when the text has anything this scanner does not
+    read exactly like scikit-bio (quotes, comments, unbalanced brackets): the caller parses it."""
+    import re
+
+    global _TIP
+    if "'" in text or "[" in text or '"' in text:
+        return None
+    body = text.strip()
+    if not body.startswith("(") or not body.endswith(";") or body.count("(") != body.count(")") or body.count(";") != 1:
+        return None
+    if _TIP is None:
+        _TIP = re.compile(r"[(,]\s*([^\s(),:;]+)")
+    names = _TIP.findall(body)
+    return {n.replace("_", " ") for n in names}
+
+
 def tree_tips(tree: str) -> set[str]:
-    """Tip names of a Newick file (cheap: scikit-bio parse)."""
+    """Tip names of a Newick file (a fast scan; scikit-bio's parser for anything unusual, and for
+    its messages on a broken file)."""
     from skbio import TreeNode
 
+    try:
+        text = Path(tree).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{tree}: cannot read Newick tree: {exc}") from None
+    fast = _scan_tips(text)
+    if fast is not None:
+        return fast
     try:
         t = TreeNode.read(tree)
     except Exception as exc:
@@ -142,30 +218,56 @@ def tree_tips(tree: str) -> set[str]:
     return {n.name for n in t.tips()}
 
 
-def compute(sample_ids, asv_ids, counts, tree: str, metric: str = "unweighted", backend: str = "auto",
-            use_cache: bool = True) -> Path:
-    """Distance matrix of the prepared table, cached; returns the .npy path (ids beside it)."""
+def cache_key(sample_ids, asv_ids, counts, tree: str, metric: str) -> str:
+    """The cache's name for a matrix: the prepared table's content, the tree file's bytes, the metric."""
     from .table import file_digest
 
     key_src = json.dumps({"table": table_digest(sample_ids, asv_ids, counts), "tree": file_digest(tree),
                           "metric": metric})
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:24]
-    folder = cache_dir()
-    path = folder / f"{key}.npy"
-    if use_cache and path.exists() and Path(str(path) + ".ids.txt").exists():
-        log.info("UniFrac: cached matrix %s", path)
-        return path
+    return hashlib.sha256(key_src.encode()).hexdigest()[:24]
+
+
+def cached(key: str) -> Path | None:
+    """The cached matrix of a key, when it is complete (the ids file lands last)."""
+    path = cache_dir() / f"{key}.npy"
+    return path if path.exists() and Path(str(path) + ".ids.txt").exists() else None
+
+
+def publish(key: str, npy: Path, sample_ids) -> Path:
+    """Move a finished matrix (a file in the cache folder) into place, then its ids: a reader sees
+    the matrix only when both are there."""
+    path = cache_dir() / f"{key}.npy"
+    ids_tmp = cache_dir() / f".{key}.{os.getpid()}.ids"
+    ids_tmp.write_text("\n".join(sample_ids) + "\n")
+    os.replace(npy, path)
+    os.replace(ids_tmp, str(path) + ".ids.txt")
+    return path
+
+
+def compute(sample_ids, asv_ids, counts, tree: str, metric: str = "unweighted", backend: str = "auto",
+            use_cache: bool = True) -> Path:
+    """Distance matrix of the prepared table, cached as fp32 .npy (read memory-mapped, a batch's
+    block at a time); returns its path (ids beside it). Memory: ssu's matrix is streamed to the
+    cache in blocks; the other backends hold it whole."""
+    key = cache_key(sample_ids, asv_ids, counts, tree, metric)
+    if use_cache and cached(key):
+        log.info("UniFrac: cached matrix %s", cached(key))
+        return cached(key)
     name = pick_backend(backend)
     log.info("UniFrac: computing %s for %d samples with %s", metric, len(sample_ids), name)
-    mat = BACKENDS[name](sample_ids, asv_ids, counts, tree, metric)
+    folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f".{key}.{os.getpid()}.npy"
-    np.save(tmp, mat)
-    ids_tmp = folder / f".{key}.{os.getpid()}.ids"
-    ids_tmp.write_text("\n".join(sample_ids) + "\n")
-    os.replace(ids_tmp, str(path) + ".ids.txt")
-    os.replace(tmp, path)
-    return path
+    try:
+        if name == "ssu":
+            _ssu(sample_ids, asv_ids, counts, tree, metric, work=folder, out=tmp)
+        else:
+            mat = BACKENDS[name](sample_ids, asv_ids, counts, tree, metric)
+            np.save(tmp, np.asarray(mat, dtype=np.float32))
+            del mat
+        return publish(key, tmp, sample_ids)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def read_ids_for(path: Path) -> list[str] | None:
@@ -238,3 +340,45 @@ def _read_text_matrix(path: Path):
     except Exception as exc:
         raise DataError(f"{path}: cannot read distance matrix (expected .npy + .ids.txt, ssu .h5, or scikit-bio "
                         f"DistanceMatrix text): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def publish_partials(work: Path) -> Path:
+    """The merge job's last step: ssu's merged HDF5 in `work` (a stripes folder written by aamctl)
+    -> the cache's fp32 .npy under the key aamctl computed; the partial outputs are removed."""
+    work = Path(work)
+    try:
+        plan = json.loads((work / "plan.json").read_text())
+        ids = [line for line in (work / "ids.txt").read_text().splitlines() if line]
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{work}: not a UniFrac stripes folder written by aamctl ({exc})") from None
+    if not (work / "dm.h5").exists():
+        raise DataError(f"{work}/dm.h5: ssu's merged matrix is missing (see {work}/merge.log)")
+    tmp = cache_dir() / f".{plan['key']}.{os.getpid()}.npy"
+    try:
+        h5_to_npy(work / "dm.h5", ids, tmp)
+        path = publish(plan["key"], tmp, ids)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for p in list(work.glob("partial.[0-9]*")) + [work / "dm.h5", work / "table.biom"]:
+        p.unlink(missing_ok=True)
+    return path
+
+
+def main(argv=None) -> int:
+    """python -m aam_runtime.data.unifrac publish WORK (the stripes merge job runs it)."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 2 or args[0] != "publish":
+        print("usage: python -m aam_runtime.data.unifrac publish STRIPES_FOLDER", file=sys.stderr)
+        return 2
+    try:
+        print(f"published {publish_partials(Path(args[1]))}")
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
