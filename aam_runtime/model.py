@@ -165,6 +165,11 @@ class Block(nn.Module):
         return x + self.drop(self.ff(self.ln2(x)))
 
 
+# gradientCheckpointing: nucleotide tokens per checkpointed chunk of ASVs (about 0.3 GB of
+# activations per chunk at the reference sizes)
+CHUNK_TOKENS = 16384
+
+
 class Encoder(nn.Module):
     def __init__(self, dim, heads, layers, ffn_mult, dropout, checkpointing=False):
         super().__init__()
@@ -178,6 +183,12 @@ class Encoder(nn.Module):
                 x = torch.utils.checkpoint.checkpoint(block, x, key_mask, use_reentrant=False)
             else:
                 x = block(x, key_mask)
+        return self.ln(x)
+
+    def stack(self, x, key_mask=None):
+        """All blocks without per-block checkpoints (the caller checkpoints the whole stack)."""
+        for block in self.blocks:
+            x = block(x, key_mask)
         return self.ln(x)
 
 
@@ -401,7 +412,17 @@ class AAM(nn.Module):
         pos = torch.arange(length, device=tokens.device)
         x = (self.tok_emb(tokens) + self.nuc_pos(pos)[None]) * self.emb_scale
         mask = tokens != PAD
-        h = self.nuc(x, mask)
+        if self.nuc.checkpointing and self.training and torch.is_grad_enabled() and u * length > CHUNK_TOKENS:
+            # gradientCheckpointing: the nucleotide stack runs on chunks of ASVs, each chunk one
+            # checkpoint, so backward holds one chunk's activations, not every ASV's: a batch of
+            # 2 x 5,000 ASVs fits where per-layer checkpoints alone need ~27 GB (docs/benchmarks.md).
+            # ASVs never attend to each other here, so the chunks compute the same function.
+            step = max(1, CHUNK_TOKENS // length)
+            h = torch.cat([torch.utils.checkpoint.checkpoint(self.nuc.stack, x[i:i + step], mask[i:i + step],
+                                                             use_reentrant=False)
+                           for i in range(0, u, step)])
+        else:
+            h = self.nuc(x, mask)
         vec = self.asv_pool(h, mask)
         if self.seq_skip is not None:
             # one (position, base) index per real token; padding slots get weight 0

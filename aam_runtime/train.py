@@ -422,6 +422,8 @@ class Trainer:
         for bi in range(state["batch"], len(gbatches)):
             rows = data.train[B.shard(gbatches[bi], self.rank, self.world)]
             batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
+            if data.lookup is not None and bi + 1 < len(gbatches):  # the next step's UniFrac block
+                data.lookup.prefetch(data.train[gbatches[bi + 1]])
             gen = torch.Generator().manual_seed(tr["seed"] * 1_000_003 + epoch * 100_003 + bi)
             sync = (bi + 1) % accum == 0 or bi + 1 == len(gbatches)
             with acc.no_sync(o.model) if not sync and self.world > 1 else contextlib.nullcontext():

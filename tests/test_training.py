@@ -73,6 +73,40 @@ def test_dedup_equals_per_occurrence(tmp_path, count_mode):
     assert torch.allclose(mb["nuc_logits"], full[occ][masked[occ]], atol=1e-5)
 
 
+def test_checkpointed_asv_chunks_give_the_same_loss_and_gradients(tmp_path, monkeypatch):
+    """gradientCheckpointing runs the nucleotide stack on chunks of ASVs (one checkpoint each):
+    the loss and every gradient equal the unchunked, uncheckpointed model's."""
+    import aam_runtime.model as M
+
+    batch, _ = _batch(tmp_path)
+    torch.manual_seed(0)
+    plain = _model(SMALL_MODEL).train()
+    ckpt = _model(dict(SMALL_MODEL, gradientCheckpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    u, length = batch["tokens"].shape
+    monkeypatch.setattr(M, "CHUNK_TOKENS", 3 * length)  # chunks of 3 ASVs: several, the last one short
+    assert u > 6 and u % 3
+
+    def loss_and_grads(model):
+        out = model(batch, mask_nucleotides=True, generator=torch.Generator().manual_seed(1))
+        target = torch.rand(6, 6, generator=torch.Generator().manual_seed(2))
+        loss = pairwise_unifrac_loss(out["embedding"], (target + target.T) / 2)[0] + \
+            torch.nn.functional.cross_entropy(out["nuc_logits"], out["nuc_targets"])
+        loss.backward()
+        return loss.detach(), {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+
+    calls = []
+    real = torch.utils.checkpoint.checkpoint
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", lambda fn, *a, **k: calls.append(fn) or real(fn, *a, **k))
+    la, ga = loss_and_grads(plain)
+    lb, gb = loss_and_grads(ckpt)
+    assert sum(getattr(fn, "__name__", "") == "stack" for fn in calls) == -(-u // 3)  # one per chunk
+    assert torch.allclose(la, lb, atol=1e-6)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        assert torch.allclose(ga[k], gb[k], atol=1e-5, rtol=1e-4), k
+
+
 def test_padding_does_not_change_a_sample(tmp_path):
     """A sample's embedding is the same alone and padded inside a batch with a longer sample."""
     batch_all, enc = _batch(tmp_path)

@@ -232,12 +232,17 @@ def _check_unifrac_room(spec: dict, prepared, add) -> None:
         return
     alternatives = ("give a matrix computed elsewhere in spec.distanceMatrix, or pretrain on fewer samples "
                     "(spec.subsample)")
-    try:
-        backend = U.pick_backend(spec["unifrac"]["backend"]) if spec["unifrac"]["backend"] != "auto" else \
-            (U.available_backends() or ["none"])[0]
-    except DataError as exc:
-        add(("unifrac", "backend"), str(exc))
-        return
+    requested = spec["unifrac"]["backend"]
+    if requested == "auto":  # as pick_backend would choose, without importing anything (skbio: a second)
+        import importlib.util
+
+        backend = "unifrac" if importlib.util.find_spec("unifrac") else "ssu" if shutil.which("ssu") else "skbio"
+    else:
+        try:
+            backend = U.pick_backend(requested)
+        except DataError as exc:
+            add(("unifrac", "backend"), str(exc))
+            return
     if backend == "skbio" and n * m * 8 > 4e9:
         add(("unifrac", "backend"), f"scikit-bio computes UniFrac from the dense table, {n:,} samples x {m:,} ASVs = "
             f"{_gb(n * m * 8)} of memory, and would take days", hint="install ssu (Debian: unifrac-tools) or "
