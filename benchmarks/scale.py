@@ -157,7 +157,7 @@ def step_train(data: Path, asvs: int, ckpt: bool, steps: int, batch: int) -> dic
     gen = torch.Generator().manual_seed(0)
     times = []
     try:
-        for step in range(steps + 1):
+        for step in range(max(1, steps + (steps > 0))):
             rows = big[step * batch:(step + 1) * batch] if len(big) >= (steps + 1) * batch else big[:batch]
             b = B.to_torch(B.collate_numpy(enc, rows))
             t0 = time.perf_counter()
@@ -169,7 +169,7 @@ def step_train(data: Path, asvs: int, ckpt: bool, steps: int, batch: int) -> dic
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            if step:
+            if step or steps == 0:  # --train-steps 0: time the first (cold) step alone
                 times.append(time.perf_counter() - t0)
     except (RuntimeError, MemoryError) as exc:
         if "memory" not in str(exc).lower() and not isinstance(exc, MemoryError):
