@@ -350,16 +350,18 @@ def _stripes_for(res: Resolved, run: Obj, bundle: dict, prepared: dict, python: 
             prepared[run.name] = load(ds, need_targets=need, seed=tr["seed"])
         except DataError as exc:
             raise AamError(bundle["dataset"].diag(str(exc), ("spec",))) from None
-    return plan_stripes(ds, spec, bundle["hardware"].spec, prepared[run.name], python)
+    stripes = plan_stripes(ds, spec, bundle["hardware"].spec, prepared[run.name], python)
+    if stripes is not None:  # its path goes into #SBATCH directives, like a run folder's
+        check_path(str(stripes.work), "UniFrac cache folder ($AAM_CACHE_DIR)", run)
+    return stripes
 
 
 def _submit_stripes(store, plan: RunPlan, stripes, prepared, executor, echo) -> str:
     """Write and queue the stripe jobs; the merge job's id, for the run to wait on."""
-    from .stripes import submit, write
+    from .stripes import submit
 
     try:
-        write(stripes, prepared)
-        array, merge = submit(stripes, executor)
+        array, merge = submit(stripes, executor, prepared)
     except (AamError, OSError) as exc:
         store.set_phase(plan.name, plan.generation, "Failed", "UniFrac stripe jobs not submitted")
         if isinstance(exc, AamError):

@@ -141,9 +141,10 @@ def write(plan: StripePlan, prepared) -> None:
         atomic_write(plan.work / name, text)
 
 
-def submit(plan: StripePlan, executor) -> tuple[str, str]:
-    """Queue the array, then the merge after it; (array job, merge job). A merge still queued or
-    running for the same key (another run on the same data) is waited for instead of repeated."""
+def submit(plan: StripePlan, executor, prepared) -> tuple[str, str]:
+    """Write the folder and queue the array, then the merge after it; (array job, merge job). A
+    merge still queued or running for the same key (another run on the same data) is waited for
+    instead: nothing is rewritten under jobs that are reading it."""
     jid = plan.work / "merge.jobid"
     if jid.exists():
         old = jid.read_text().strip()
@@ -151,6 +152,7 @@ def submit(plan: StripePlan, executor) -> tuple[str, str]:
         if st is not None and st.state.split()[0] in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
             return (plan.work / "partial.jobid").read_text().strip() if (plan.work / "partial.jobid").exists() \
                 else "", old
+    write(plan, prepared)
     array = executor.submit(plan.work, script=plan.work / "partial.sbatch")["job_id"]
     merge = executor.submit(plan.work, dependency=array, script=plan.work / "merge.sbatch")["job_id"]
     (plan.work / "partial.jobid").write_text(array + "\n")
