@@ -721,7 +721,14 @@ class Controller:
         from .reconcile import reconcile
 
         if t["run_generation"] is None:
-            return  # still being created by this controller (or orphaned: adopted next step)
+            # Creating with no run linked: the controller that created it stopped in between (this
+            # one creates trials only after following them, and the flock keeps it alone), so the
+            # link never comes. Fail it rather than wait on it forever (seen in
+            # test_local_sweep_extends_survives_its_controller); its run row, if it was reserved,
+            # turns Failed by itself after reconcile's ORPHAN_AFTER.
+            self._finish(t["number"], "Failed", None,
+                         reason="never started: the controller creating it stopped first")
+            return
         row = self.store.run(t["run_name"], t["run_generation"])
         if row is None:
             self._finish(t["number"], "Failed", None, reason="its run is gone from the store")
