@@ -73,12 +73,12 @@ def _wrap(hw: dict, work: Path, tree: str, argv: list[str]) -> str:
 
 def render(plan: StripePlan, run: dict, hw: dict, tree: str, metric: str, python: str) -> None:
     """The array script (one task per range) and the merge script, into plan.files."""
-    from aam_runtime.data.unifrac import ssu_command
+    from aam_runtime.data.unifrac import STRIPES_MERGED, STRIPES_PARTIALS, STRIPES_TABLE, ssu_command
 
     w = plan.work
     starts = " ".join(str(a) for a, _ in plan.ranges)
     stops = " ".join(str(b) for _, b in plan.ranges)
-    partial = ["ssu", "-i", str(w / "table.biom"), "-t", str(tree), "-m", f"{metric}_fp32", "--mode", "partial"]
+    partial = ["ssu", "-i", str(w / STRIPES_TABLE), "-t", str(tree), "-m", f"{metric}_fp32", "--mode", "partial"]
     cmd = _wrap(hw, w, tree, partial) + ' --start "$start" --stop "$stop" -o "$out"'
     env = "export OMP_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\""
     head = ["#!/bin/bash", f"# aam: UniFrac ({metric}) of {plan.n_samples} samples, partial stripes "
@@ -93,8 +93,8 @@ def render(plan: StripePlan, run: dict, hw: dict, tree: str, metric: str, python
            'echo "[$(date +%H:%M:%S)] stripes $start-$stop on $(hostname)"',
            cmd, 'mv -f "$out" "partial.$SLURM_ARRAY_TASK_ID"',
            'echo "[$(date +%H:%M:%S)] done"', ""])
-    merge = ssu_command(w / "table.biom", tree, metric, w / "dm.h5", "--mode", "merge-partial",
-                        "--partial-pattern", str(w / "partial.[0-9]*"))
+    merge = ssu_command(w / STRIPES_TABLE, tree, metric, w / STRIPES_MERGED, "--mode", "merge-partial",
+                        "--partial-pattern", str(w / STRIPES_PARTIALS))
     publish = [python, "-m", "aam_runtime.data.unifrac", "publish", str(w)]
     plan.files["merge.sbatch"] = "\n".join(
         head[:1] + [f"# aam: merge the {len(plan.ranges)} partial UniFrac results and publish them to the cache"]
@@ -127,15 +127,15 @@ def plan_stripes(ds: dict, run: dict, hw: dict, prepared, python: str) -> Stripe
 def write(plan: StripePlan, prepared) -> None:
     """The work folder: the prepared table ssu reads, the sample ids in the runtime's order, the
     key, and the two scripts."""
-    from aam_runtime.data.unifrac import _write_biom
+    from aam_runtime.data.unifrac import STRIPES_IDS, STRIPES_PLAN, STRIPES_TABLE, _write_biom
     from aam_runtime.runfolder import atomic_write
 
     plan.work.mkdir(parents=True, exist_ok=True)
-    tmp = plan.work / ".table.biom.tmp"
+    tmp = plan.work / f".{STRIPES_TABLE}.tmp"
     _write_biom(tmp, prepared.sample_ids, prepared.asv_ids, prepared.counts)
-    tmp.replace(plan.work / "table.biom")
-    atomic_write(plan.work / "ids.txt", "\n".join(prepared.sample_ids) + "\n")
-    atomic_write(plan.work / "plan.json", json.dumps({"key": plan.key, "samples": plan.n_samples,
+    tmp.replace(plan.work / STRIPES_TABLE)
+    atomic_write(plan.work / STRIPES_IDS, "\n".join(prepared.sample_ids) + "\n")
+    atomic_write(plan.work / STRIPES_PLAN, json.dumps({"key": plan.key, "samples": plan.n_samples,
                                                       "ranges": plan.ranges}) + "\n")
     for name, text in plan.files.items():
         atomic_write(plan.work / name, text)

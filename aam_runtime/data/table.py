@@ -97,16 +97,16 @@ _ACGT_LUT = np.zeros(256, dtype=bool)
 _ACGT_LUT[np.frombuffer(b"ACGTacgt", dtype=np.uint8)] = True
 
 
-def _letters(asv_ids) -> tuple[np.ndarray, np.ndarray] | None:
-    """All ids' bytes joined, and where each id starts; None when an id is not ASCII."""
+def _letters(asv_ids) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """All ids' bytes joined, where each id starts and its length; None when an id is not ASCII."""
     try:
         joined = "".join(asv_ids).encode("ascii")
     except UnicodeEncodeError:
         return None
+    lengths = np.fromiter((len(a) for a in asv_ids), dtype=np.int64, count=len(asv_ids))
     starts = np.zeros(len(asv_ids), dtype=np.int64)
-    if len(asv_ids) > 1:
-        starts[1:] = np.cumsum(np.fromiter((len(a) for a in asv_ids), dtype=np.int64, count=len(asv_ids)))[:-1]
-    return np.frombuffer(joined, dtype=np.uint8), starts
+    starts[1:] = np.cumsum(lengths)[:-1]
+    return np.frombuffer(joined, dtype=np.uint8), starts, lengths
 
 
 def _per_id_any(flags: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -117,30 +117,28 @@ def _per_id_any(flags: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> n
     return (counts > 0) & (lengths > 0)
 
 
-def non_acgt(asv_ids) -> np.ndarray:
-    """Per ASV: whether its sequence holds a letter other than A, C, G, T (either case)."""
-    got = _letters(asv_ids)
+def non_acgt(asv_ids, letters=None) -> np.ndarray:
+    """Per ASV: whether its sequence holds a letter other than A, C, G, T (either case).
+    letters: what _letters(asv_ids) returned, when the caller has it already."""
+    got = letters or _letters(asv_ids)
     if got is None:
         return np.array([bool(set(a.upper()) - set("ACGT")) for a in asv_ids], dtype=bool)
-    letters, starts = got
-    lengths = np.fromiter((len(a) for a in asv_ids), dtype=np.int64, count=len(asv_ids))
-    return _per_id_any(~_ACGT_LUT[letters], starts, lengths)
+    joined, starts, lengths = got
+    return _per_id_any(~_ACGT_LUT[joined], starts, lengths)
 
 
 def check_sequences(asv_ids, table_path: str, policy: str = "pad") -> dict:
     """ASV ids must be nucleotide sequences; returns counts of non-ACGT letters. Vectorised over
     all ids' letters at once (a 200,000-ASV table takes well under a second)."""
     got = _letters(asv_ids)
-    lengths = np.fromiter((len(a) for a in asv_ids), dtype=np.int64, count=len(asv_ids))
-    bad_letter = None if got is None else _per_id_any(~_IUPAC_LUT[got[0]], got[1], lengths)
-    if got is None or (lengths == 0).any() or bad_letter.any():
-        for asv in asv_ids:
+    if got is None or (got[2] == 0).any() or _per_id_any(~_IUPAC_LUT[got[0]], got[1], got[2]).any():
+        for asv in asv_ids:  # the first offender, for the message (a non-ASCII id is always one)
             if not asv or any(ch not in IUPAC for ch in asv):
                 shown = asv if len(asv) <= 40 else asv[:37] + "..."
                 raise DataError(f"{table_path}: observation id '{shown}' is not a nucleotide sequence; AAM reads the "
                                 "ASV sequences themselves, so the table's observation ids must be the sequences "
                                 "(e.g. deblur or DADA2 output without hashing)")
-    odd = non_acgt(asv_ids)
+    odd = non_acgt(asv_ids, got)
     bad_ids = int(odd.sum())
     if bad_ids and policy == "error":
         first = asv_ids[int(np.flatnonzero(odd)[0])]

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -178,23 +179,18 @@ def _skbio(sample_ids, asv_ids, counts, tree: str, metric: str) -> np.ndarray:
 BACKENDS = {"ssu": _ssu, "unifrac": _unifrac_pkg, "skbio": _skbio}
 
 
-_TIP = None
+_TIP = re.compile(r"[(,]\s*([^\s(),:;]+)")  # a tip: a label right after "(" or ","
 
 
 def _scan_tips(text: str) -> set[str] | None:
     """Tip names of Newick text by one regular-expression pass (a 200,000-tip tree in about a
     second, where a full parse takes 15); None when the text has anything this scanner does not
     read exactly like scikit-bio (quotes, comments, unbalanced brackets): the caller parses it."""
-    import re
-
-    global _TIP
     if "'" in text or "[" in text or '"' in text:
         return None
     body = text.strip()
     if not body.startswith("(") or not body.endswith(";") or body.count("(") != body.count(")") or body.count(";") != 1:
         return None
-    if _TIP is None:
-        _TIP = re.compile(r"[(,]\s*([^\s(),:;]+)")
     names = _TIP.findall(body)
     return {n.replace("_", " ") for n in names}
 
@@ -369,24 +365,30 @@ def _read_text_matrix(path: Path):
                         f"DistanceMatrix text): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
+# the stripes folder aamctl writes for a partial-stripe computation (aamctl/stripes.py) and the
+# merge job's publish step reads: its file names, in one place
+STRIPES_TABLE, STRIPES_IDS, STRIPES_PLAN, STRIPES_MERGED = "table.biom", "ids.txt", "plan.json", "dm.h5"
+STRIPES_PARTIALS = "partial.[0-9]*"  # ssu's partial outputs (glob)
+
+
 def publish_partials(work: Path) -> Path:
     """The merge job's last step: ssu's merged HDF5 in `work` (a stripes folder written by aamctl)
     -> the cache's fp32 .npy under the key aamctl computed; the partial outputs are removed."""
     work = Path(work)
     try:
-        plan = json.loads((work / "plan.json").read_text())
-        ids = [line for line in (work / "ids.txt").read_text().splitlines() if line]
+        plan = json.loads((work / STRIPES_PLAN).read_text())
+        ids = [line for line in (work / STRIPES_IDS).read_text().splitlines() if line]
     except (OSError, ValueError) as exc:
         raise DataError(f"{work}: not a UniFrac stripes folder written by aamctl ({exc})") from None
-    if not (work / "dm.h5").exists():
-        raise DataError(f"{work}/dm.h5: ssu's merged matrix is missing (see {work}/merge.log)")
+    if not (work / STRIPES_MERGED).exists():
+        raise DataError(f"{work / STRIPES_MERGED}: ssu's merged matrix is missing (see {work}/merge.log)")
     tmp = cache_dir() / f".{plan['key']}.{os.getpid()}.npy"
     try:
-        h5_to_npy(work / "dm.h5", ids, tmp)
+        h5_to_npy(work / STRIPES_MERGED, ids, tmp)
         path = publish(plan["key"], tmp, ids)
     finally:
         tmp.unlink(missing_ok=True)
-    for p in list(work.glob("partial.[0-9]*")) + [work / "dm.h5", work / "table.biom"]:
+    for p in list(work.glob(STRIPES_PARTIALS)) + [work / STRIPES_MERGED, work / STRIPES_TABLE]:
         p.unlink(missing_ok=True)
     return path
 
