@@ -1,8 +1,11 @@
 """`aamctl doctor`: does this machine (or container) have what a HardwareProfile expects?
 
     python -m aam_runtime.doctor '<profile spec as JSON>' [profile-name]
+        [--write-golden FILE --golden-spec '<Model spec as JSON>' | --golden FILE]
 
 Prints one line per check (ok / WARN / FAIL / skip) and a verdict; exit 1 when a check fails.
+With --write-golden it then saves the golden numerics of this machine (aam_runtime.golden); with
+--golden it recomputes a golden file here and fails when a tensor differs past its dtype's tolerance.
 """
 from __future__ import annotations
 
@@ -12,7 +15,13 @@ import sys
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = list(sys.argv[1:] if argv is None else argv)
+    golden_opts = {}
+    for flag in ("--write-golden", "--golden", "--golden-spec"):
+        if flag in argv:
+            i = argv.index(flag)
+            golden_opts[flag] = argv[i + 1]
+            del argv[i:i + 2]
     spec = json.loads(argv[0]) if argv and argv[0] else {}
     name = argv[1] if len(argv) > 1 and argv[1] else "(none)"
     rows: list[tuple[str, str, str]] = []
@@ -110,11 +119,44 @@ def main(argv=None) -> int:
         print(f"  {check.ljust(width)}  {state:<4}  {detail}")
     failed = [r for r in rows if r[1] == "FAIL"]
     skipped = [r[0] for r in rows if r[1] == "skip"]
+    if golden_opts:
+        from .model import choose_attention_backend
+
+        backend = choose_attention_backend(spec.get("attentionBackend", "auto"), want or device, spec.get("rocmVersion"),
+                                           hip)
+        if not golden_and_verdict(golden_opts, "cpu" if want == "cpu" else device, backend):
+            failed.append(("golden numerics", "FAIL", ""))
     print(("verdict: NOT READY (" + ", ".join(r[0] for r in failed) + ")") if failed else "verdict: ready")
     if skipped:
         print("not checked here: " + ", ".join(skipped))
     return 1 if failed else 0
 
 
+def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:
+    """Write or compare golden numerics; prints its lines; False when the comparison fails."""
+    from . import golden
+
+    if "--write-golden" in opts:
+        doc = golden.write(opts["--write-golden"], json.loads(opts["--golden-spec"]), device, backend)
+        n = sum(len(r) for r in doc["results"].values())
+        print(f"golden numerics: wrote {opts['--write-golden']} ({', '.join(doc['results'])}; {n} tensors; "
+              f"{golden.fmt_platform(doc['platform'])})")
+        return True
+    ok, lines = golden.compare(golden.load(opts["--golden"]), device, backend)
+    print(f"golden numerics against {opts['--golden']}: {'ok' if ok else 'DIFFERENT'}")
+    for line in lines:
+        print("  " + line)
+    return ok
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from .golden import GoldenError
+
+    try:
+        sys.exit(main())
+    except GoldenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(2)

@@ -11,12 +11,29 @@ from ..context import Context
 from ..errors import AamError, Diagnostic
 
 
+# The golden model: every layer kind once (nucleotide, sample, encoder and target stacks, attention
+# pooling, FiLM counts, the sequence skip, an MLP head), small enough for a file of a few hundred kB.
+GOLDEN_MODEL = {"embeddingDim": 32, "ffnMultiplier": 2, "dropout": 0.0, "countEmbedding": "film",
+                "sequenceSkip": True, "nucleotide": {"heads": 2, "layers": 1}, "sample": {"heads": 2, "layers": 1},
+                "encoderHead": {"heads": 2, "layers": 1},
+                "targetHead": {"heads": 2, "layers": 1, "hidden": [16]}}
+
+
 @click.command()
 @click.option("--profile", default=None, help="HardwareProfile to check against (default: the machine only).")
+@click.option("--write-golden", "write_golden", default=None, metavar="FILE",
+              help="Also run the fixed golden model (forward, losses, one backward per dtype) and save it to FILE.")
+@click.option("--golden", "golden", default=None, metavar="FILE",
+              help="Also recompute a golden file here and compare per tensor (a shipped name such as 'cpu' works too).")
 @click.pass_context
-def doctor(ctx, profile):
-    """Check this machine (or container) against a HardwareProfile: torch, devices, SDPA, bf16, compile."""
+def doctor(ctx, profile, write_golden, golden):
+    """Check this machine (or container) against a HardwareProfile: torch, devices, SDPA, bf16, compile;
+    with --write-golden / --golden, numerics across platforms."""
     from ..resolve import builtin_documents, normalize
+
+    if write_golden and golden:
+        raise AamError(Diagnostic("--write-golden and --golden go one at a time", file="aamctl",
+                                  hint="write on the reference machine, compare (--golden) on the other"))
 
     spec = None
     if profile:
@@ -29,7 +46,16 @@ def doctor(ctx, profile):
             raise AamError(Diagnostic(f"HardwareProfile '{profile}' not found", file="aamctl",
                                       hint="'aamctl get hardwareprofiles' lists them"))
         spec = m["spec"]
-    proc = subprocess.run([sys.executable, "-m", "aam_runtime.doctor", json.dumps(spec or {}), profile or ""])
+    args = [sys.executable, "-m", "aam_runtime.doctor", json.dumps(spec or {}), profile or ""]
+    if write_golden:
+        from ..schema import fill_defaults
+
+        model = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model",
+                                        "metadata": {"name": "golden"}, "spec": GOLDEN_MODEL})["spec"]
+        args += ["--write-golden", write_golden, "--golden-spec", json.dumps(model)]
+    elif golden:
+        args += ["--golden", golden]
+    proc = subprocess.run(args)
     ctx.exit(proc.returncode)
 
 
