@@ -29,6 +29,7 @@ from .data.prepare import Data, scale_target, unscale_target
 from .errors import HardwareMissing
 from .metric_table import improved
 from .model import AAM, build_model, is_head_key, param_group, sample_positions
+from .profiling import StepProfiler
 from .runfolder import RunFolder, atomic_write, checkpoint_name
 
 
@@ -367,6 +368,29 @@ class Trainer:
         log(f"train: {len(data.train)} samples, val {len(data.val)}, {o.steps_per_epoch} steps/epoch, "
             f"{o.total_steps} steps, world {self.world}, device {self.device}, "
             f"params {sum(p.numel() for p in o.raw.parameters()):,}")
+        self.profiler = StepProfiler(tr.get("profile"), self.folder, self.stage, self.device, self.main,
+                                     cfg.hardware["accelerator"])
+        try:
+            return self._fit_loop(o, objective, data, state, result)
+        finally:
+            self._finish_profile(state["step"], o.total_steps)
+
+    def _finish_profile(self, step: int, total_steps: int) -> None:
+        """Write a window the run ended inside; say when the window was never reached."""
+        prof = self.profiler
+        if prof.active:
+            self._profiled(prof.stop(step, force=True))
+        elif prof.spec is not None and not prof.done:
+            log(f"warning: trainer.profile.steps {prof.spec['steps']} never ran: this stage took "
+                f"{total_steps} optimizer steps (resumed at or past the window, or it is beyond the end)")
+
+    def _profiled(self, info: dict | None) -> None:
+        if info:
+            self.folder.event("profiled", **info)
+            log(f"profile of steps {info['steps'][0]}..{info['steps'][1]} written: {info['trace']}, {info['top']}")
+
+    def _fit_loop(self, o: Optimisation, objective, data: Data, state: dict, result: FitResult) -> FitResult:
+        tr = self.cfg.trainer
         metric = tr["earlyStopping"]["metric"]
         done = state["step"] >= o.total_steps
         while not done and (tr["maxSteps"] or state["epoch"] < tr["epochs"]):
@@ -420,6 +444,7 @@ class Trainer:
         running: dict[str, list] = {}
         o.model.train()
         for bi in range(state["batch"], len(gbatches)):
+            self.profiler.start(state["step"] + 1)
             rows = data.train[B.shard(gbatches[bi], self.rank, self.world)]
             batch = B.to_torch(B.collate_numpy(data.enc, rows), self.device)
             if data.lookup is not None and bi + 1 < len(gbatches):  # the next step's UniFrac block
@@ -443,6 +468,7 @@ class Trainer:
             o.optimizer.zero_grad(set_to_none=True)
             state["step"] += 1
             step = state["step"]
+            self._profiled(self.profiler.stop(step))
             if step % tr["logEverySteps"] == 0 or step == o.total_steps:
                 dt = max(time.time() - window["t"], 1e-9)
                 row = {k: float(np.mean(v)) for k, v in running.items()}

@@ -82,6 +82,12 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         inner = "exec " + shell_join(launch_command(python, folder, hw, nodes, multinode=True, port=sl["port"]))
     else:
         inner = "exec " + shell_join([python, "-m", RUNTIME_MODULE, str(folder)])
+    if ((run.get("trainer") or {}).get("profile") or {}).get("rocprof") and hw["accelerator"] == "rocm":
+        # trainer.profile.rocprof: every node's launcher (and the processes it starts) under
+        # rocprof --stats, one output folder per node
+        out = shlex.quote(str(folder / "profile" / "rocprof-"))
+        inner = (f'rp={out}"$SLURMD_NODENAME"; mkdir -p "$rp" && '
+                 + inner.replace("exec ", 'exec rocprof --stats -d "$rp" -o "$rp/results.csv" ', 1))
     wrapper: list[str] = []
     if container:
         binds = sorted({str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} |

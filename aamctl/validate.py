@@ -384,6 +384,10 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
     if opt.get("nesterov") and (opt.get("type") != "sgd" or not opt.get("momentum")):
         d.append(run.diag("nesterov needs optimizer type sgd with momentum > 0", ("spec", "trainer", "optimizer", "nesterov"),
                           hint="set type: sgd and momentum: 0.9, or remove nesterov"))
+    prof = tr.get("profile")
+    if prof and prof["steps"][0] > prof["steps"][1]:
+        d.append(run.diag(f"profile.steps {prof['steps']}: the first step comes after the last",
+                          ("spec", "trainer", "profile", "steps"), hint=f"write [{prof['steps'][1]}, {prof['steps'][0]}]"))
     random_asvs = ds.spec.get("asvSelection") == "random"
     if tr.get("validationPasses", 1) > 1 and not random_asvs:
         d.append(run.diag(f"validationPasses {tr['validationPasses']} needs Dataset '{ds.name}' with asvSelection: random "

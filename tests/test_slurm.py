@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -24,7 +25,8 @@ from conftest import AAMCTL, aamctl  # noqa: E402
 PROFILES = ["cpu", "cuda-a100", "cuda-h100", "cosmos-mi300a"]
 
 
-def _render(profile: str, nodes: int, name: str = "golden-run", extra_env: str = "") -> dict:
+def _render(profile: str, nodes: int, name: str = "golden-run", extra_env: str = "",
+            trainer: str = "{batchSize: 32}") -> dict:
     text = f"""apiVersion: aam/v1alpha1
 kind: Dataset
 metadata: {{name: golden-data}}
@@ -43,7 +45,7 @@ spec:
   datasetRef: golden-data
   modelRef: golden-model
   hardwareRef: {profile}
-  trainer: {{batchSize: 32}}
+  trainer: {trainer}
   executor:
     type: slurm
     slurm: {{nodes: {nodes}, timeLimit: "12:00:00", account: aam-test, partition: gpu}}
@@ -79,6 +81,32 @@ def test_sbatch_syntax_and_directives():
     assert "--num_processes 16" in script and "--machine_rank \"${SLURM_NODEID}\"" in script
     acc = files["accelerate.yaml"]
     assert "num_processes: 16" in acc and "num_machines: 4" in acc and "mixed_precision: bf16" in acc
+
+
+def test_rocprof_wraps_each_nodes_launcher(tmp_path):
+    """trainer.profile.rocprof on a ROCm profile: the launcher runs under rocprof --stats with one
+    output folder per node (the node name expands on the node, inside srun's bash -c)."""
+    script = _render("cosmos-mi300a", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")["job.sbatch"]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    srun = next(line for line in script.splitlines() if line.startswith("srun "))
+    words = shlex.split(srun.rstrip(" &"))
+    inner = words[words.index("-c") + 1]
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "rocprof").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    (fake / "rocprof").chmod(0o755)
+    out = subprocess.run(["bash", "-c", inner.replace("/aam-home", str(tmp_path / "home"))], capture_output=True,
+                         text=True, env={"PATH": f"{fake}:/usr/bin:/bin", "SLURMD_NODENAME": "node7", "SLURM_NODEID": "1",
+                                         "MAIN_ADDR": "node1"})
+    args = out.stdout.split("\n")
+    assert out.returncode == 0, out.stderr
+    folder = args[args.index("-d") + 1]
+    assert folder.endswith("/profile/rocprof-node7") and Path(folder).is_dir()
+    assert args[:2] == ["--stats", "-d"] and "accelerate.commands.launch" in args
+    assert args[args.index("--machine_rank") + 1] == "1"
+    # elsewhere it changes nothing in the job script
+    plain = _render("cuda-h100", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")["job.sbatch"]
+    assert "rocprof" not in plain
 
 
 def test_time_limit_over_profile_maximum_is_refused():

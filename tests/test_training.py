@@ -333,7 +333,7 @@ spec:
   hardwareRef: cpu-1
   initFrom: {run: pre}
   trainer: {epochs: 1, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5,
-            lossWeights: {unifracWhenFinetuning: 0.5, countWhenFinetuning: 0.2}}
+            lossWeights: {unifracWhenFinetuning: 0.5, countWhenFinetuning: 0.2}, profile: {steps: [2, 3]}}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -554,6 +554,23 @@ def test_auxiliary_losses_while_finetuning(pipeline):
     assert r["loss"] == pytest.approx(r["target_loss"] + 0.5 * r["unifrac_loss"] + 0.2 * r["count_loss"], rel=1e-4)
     plain = [r for r in read_jsonl(_folder(home, "fine") / "metrics.jsonl") if r["split"] == "train"]
     assert "unifrac_loss" not in plain[0]
+
+
+def test_profile_window_writes_a_chrome_trace_and_a_top_table(pipeline):
+    """trainer.profile.steps [2, 3]: torch.profiler over those optimizer steps, into the run folder."""
+    home, _ = pipeline
+    folder = _folder(home, "fine-aux")
+    trace = json.loads((folder / "profile" / "finetune-trace.json").read_text())
+    names = {e.get("name", "") for e in trace["traceEvents"]}
+    assert "Optimizer.step#AdamW.step" in names or any(n.startswith("Optimizer.step") for n in names)
+    assert any(n.startswith("aten::scaled_dot_product_attention") or n.startswith("aten::_scaled_dot_product")
+               for n in names)
+    top = (folder / "profile" / "finetune-top.txt").read_text()
+    assert top.startswith("# aam profile: finetune, optimizer steps 2..3") and "Self CPU" in top and "CPU Mem" in top
+    events = [e for e in read_jsonl(folder / "events.jsonl") if e.get("event") == "profiled"]
+    assert len(events) == 1 and events[0]["steps"] == [2, 3]
+    # only that window: the other runs have no profile folder
+    assert not (_folder(home, "fine") / "profile").exists()
 
 
 @pytest.mark.slow
