@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
             started = folder.status().get("started") or time.time()
             folder.update_status(phase="Running", stage=cfg.stage, started=started, error=None, finished=None)
             folder.event("started", stage=cfg.stage)
+            if cfg.staged:
+                _say(f"reading {len(cfg.staged)} data files from node-local scratch {os.environ.get('AAM_SCRATCH')}")
         from .stages import run_stage
         summary = run_stage(cfg, folder)
         if rank0:

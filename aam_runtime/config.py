@@ -37,6 +37,7 @@ class RunConfig:
         self.generation = int(settings["generation"])
         self.run_hash = settings["runHash"]
         self.dataset = by[("Dataset", s["datasetRef"])]["spec"]
+        self.staged = self._read_staged()
         self.hardware = by[("HardwareProfile", s["hardwareRef"])]["spec"]
         self.model = (settings.get("model") or {}).get("spec")
         init = settings.get("initCheckpoint")
@@ -49,6 +50,23 @@ class RunConfig:
         self.manifests = docs
         self._wandb = None
         self._tensorboard = None
+
+    def _read_staged(self) -> dict[str, str]:
+        """HardwareProfile.scratch: read the Dataset's files from the node-local copies the job
+        staged (aam_runtime.stage); the record keeps the shared paths."""
+        from .stage import staged_paths
+
+        copies = staged_paths()
+        if not copies:
+            return {}
+        ds = self.dataset = dict(self.dataset)
+        for key in ("table", "tree", "distanceMatrix"):
+            if ds.get(key) in copies:
+                ds[key] = copies[ds[key]]
+        meta = ds.get("metadata") or {}
+        if meta.get("path") in copies:
+            ds["metadata"] = dict(meta, path=copies[meta["path"]])
+        return copies
 
     @property
     def stage(self) -> str:

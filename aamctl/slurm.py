@@ -5,7 +5,7 @@ import re
 import shlex
 from pathlib import Path
 
-from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_PREEMPTED, LOG, PREEMPT_FLAG, REQUEUES
+from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG, REQUEUES
 
 from aam_runtime.jobenv import job_env
 
@@ -13,6 +13,9 @@ from .errors import AamError
 from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newline slips through
+
+
+STAGE_MODULE = "aam_runtime.stage"
 
 
 def template_path() -> Path:
@@ -90,14 +93,37 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
                  + inner.replace("exec ", 'exec rocprof --stats -d "$rp" -o "$rp/results.csv" ', 1))
     wrapper: list[str] = []
     if container:
-        binds = sorted({str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} |
-                       set(container["binds"]))
+        binds = {str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} | set(container["binds"])
+        if hw.get("scratch"):  # the deepest folder of the scratch path that names no variable
+            prefix = hw["scratch"].split("$", 1)[0]
+            fixed = prefix.rstrip("/") if prefix.endswith("/") else str(Path(prefix).parent)
+            if fixed not in ("", "/"):
+                binds.add(fixed)
+        binds = sorted(binds)
         wrapper = [container["runtime"], "exec", "--rocm" if hw["accelerator"] == "rocm" else "--nv",
                    "--bind", ",".join(binds), container["image"]]
         if cpu:
             wrapper.remove("--nv")
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
             f"--ntasks-per-node={hw['devicesPerNode'] if cpu else 1}", *wrapper, "bash", "-c", inner]
+    stage_in = stage_out = ""
+    if hw.get("scratch"):
+        # node-local staging: one task per node copies the data in before training and removes
+        # the folder when the job ends (before a requeue too: the next start stages afresh)
+        def on_every_node(action: list[str]) -> str:
+            return " ".join(shlex.quote(a) for a in ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
+                                                     "--ntasks-per-node=1", *wrapper, "bash", "-c",
+                                                     "exec " + shell_join([python, "-m", STAGE_MODULE, *action])])
+        stage_in = "\n".join([
+            "# node-local scratch (HardwareProfile.scratch): every node copies the data in, sha256-checked",
+            f'export AAM_SCRATCH="{hw["scratch"]}"',
+            f"if ! {on_every_node(['in', str(folder)])}; then",
+            '  echo "[$(date +%H:%M:%S)] staging the data to $AAM_SCRATCH failed; not training"',
+            f"  {on_every_node(['out'])}",
+            f"  echo {EXIT_DATA_ERROR} > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}",
+            f"  exit {EXIT_DATA_ERROR}",
+            "fi"])
+        stage_out = on_every_node(["out"]) + " || true"
     modules = "\n".join(["if command -v module >/dev/null 2>&1; then"] +
                         [f"  module load {shlex.quote(m)}" for m in hw["modules"]] + ["fi"]) \
         if hw["modules"] else ""
@@ -118,7 +144,11 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%REQUEUE%%": "yes" if sl["requeue"] else "no",
         "%%REQUEUES%%": REQUEUES,
         "%%MAX_REQUEUES%%": str(-1 if sl.get("maxRequeues") is None else int(sl["maxRequeues"])),
+        "%%STAGE_IN%%": stage_in,
+        "%%STAGE_OUT%%": stage_out,
     }
     for k, v in repl.items():
+        if not v and k.startswith("%%STAGE_"):
+            text = text.replace(k + "\n", "")  # no staging: the script is as before
         text = text.replace(k, v)
     return text

@@ -9,6 +9,8 @@ Every problem of a part is reported together; a later part runs only when the ea
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 from aam_runtime.metric_table import METRICS, metrics_for, split_metric
@@ -72,6 +74,10 @@ def _time_seconds(text: str) -> int:
         else:
             h, m, s = parts
     return ((days * 24 + h) * 60 + m) * 60 + s
+
+
+# what a HardwareProfile's scratch path may name (the job script expands them on the node)
+SCRATCH_VARIABLES = ("USER", "SLURM_JOB_ID", "SLURM_JOB_USER", "SLURM_ARRAY_TASK_ID")
 
 
 def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
@@ -142,6 +148,21 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
         if s["attentionBackend"] == "flash" and s["accelerator"] != "cuda":
             d.append(obj.diag(f"flash attention is not available on {s['accelerator']}", ("spec", "attentionBackend"),
                               hint="use auto, math or mem_efficient"))
+        scratch = s.get("scratch")
+        if scratch:
+            unknown = sorted(set(re.findall(r"\$([A-Za-z_0-9]*)", scratch)) - set(SCRATCH_VARIABLES))
+            if unknown:
+                d.append(obj.diag(f"scratch {scratch!r} uses ${unknown[0]}; the job expands only "
+                                  + ", ".join("$" + v for v in SCRATCH_VARIABLES), ("spec", "scratch"),
+                                  hint="write the rest of the path literally (e.g. /scratch/$USER/job_$SLURM_JOB_ID)"))
+            if "/.." in scratch or "/./" in scratch or scratch.rstrip("/").count("/") < 2:
+                d.append(obj.diag(f"scratch {scratch!r} must be a folder of its own, at least two levels deep, "
+                                  "without . or .. (the job removes it when it ends)", ("spec", "scratch"),
+                                  hint="e.g. /scratch/$USER/job_$SLURM_JOB_ID"))
+            elif "$SLURM_JOB_ID" not in scratch:
+                d.append(obj.diag(f"scratch {scratch!r} does not contain $SLURM_JOB_ID: two jobs on one node would "
+                                  "share it, and each removes it when it ends", ("spec", "scratch"),
+                                  hint="add $SLURM_JOB_ID to the path, e.g. /scratch/$USER/job_$SLURM_JOB_ID"))
         lim = s["slurm"]
         if lim.get("maxTimeLimit") and _time_seconds(lim["defaultTimeLimit"]) > _time_seconds(lim["maxTimeLimit"]):
             d.append(obj.diag("defaultTimeLimit exceeds maxTimeLimit", ("spec", "slurm", "defaultTimeLimit")))

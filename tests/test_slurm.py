@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -107,6 +108,62 @@ def test_rocprof_wraps_each_nodes_launcher(tmp_path):
     # elsewhere it changes nothing in the job script
     plain = _render("cuda-h100", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")["job.sbatch"]
     assert "rocprof" not in plain
+
+
+def test_scratch_staging_is_rendered_on_every_node_and_bound_into_the_container():
+    text = f"""apiVersion: aam/v1alpha1
+kind: HardwareProfile
+metadata: {{name: cosmos-scratch}}
+spec:
+  accelerator: rocm
+  devicesPerNode: 4
+  strategy: ddp
+  rocmVersion: "6.3.0"
+  scratch: /scratch/$USER/job_$SLURM_JOB_ID
+  container: {{image: /images/aam.sif}}
+"""
+    files = _render_with(text, "cosmos-scratch", 2)
+    script = files["job.sbatch"]
+    assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
+    assert 'export AAM_SCRATCH="/scratch/$USER/job_$SLURM_JOB_ID"' in script
+    stage_in = next(line for line in script.splitlines() if line.startswith("if ! srun"))
+    assert "--nodes=2 --ntasks-per-node=1" in stage_in and "aam_runtime.stage in /aam-home/runs/golden-run/1" in stage_in
+    assert "--bind /aam-home/runs,/data/oral,/scratch /images/aam.sif" in stage_in
+    lines = script.splitlines()
+    out_at = next(i for i, line in enumerate(lines) if line.endswith("aam_runtime.stage out' || true"))
+    assert lines[out_at - 1] == "rm -f PREEMPT" or "PREEMPT" in lines[out_at - 1]
+    assert out_at < next(i for i, line in enumerate(lines) if "scontrol requeue" in line)  # before a requeue
+    # without scratch nothing of it is rendered
+    assert "AAM_SCRATCH" not in _render("cosmos-mi300a", 2)["job.sbatch"]
+
+
+def _render_with(profile_text: str, profile: str, nodes: int) -> dict:
+    text = profile_text + f"""---
+apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: golden-data}}
+spec: {{table: /data/oral/table.biom, tree: /data/oral/tree.nwk, metadata: {{path: /data/oral/metadata.tsv}}}}
+---
+apiVersion: aam/v1alpha1
+kind: Model
+metadata: {{name: golden-model}}
+spec: {{}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: golden-run}}
+spec:
+  stage: pretrain
+  datasetRef: golden-data
+  modelRef: golden-model
+  hardwareRef: {profile}
+  trainer: {{batchSize: 32}}
+  executor: {{type: slurm, slurm: {{nodes: {nodes}, timeLimit: "12:00:00"}}}}
+"""
+    res = validate(parse_text(text, "golden.yaml", Path("/")))
+    plan = build_plan(res, res.get("Run", "golden-run"), generation=1, run_hash="0123456789abcdef",
+                      home=Path("/aam-home"), upstream=None, provenance={}, python="/opt/aam/venv/bin/python")
+    return plan.files
 
 
 def test_time_limit_over_profile_maximum_is_refused():
@@ -312,6 +369,44 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     (when, job_id, cause), = [l.split(" ", 2) for l in (folder / "requeues").read_text().splitlines()]
     assert job_id == job and cause == "time limit" and "stop signal (time limit)" in log
     assert "Requeues:    1 (time limit 1)" in aamctl(home, "describe", "run", "slurm-requeue").stdout
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_slurm_node_local_staging_survives_a_requeue_and_is_removed(slurm, env):
+    """HardwareProfile.scratch: the job copies the data to the node's scratch (sha256 checked),
+    trains from there, removes the folder before its requeue, stages afresh on the restart, and
+    removes it again at the end; checkpoints stay in the run folder."""
+    home, data, tmp = env
+    scratch = tmp / "scratch"
+    scratch.mkdir()
+    profile = (f"apiVersion: aam/v1alpha1\nkind: HardwareProfile\nmetadata: {{name: cpu-scratch}}\n"
+               f"spec: {{accelerator: cpu, cpusPerTask: 1, env: {{OMP_NUM_THREADS: \"1\"}}, "
+               f"scratch: \"{scratch}/job_$SLURM_JOB_ID\"}}\n---\n")
+    f = tmp / "r.yaml"
+    f.write_text(profile + _manifest(data, "slurm-scratch", epochs=40, hardware="cpu-scratch",
+                                     extra_trainer=", checkpoint: {everySteps: 100000}"))
+    aamctl(home, "apply", "-f", str(f))
+    folder = Path(_phase(home, "slurm-scratch")["folder"])
+    st, job = _time_limit_signal_then_end(home, "slurm-scratch", slurm, 400)
+    log = (folder / "log.txt").read_text()
+    assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
+    staged = [line for line in log.splitlines() if line.startswith("staged 3 files")]
+    assert len(staged) == 2 and all(f"to {scratch}/job_{job} " in line and "sha256 checked" in line for line in staged), log
+    assert log.count(f"reading 3 data files from node-local scratch {scratch}/job_{job}") == 2
+    assert log.count(f"removed scratch {scratch}/job_{job}") == 2 and "requeueing" in log
+    assert list(scratch.iterdir()) == []  # removed at the end
+    assert (folder / "checkpoints" / "last.pt").exists()  # checkpoints on the shared file system
+
+    # a data file that changed since apply stops the staging with the reason, before training
+    copy = tmp / "copy"
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    with open(data["metadata"], "a") as fh:
+        fh.write("\n")
+    p = subprocess.run([sys.executable, "-m", "aam_runtime.stage", "in", str(copy)], capture_output=True, text=True,
+                       env={**os.environ, "AAM_SCRATCH": str(scratch / "job_x")})
+    assert p.returncode == 3 and "changed since apply" in p.stderr and "re-apply" in p.stderr, p.stderr
+    assert "staging to node-local scratch" in json.loads((copy / "status.json").read_text())["error"]
 
 
 @pytest.mark.slow

@@ -226,7 +226,11 @@ def cache_key(sample_ids, asv_ids, counts, tree: str, metric: str) -> str:
 def cached(key: str) -> Path | None:
     """The cached matrix of a key, when it is complete (the ids file lands last)."""
     path = cache_dir() / f"{key}.npy"
-    return path if path.exists() and Path(str(path) + ".ids.txt").exists() else None
+    if not (path.exists() and Path(str(path) + ".ids.txt").exists()):
+        return None
+    from ..stage import local_copy
+
+    return local_copy(path)  # the node-local copy when the job staged its data (HardwareProfile.scratch)
 
 
 def publish(key: str, npy: Path, sample_ids) -> Path:

@@ -1,0 +1,168 @@
+"""Node-local staging (HardwareProfile.scratch): a SLURM job copies its Dataset's files to the
+node's scratch folder before training, and removes the folder when it ends.
+
+    python -m aam_runtime.stage in RUN_DIR    # on every node, before the training step
+    python -m aam_runtime.stage out           # on every node, when the job ends (and before a requeue)
+
+Both read the folder from $AAM_SCRATCH (the job script sets it). `in` copies the table, tree,
+distance matrix and metadata named in the run's record, checks each copy's sha256 against the
+record's data digests (a file changed since apply stops the job here, before any training), and
+writes `staged.json` last, so a reader sees a complete stage or none. The runtime (RunConfig)
+then reads the copies; the UniFrac matrix is copied into `<scratch>/cache` the first time a
+process on the node asks for it (unifrac.cached), since its name depends on the prepared table.
+`out` removes only a folder that `in` made (it carries a marker file).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ENV = "AAM_SCRATCH"
+INDEX = "staged.json"
+MARKER = ".aam-scratch"
+DATA_KEYS = ("table", "tree", "distanceMatrix")
+COMPANIONS = (".ids.txt",)  # files that travel with a cached matrix
+
+
+class StageError(Exception):
+    pass
+
+
+def scratch() -> Path | None:
+    value = os.environ.get(ENV)
+    return Path(value) if value else None
+
+
+def dataset_files(dataset: dict) -> list[str]:
+    files = [dataset[k] for k in DATA_KEYS if dataset.get(k)]
+    meta = (dataset.get("metadata") or {}).get("path")
+    return files + ([meta] if meta else [])
+
+
+def stage_in(run_dir: str | Path, where: Path) -> dict:
+    """Copy the run's data files into where/data; returns the index written to where/staged.json."""
+    from .config import RecordError, RunConfig
+    from .data.table import file_digest
+
+    try:
+        cfg = RunConfig(run_dir)
+    except RecordError as exc:
+        raise StageError(str(exc)) from None
+    raw = (cfg.run["metadata"].get("annotations") or {}).get("aam/data-digests")
+    digests = json.loads(raw) if raw else {}
+    if where.is_dir() and any(where.iterdir()) and not (where / MARKER).is_file():
+        raise StageError(f"{where} exists with files aam did not put there; the job removes its scratch folder "
+                         "when it ends, so it must be the job's own (put $SLURM_JOB_ID in the profile's scratch)")
+    where.mkdir(parents=True, exist_ok=True)
+    (where / MARKER).write_text(f"{cfg.name} {os.environ.get('SLURM_JOB_ID', '')}\n")
+    data = where / "data"
+    data.mkdir(exist_ok=True)
+    index = {"run": cfg.name, "generation": cfg.generation, "files": {}}
+    t0, total = time.time(), 0
+    for i, src in enumerate(dataset_files(cfg.dataset)):
+        dst = data / f"{i}-{Path(src).name}"
+        want = digests.get(src)
+        if not (dst.is_file() and want and file_digest(str(dst)) == want):  # reuse a complete copy
+            tmp = dst.with_name("." + dst.name + f".{os.getpid()}")
+            try:
+                shutil.copyfile(src, tmp)
+            except OSError as exc:
+                raise StageError(f"cannot copy {src} to {where}: {exc.strerror or exc}") from None
+            have = file_digest(str(tmp))
+            if want and have != want:
+                tmp.unlink()
+                raise StageError(f"{src} changed since apply (sha256 {have[7:19]}..., the record has {want[7:19]}...): "
+                                 "re-apply the manifests to train on the new file")
+            os.replace(tmp, dst)
+        total += dst.stat().st_size
+        index["files"][src] = str(dst)
+    tmp = where / f".{INDEX}.{os.getpid()}"
+    tmp.write_text(json.dumps(index, indent=1) + "\n")
+    os.replace(tmp, where / INDEX)
+    node = os.environ.get("SLURMD_NODENAME") or os.uname().nodename
+    print(f"staged {len(index['files'])} files ({total / 2 ** 20:.1f} MiB) to {where} on {node} "
+          f"in {time.time() - t0:.1f} s, sha256 checked", flush=True)
+    return index
+
+
+def staged_paths() -> dict[str, str]:
+    """original path -> node-local copy, when this job staged its data (else {})."""
+    where = scratch()
+    if where is None or not (where / INDEX).is_file():
+        return {}
+    try:
+        return json.loads((where / INDEX).read_text())["files"]
+    except (OSError, ValueError, KeyError):
+        return {}
+
+
+def local_copy(path: Path) -> Path:
+    """A shared-cache file's node-local copy (made on first use; atomic, so ranks on one node may
+    race). The path itself when nothing is staged, or the copy cannot be made."""
+    where = scratch()
+    if where is None or not (where / INDEX).is_file():
+        return path
+    dst = where / "cache" / path.name
+    companions = [Path(str(path) + s) for s in COMPANIONS if Path(str(path) + s).is_file()]
+    if dst.is_file() and dst.stat().st_size == path.stat().st_size and \
+            all(Path(str(dst) + c.name[len(path.name):]).is_file() for c in companions):
+        return dst
+    try:
+        dst.parent.mkdir(exist_ok=True)
+        for src in [*companions, path]:  # the matrix last: a reader checks for it
+            out = dst.parent / src.name
+            tmp = out.with_name(f".{out.name}.{os.getpid()}")
+            shutil.copyfile(src, tmp)
+            os.replace(tmp, out)
+    except OSError:
+        return path  # no room on scratch: read the shared copy
+    return dst
+
+
+def stage_out(where: Path) -> bool:
+    """Remove the scratch folder this job made (only one with the marker)."""
+    if not where.exists():
+        return False
+    if not (where / MARKER).is_file():
+        print(f"not removing {where}: aam did not stage it (no {MARKER})", file=sys.stderr)
+        return False
+    shutil.rmtree(where, ignore_errors=True)
+    print(f"removed scratch {where}", flush=True)
+    return True
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    where = scratch()
+    if where is None or not str(where).startswith("/"):
+        print(f"error: {ENV} is not set to an absolute folder", file=sys.stderr)
+        return 2
+    try:
+        if argv[:1] == ["in"] and len(argv) == 2:
+            stage_in(argv[1], where)
+        elif argv == ["out"]:
+            stage_out(where)
+        else:
+            print("usage: python -m aam_runtime.stage in RUN_DIR | out", file=sys.stderr)
+            return 2
+    except StageError as exc:
+        print(f"error: staging: {exc}", file=sys.stderr)
+        if argv[:1] == ["in"] and Path(argv[1]).is_dir():
+            from .runfolder import RunFolder
+
+            try:
+                RunFolder(argv[1]).update_status(phase="Failed", error=f"staging to node-local scratch: {exc}")
+            except OSError:
+                pass
+        from .runfolder import EXIT_DATA_ERROR
+
+        return EXIT_DATA_ERROR
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
