@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from . import autobatch
 from . import losses as L
 from . import metrics as M
 from .config import RunConfig
@@ -355,6 +356,9 @@ class Trainer:
     def fit(self, data: Data, init_state=None, resume: dict | None = None) -> FitResult:
         cfg, tr = self.cfg, self.cfg.trainer
         objective = OBJECTIVES[self.stage](cfg, data)
+        rng = torch.get_rng_state()
+        autobatch.resolve(self, data, objective.n_outputs)  # batchSize / gradientAccumulation: auto
+        torch.set_rng_state(rng)  # the probe's throwaway model does not shift the real one's init
         o = self.setup_optimisation(data, init_state, resume, objective.n_outputs)
         self.meta = checkpoint_meta(cfg, data, getattr(objective, "parts", None))
         result = FitResult(state={"epoch": 0, "batch": 0, "step": 0, "best": None, "best_step": None,

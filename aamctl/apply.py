@@ -105,7 +105,9 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
             continue
         done.add(key)
         keep: dict = {}
-        problems = check_dataset(ds.spec, stage, target, need_distances=need_d, batch_size=tr["batchSize"],
+        # batchSize auto picks at least 2 (an even batch): what the split must hold at the least
+        problems = check_dataset(ds.spec, stage, target, need_distances=need_d,
+                                 batch_size=2 if tr["batchSize"] == "auto" else tr["batchSize"],
                                  processes=procs, seed=tr["seed"], keep=keep)
         if prepared is not None and "prepared" in keep:
             kept[key] = prepared[run.name] = keep["prepared"]

@@ -684,8 +684,8 @@ class Converter:
                                                      "(this value) so it repeats")
         if o["--auto-batch-size"] and o["--device"] == "cuda":
             self.note("--auto-batch-size", "on by default in the reference: on a GPU it searches the largest batch "
-                      "that fits (and may train with another size than --batch-size); aam trains with batchSize as "
-                      "written")
+                      "that fits (and may train with another size than --batch-size); this manifest keeps batchSize as "
+                      "written: set batchSize: auto for the same search")
         w = t + "lossWeights."
         if c == PRETRAIN:
             self.ref(r, w + "unifrac", "--penalty", o["--penalty"])

@@ -148,9 +148,10 @@ FLAGS: list[Flag] = [
     # ---- optimisation
     _f("--epochs", PT, "int", 100, "Run.spec.trainer.epochs"),
     _f("--batch-size", PT | R, "int", 8, "Run.spec.trainer.batchSize"),
-    _f("--auto-batch-size", PT, "bool", True, "not expressible",
-       "aam runs the batch size given; the reference searches one that fits GPU memory."),
-    _f("--max-memory-fraction", PT, "float", 0.8, "not expressible", "Only used by the batch-size search."),
+    _f("--auto-batch-size", PT, "bool", True, "Run.spec.trainer.batchSize",
+       "The search is batchSize: auto (on CPU too, by an estimate). convert keeps the --batch-size given and says so."),
+    _f("--max-memory-fraction", PT, "float", 0.8, "Run.spec.trainer.autoBatch.memoryFraction",
+       "Only used by the batch-size search."),
     _f("--target-effective-batch-size", PT, "int", None, "Run.spec.trainer.gradientAccumulation",
        "Computed: the target over batch size times processes, rounded up."),
     _f("--gradient-accumulation-steps", PT, "int", 1, "Run.spec.trainer.gradientAccumulation"),

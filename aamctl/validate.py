@@ -378,7 +378,17 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
     if s.get("unfreezeBaseAfterEpochs") and not s["freezeBase"]:
         d.append(run.diag("unfreezeBaseAfterEpochs needs freezeBase: true", ("spec", "unfreezeBaseAfterEpochs"),
                           hint="set freezeBase: true (frozen for N epochs, then unfrozen), or remove unfreezeBaseAfterEpochs"))
-    if stage == "finetune" and lw.get("unifracWhenFinetuning", 0) > 0:
+    if tr["batchSize"] == "auto" and stage not in ("pretrain", "finetune"):
+        d.append(run.diag(f"batchSize auto searches a training batch; a {stage} run trains nothing",
+                          ("spec", "trainer", "batchSize"), hint="give a number (predict batches only bound memory)"))
+    if tr["gradientAccumulation"] == "auto" and not tr.get("effectiveBatchSize"):
+        d.append(run.diag("gradientAccumulation auto needs trainer.effectiveBatchSize (samples per optimizer step)",
+                          ("spec", "trainer", "gradientAccumulation"), hint="add effectiveBatchSize: 256, or give a number"))
+    if tr.get("effectiveBatchSize") and tr["gradientAccumulation"] != "auto":
+        d.append(run.diag("effectiveBatchSize is used by gradientAccumulation: auto only",
+                          ("spec", "trainer", "effectiveBatchSize"),
+                          hint="set gradientAccumulation: auto, or remove effectiveBatchSize"))
+    if stage == "finetune" and lw.get("unifracWhenFinetuning", 0) > 0 and tr["batchSize"] != "auto":
         if tr["batchSize"] < 2 or tr["batchSize"] % 2:
             d.append(run.diag(f"the UniFrac loss needs an even batch size of at least 2, found {tr['batchSize']}",
                               ("spec", "trainer", "batchSize"), hint="pairs of samples are compared; use 8, 16, 32..."))
@@ -472,7 +482,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     if stage == "pretrain":
         uw = tr["lossWeights"]["unifrac"]
         if uw > 0:
-            if tr["batchSize"] < 2 or tr["batchSize"] % 2:
+            if tr["batchSize"] != "auto" and (tr["batchSize"] < 2 or tr["batchSize"] % 2):
                 d.append(run.diag(f"UniFrac pretraining needs an even batch size of at least 2, found {tr['batchSize']}",
                                   ("spec", "trainer", "batchSize"), hint="pairs of samples are compared; use 8, 16, 32..."))
             if not ds.spec.get("tree") and not ds.spec.get("distanceMatrix"):
