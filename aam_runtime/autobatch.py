@@ -210,18 +210,23 @@ def _choose(trainer, data, n_outputs: int) -> dict:
         est = seen.get(b)
         how = "measured peak" if trainer.device.type == "cuda" else "estimated from saved activations"
         over = [k for k, v in sorted(seen.items()) if k > b]
-        why = (f"{b} ({how} {mib(est)} of {mib(limit)} = {auto.get('memoryFraction', 0.8):g} x {source}"
+        fit = (f"{b} ({how} {mib(est)} of {mib(limit)} = {auto.get('memoryFraction', 0.8):g} x {source}"
                + (f"; {over[0]} would need {mib(seen[over[0]])}" if over and seen[over[0]] else
                   f"; {over[0]} ran out of memory" if over else f"; capped at {most}") + ")")
         if est is not None and est > limit:
-            why += "; even 2 is over the budget: training may run out of memory"
+            fit += "; even 2 is over the budget: training may run out of memory"
     else:
-        b, est, limit, why = tr["batchSize"], None, None, f"batch {tr['batchSize']} as written"
+        b, est, limit, fit = tr["batchSize"], None, None, None
     accum = tr["gradientAccumulation"]
-    if accum == "auto":
+    if accum == "auto" and tr["batchSize"] == "auto":
         b, accum = accumulation_for(int(tr["effectiveBatchSize"]), b, world)
-        why += (f"; accumulation {accum} for effective batch {b * world * accum} "
-                f"(asked {tr['effectiveBatchSize']})")
+    elif accum == "auto":  # a batch written by hand stays; the accumulation comes nearest the target
+        accum = max(1, round(int(tr["effectiveBatchSize"]) / (b * world)))
+    why = f"batch {b}"
+    if tr["gradientAccumulation"] == "auto":
+        why += f" x accumulation {accum} x {world} process(es) = {b * world * accum} (asked {tr['effectiveBatchSize']})"
+    if fit:
+        why += f"; the largest that fits: {fit}"
     return {"batchSize": int(b), "gradientAccumulation": int(accum), "effective": int(b * world * accum),
             "estimate_mb": None if est is None else round(est / 2 ** 20, 1),
             "budget_mb": None if limit is None else round(limit / 2 ** 20, 1), "why": why,

@@ -69,7 +69,8 @@ def test_auto_batch_on_cpu_under_a_memory_cap_is_chosen_recorded_and_kept(tmp_pa
     st = json.loads((folder / "status.json").read_text())
     assert st["phase"] == "Succeeded" and st["auto_batch"]["batchSize"] == b
     log = (folder / "log.txt").read_text()
-    assert f"batch size auto: {b} (estimated from saved activations" in log
+    assert f"batch size auto: batch {b} x accumulation {a} x 1 process(es) = {b * a} (asked 24); the largest " \
+           "that fits: " in log and "estimated from saved activations" in log
     # training used it: steps per epoch follow from the chosen batch and accumulation
     n_train = st["steps_per_epoch"] * b * a
     assert n_train <= 60 and st["steps_per_epoch"] >= 1
