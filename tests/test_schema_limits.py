@@ -19,6 +19,7 @@ SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "v1alpha1"
 # One valid value per pattern in the schemas. A new pattern without a sample fails the test below:
 # add one, so that its behaviour with a trailing newline is checked too.
 PATTERN_SAMPLES = {
+    "^auto$(?!\\n)": "auto",
     "^/[A-Za-z0-9_./$-]*$(?!\\n)": "/scratch/$USER/job_$SLURM_JOB_ID",
     "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$(?!\\n)": "r-nl",
     "^([a-z0-9.-]+/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$(?!\\n)": "aam.dev/team",
