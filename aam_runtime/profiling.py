@@ -55,6 +55,15 @@ class StepProfiler:
             return None
         prof, self.prof, self.done = self.prof, None, True
         prof.__exit__(None, None, None)
+        try:
+            return self._write(prof, step)
+        except OSError as exc:  # a profile is extra: a full disk here must not end the training
+            from .console import log
+
+            log(f"warning: the profile of steps {self.first}..{step} could not be written: {exc.strerror or exc}")
+            return None
+
+    def _write(self, prof, step: int) -> dict:
         out = Path(self.folder.file("profile"))
         out.mkdir(exist_ok=True)
         trace = out / f"{self.stage}-trace.json"
@@ -66,7 +75,8 @@ class StepProfiler:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-        sort = "self_cuda_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
+        # (torch names the GPU column device time, for CUDA and ROCm alike; cuda_time is gone)
+        sort = "self_device_time_total" if self.device.type == "cuda" else "self_cpu_time_total"
         table = prof.key_averages().table(sort_by=sort, row_limit=30)
         header = f"# aam profile: {self.stage}, optimizer steps {self.first}..{step}, {self.device}\n"
         top = out / f"{self.stage}-top.txt"

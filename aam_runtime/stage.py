@@ -111,6 +111,7 @@ def local_copy(path: Path) -> Path:
     if dst.is_file() and dst.stat().st_size == path.stat().st_size and \
             all(Path(str(dst) + c.name[len(path.name):]).is_file() for c in companions):
         return dst
+    tmp = None
     try:
         dst.parent.mkdir(exist_ok=True)
         for src in [*companions, path]:  # the matrix last: a reader checks for it
@@ -119,6 +120,8 @@ def local_copy(path: Path) -> Path:
             shutil.copyfile(src, tmp)
             os.replace(tmp, out)
     except OSError:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)  # a partial copy would only hold the room it lacked
         return path  # no room on scratch: read the shared copy
     return dst
 

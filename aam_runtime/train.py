@@ -382,7 +382,7 @@ class Trainer:
     def _finish_profile(self, step: int, total_steps: int) -> None:
         """Write a window the run ended inside; say when the window was never reached."""
         prof = self.profiler
-        if prof.active:
+        if prof.active:  # (stop() never raises: a write error is a warning)
             self._profiled(prof.stop(step, force=True))
         elif prof.spec is not None and not prof.done:
             log(f"warning: trainer.profile.steps {prof.spec['steps']} never ran: this stage took "
