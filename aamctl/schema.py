@@ -5,6 +5,8 @@ descriptions; nothing here repeats them.
 """
 from __future__ import annotations
 
+import re
+
 import copy
 import difflib
 import functools
@@ -261,6 +263,10 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
         missing = err.message.split("'")[1] if "'" in err.message else err.message
         return doc.diag(f"missing required field '{missing}'", path,
                         hint=f"add '{missing}:' under {format_path(path) or 'the document'}")
+    word = re.fullmatch(r"\^([a-z]+)\$\(\?!\\n\)", str(err.schema.get("pattern", "")))
+    if v == "type" and word and isinstance(err.validator_value, list):  # a number or one word (batchSize: 8 | auto)
+        others = [t for t in err.validator_value if t != "string"]
+        return doc.diag(f"expected {_expected_type(others)} or '{word.group(1)}', found {_describe_value(inst)}", path)
     if v == "type":
         hint = None
         wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
@@ -281,6 +287,10 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
         return doc.diag(f"'{inst}' is not a valid name", path,
                         hint="names are DNS-1123 labels: lower-case letters, digits and '-', "
                              "start and end with a letter or digit, at most 63 characters")
+    literal = re.fullmatch(r"\^([a-z]+)\$\(\?!\\n\)", str(err.validator_value)) if v == "pattern" else None
+    if literal and err.schema.get("type"):  # a number or one word (batchSize: 8 | auto)
+        others = [t for t in err.schema["type"] if t != "string"]
+        return doc.diag(f"expected {_expected_type(others)} or '{literal.group(1)}', found {_describe_value(inst)}", path)
     if v == "pattern":
         return doc.diag(f"{_describe_value(inst)} does not have the expected form", path,
                         hint=err.schema.get("description") or f"it must match {err.validator_value}")
