@@ -27,8 +27,9 @@ PROFILES = ["cpu", "cuda-a100", "cuda-h100", "cosmos-mi300a"]
 
 
 def _render(profile: str, nodes: int, name: str = "golden-run", extra_env: str = "",
-            trainer: str = "{batchSize: 32}") -> dict:
-    text = f"""apiVersion: aam/v1alpha1
+            trainer: str = "{batchSize: 32}", profile_text: str = "") -> dict:
+    """The planned files of a pretraining Run on `profile` (a built-in, or one given in profile_text)."""
+    text = (profile_text + "---\n" if profile_text else "") + f"""apiVersion: aam/v1alpha1
 kind: Dataset
 metadata: {{name: golden-data}}
 spec: {{table: /data/oral/table.biom, tree: /data/oral/tree.nwk, metadata: {{path: /data/oral/metadata.tsv}}}}
@@ -111,18 +112,18 @@ def test_rocprof_wraps_each_nodes_launcher(tmp_path):
 
 
 def test_scratch_staging_is_rendered_on_every_node_and_bound_into_the_container():
-    text = f"""apiVersion: aam/v1alpha1
+    text = """apiVersion: aam/v1alpha1
 kind: HardwareProfile
-metadata: {{name: cosmos-scratch}}
+metadata: {name: cosmos-scratch}
 spec:
   accelerator: rocm
   devicesPerNode: 4
   strategy: ddp
   rocmVersion: "6.3.0"
   scratch: /scratch/$USER/job_$SLURM_JOB_ID
-  container: {{image: /images/aam.sif}}
+  container: {image: /images/aam.sif}
 """
-    files = _render_with(text, "cosmos-scratch", 2)
+    files = _render("cosmos-scratch", 2, profile_text=text)
     script = files["job.sbatch"]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert 'export AAM_SCRATCH="/scratch/$USER/job_$SLURM_JOB_ID"' in script
@@ -135,35 +136,6 @@ spec:
     assert out_at < next(i for i, line in enumerate(lines) if "scontrol requeue" in line)  # before a requeue
     # without scratch nothing of it is rendered
     assert "AAM_SCRATCH" not in _render("cosmos-mi300a", 2)["job.sbatch"]
-
-
-def _render_with(profile_text: str, profile: str, nodes: int) -> dict:
-    text = profile_text + f"""---
-apiVersion: aam/v1alpha1
-kind: Dataset
-metadata: {{name: golden-data}}
-spec: {{table: /data/oral/table.biom, tree: /data/oral/tree.nwk, metadata: {{path: /data/oral/metadata.tsv}}}}
----
-apiVersion: aam/v1alpha1
-kind: Model
-metadata: {{name: golden-model}}
-spec: {{}}
----
-apiVersion: aam/v1alpha1
-kind: Run
-metadata: {{name: golden-run}}
-spec:
-  stage: pretrain
-  datasetRef: golden-data
-  modelRef: golden-model
-  hardwareRef: {profile}
-  trainer: {{batchSize: 32}}
-  executor: {{type: slurm, slurm: {{nodes: {nodes}, timeLimit: "12:00:00"}}}}
-"""
-    res = validate(parse_text(text, "golden.yaml", Path("/")))
-    plan = build_plan(res, res.get("Run", "golden-run"), generation=1, run_hash="0123456789abcdef",
-                      home=Path("/aam-home"), upstream=None, provenance={}, python="/opt/aam/venv/bin/python")
-    return plan.files
 
 
 def test_time_limit_over_profile_maximum_is_refused():
