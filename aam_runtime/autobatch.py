@@ -27,9 +27,7 @@ import torch
 
 from .console import log
 from .data import batches as B
-from .runfolder import atomic_write, read_json
-
-FILE = "autobatch.json"
+from .runfolder import AUTOBATCH, atomic_write, read_json
 # CPU estimate: saved activations and the gradients flowing back through them. Measured (embedding
 # 128, 2+2 layers, 150 bp; batch 8 x 64 ASVs, 8 x 256, 16 x 256): the process's peak RSS grows by
 # 1.03 x the saved bytes (2.7, 10.8, 21.6 GB); 1.1 keeps the estimate just above that.
@@ -175,7 +173,7 @@ def resolve(trainer, data, n_outputs: int) -> dict | None:
     if tr["batchSize"] != "auto" and tr["gradientAccumulation"] != "auto":
         return None
     folder = trainer.folder
-    kept = read_json(folder.file(FILE))
+    kept = read_json(folder.file(AUTOBATCH))
     if kept and kept.get("run_hash") == trainer.cfg.run_hash:
         choice = kept
         log(f"batch size {choice['batchSize']} x accumulation {choice['gradientAccumulation']} "
@@ -183,7 +181,7 @@ def resolve(trainer, data, n_outputs: int) -> dict | None:
     else:
         choice = _choose(trainer, data, n_outputs)
         if trainer.main:
-            atomic_write(folder.file(FILE), json.dumps(choice, indent=1) + "\n")
+            atomic_write(folder.file(AUTOBATCH), json.dumps(choice, indent=1) + "\n")
         log(f"batch size auto: {choice['why']}")
     tr["batchSize"], tr["gradientAccumulation"] = choice["batchSize"], choice["gradientAccumulation"]
     if trainer.main:

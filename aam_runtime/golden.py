@@ -14,14 +14,16 @@ are in TOLERANCE.
 """
 from __future__ import annotations
 
+import io
 import os
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .runfolder import atomic_write
 
 FORMAT = "aam-golden/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -162,19 +164,12 @@ def write(path: str | os.PathLike, spec: dict, device: str, backend: str) -> dic
     results = {dt: run(spec, inputs, weights, dt, device, backend) for dt in supported_dtypes(device)}
     doc = {"format": FORMAT, "spec": spec, "platform": describe_platform(device, backend),
            "weights": weights, "inputs": inputs, "results": results}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(doc, tmp)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    torch.save(doc, buf)
+    atomic_write(Path(path), buf.getbuffer())
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)  # a file to share with another cluster, not a private one
     return doc
 
 

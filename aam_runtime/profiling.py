@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .runfolder import atomic_write
+from .console import log
+from .runfolder import PROFILE_DIR, atomic_write
 
 
 class StepProfiler:
@@ -22,8 +23,6 @@ class StepProfiler:
                  accelerator: str = "cpu"):
         self.spec = spec if (spec and main) else None
         if self.spec and self.spec.get("rocprof") and (accelerator != "rocm" or "SLURM_JOB_ID" not in os.environ):
-            from .console import log
-
             log("warning: trainer.profile.rocprof applies to ROCm jobs on SLURM only; "
                 "this run gets the torch.profiler trace alone")
         self.folder, self.stage, self.device = folder, stage, device
@@ -58,13 +57,11 @@ class StepProfiler:
         try:
             return self._write(prof, step)
         except OSError as exc:  # a profile is extra: a full disk here must not end the training
-            from .console import log
-
             log(f"warning: the profile of steps {self.first}..{step} could not be written: {exc.strerror or exc}")
             return None
 
     def _write(self, prof, step: int) -> dict:
-        out = Path(self.folder.file("profile"))
+        out = Path(self.folder.file(PROFILE_DIR))
         out.mkdir(exist_ok=True)
         trace = out / f"{self.stage}-trace.json"
         fd, tmp = tempfile.mkstemp(prefix=".trace.", suffix=".json", dir=out)

@@ -53,6 +53,8 @@ TENSORBOARD = "tensorboard"  # logging.tensorboard: event files, one folder per 
 LOSS_PLOT = "loss.png"
 PRED_PLOT = "pred_vs_true.png"
 CONFUSION_PLOT = "confusion.png"
+PROFILE_DIR = "profile"  # trainer.profile: <stage>-trace.json, <stage>-top.txt, rocprof-<node>/
+AUTOBATCH = "autobatch.json"  # batchSize/gradientAccumulation auto: the choice, kept for resumes
 RESERVE = ".space-reserve"  # freed on ENOSPC so the failure itself can still be written down
 LOW_SPACE = 64 * 1024  # below this many free bytes, a write that failed is taken for a full disk
 

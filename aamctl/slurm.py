@@ -5,7 +5,8 @@ import re
 import shlex
 from pathlib import Path
 
-from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG, REQUEUES
+from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG,
+                                    PROFILE_DIR, REQUEUES)
 
 from aam_runtime.jobenv import job_env
 
@@ -88,7 +89,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
     if ((run.get("trainer") or {}).get("profile") or {}).get("rocprof") and hw["accelerator"] == "rocm":
         # trainer.profile.rocprof: every node's launcher (and the processes it starts) under
         # rocprof --stats, one output folder per node
-        out = shlex.quote(str(folder / "profile" / "rocprof-"))
+        out = shlex.quote(str(folder / PROFILE_DIR / "rocprof-"))
         inner = (f'rp={out}"$SLURMD_NODENAME"; mkdir -p "$rp" && '
                  + inner.replace("exec ", 'exec rocprof --stats -d "$rp" -o "$rp/results.csv" ', 1))
     wrapper: list[str] = []
