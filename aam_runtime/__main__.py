@@ -28,11 +28,23 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run_dir}/{RF.RECORD} not found; create runs with 'aamctl apply'", file=sys.stderr)
         return RF.EXIT_USAGE
     folder = RunFolder(run_dir)
+    rank0 = _rank() == 0
+    code = _run(folder, run_dir, rank0)
+    if rank0:
+        # `accelerate launch` (torchrun) exits 1 whatever code its workers returned, so the job
+        # scripts read the runtime's own code from here: a checkpointed stop (75) must requeue
+        try:
+            RF.atomic_write(folder.path / RF.RUNTIME_EXIT, f"{code}\n")
+        except OSError:
+            pass
+    return code
+
+
+def _run(folder: RunFolder, run_dir: Path, rank0: bool) -> int:
     from .config import RecordError, RunConfig
     from .data.table import DataError
 
     cfg = None
-    rank0 = _rank() == 0
     try:
         if rank0:
             folder.reserve_space()

@@ -9,6 +9,8 @@ Layout (runs/<name>/<generation>/), each name defined once below:
   events.jsonl      started, checkpointed, resumed, finished (runtime)
   log.txt           stdout and stderr of the job (executor)
   exit_code         exit status of the job (executor)
+  runtime_exit      the runtime's own exit status (rank 0): what the job reports when a
+                    multi-process launcher (torchrun exits 1 for any failed worker) hides it
   split.tsv         sample_id and split (runtime)
   checkpoints/      last.pt, best.pt (runtime)
   plots/            PNG figures (runtime)
@@ -39,6 +41,7 @@ EVENTS = "events.jsonl"
 LOG = "log.txt"
 LAUNCHER_LOG = "launcher.out"
 EXIT_CODE = "exit_code"
+RUNTIME_EXIT = "runtime_exit"
 PID = "pid"
 WAITING = "waiting"  # present while a local job waits for its initFrom run
 PREEMPT_FLAG = "PREEMPT"

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY_FAILED, LOCAL_SCRIPT, LOG, PID,
-                                   RECORD, RESOLVED_KEY, SLURM_SCRIPT, WAITING)
+                                   RECORD, RESOLVED_KEY, RUNTIME_EXIT, SLURM_SCRIPT, WAITING)
 
 from aam_runtime.jobenv import job_env
 
@@ -243,7 +243,13 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
             f"  {fail}",
             "fi",
         ]
-    lines += [f"{shell_join(plan.command)} >> {LOG} 2>&1 < /dev/null", "finish $?", ""]
+    lines += [f"rm -f {RUNTIME_EXIT}",
+              f"{shell_join(plan.command)} >> {LOG} 2>&1 < /dev/null",
+              "rc=$?",
+              "# accelerate launch (torchrun) exits 1 whatever its workers returned: take the runtime's own code",
+              f"runtime_rc=$(cat {RUNTIME_EXIT} 2>/dev/null)",
+              "case \"$runtime_rc\" in ''|*[!0-9]*) ;; *) [ \"$rc\" -ne 0 ] && [ \"$runtime_rc\" -ne 0 ] && rc=$runtime_rc ;; esac",
+              'finish "$rc"', ""]
     return "\n".join(lines)
 
 

@@ -6,7 +6,7 @@ import shlex
 from pathlib import Path
 
 from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG,
-                                    PROFILE_DIR, REQUEUES)
+                                    PROFILE_DIR, REQUEUES, RUNTIME_EXIT)
 
 from aam_runtime.jobenv import job_env
 
@@ -38,15 +38,14 @@ def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: P
     hs = hw["slurm"]
     nodes = sl.get("nodes") or hw["nodes"]
     cpu = hw["accelerator"] == "cpu"
-    per_node_tasks = hw["devicesPerNode"] if cpu else 1
-    cpus = hw["cpusPerTask"] if cpu else hw["cpusPerTask"] * hw["devicesPerNode"]
+    # one task per node, the launcher: it starts devicesPerNode processes of cpusPerTask cores each
     d = [f"--job-name=aam-{name}-g{generation}",
          f"--output={folder}/{LOG}",
          f"--error={folder}/{LOG}",
          "--open-mode=append",
          f"--nodes={nodes}",
-         f"--ntasks-per-node={per_node_tasks}",
-         f"--cpus-per-task={cpus}"]
+         "--ntasks-per-node=1",
+         f"--cpus-per-task={hw['cpusPerTask'] * hw['devicesPerNode']}"]
     if not cpu:
         if hs["gpuFlag"] == "gpus-per-node":
             d.append(f"--gpus-per-node={hw['devicesPerNode']}")
@@ -77,12 +76,9 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
     container = hw.get("container")
     if container:
         python = "python3"
-    if cpu and hw["devicesPerNode"] * nodes > 1:
-        # one SLURM task per CPU process; torch.distributed reads SLURM's ranks (gloo)
-        inner = ("export RANK=$SLURM_PROCID WORLD_SIZE=$SLURM_NTASKS LOCAL_RANK=$SLURM_LOCALID "
-                 "MASTER_ADDR=$MAIN_ADDR MASTER_PORT=$MAIN_PORT ACCELERATE_USE_CPU=true; exec "
-                 + shell_join([python, "-m", RUNTIME_MODULE, str(folder)]))
-    elif nodes > 1 or hw["devicesPerNode"] > 1:
+    if nodes > 1 or hw["devicesPerNode"] > 1:
+        # CPU and GPU alike: accelerate launch on every node, machine rank from SLURM, rendezvous
+        # on the first node (gloo on CPU, NCCL/RCCL on GPUs)
         inner = "exec " + shell_join(launch_command(python, folder, hw, nodes, multinode=True, port=sl["port"]))
     else:
         inner = "exec " + shell_join([python, "-m", RUNTIME_MODULE, str(folder)])
@@ -105,8 +101,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
                    "--bind", ",".join(binds), container["image"]]
         if cpu:
             wrapper.remove("--nv")
-    srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
-            f"--ntasks-per-node={hw['devicesPerNode'] if cpu else 1}", *wrapper, "bash", "-c", inner]
+    srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}", "--ntasks-per-node=1", *wrapper, "bash", "-c", inner]
     stage_in = stage_out = ""
     if hw.get("scratch"):
         # node-local staging: one task per node copies the data in before training and removes
@@ -140,6 +135,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%SRUN%%": " ".join(shlex.quote(a) for a in srun),
         "%%EXIT_PREEMPTED%%": str(EXIT_PREEMPTED),
         "%%EXIT_CODE%%": EXIT_CODE,
+        "%%RUNTIME_EXIT%%": RUNTIME_EXIT,
         "%%PREEMPT%%": PREEMPT_FLAG,
         "%%CANCEL%%": CANCEL_FLAG,
         "%%REQUEUE%%": "yes" if sl["requeue"] else "no",

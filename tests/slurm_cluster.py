@@ -1,4 +1,9 @@
-"""A real single-node SLURM cluster for the tests: munged + slurmctld + slurmd on this machine.
+"""A real SLURM cluster for the tests: munged + slurmctld + two slurmd on this machine.
+
+The first node carries this host's name and is the default partition (`debug`), so jobs run as
+before; a second slurmd (its own node name, port, spool and log) joins it in the `multinode`
+partition, where a job gets two nodes and `srun` starts one task on each: a real multi-node job
+on one host.
 
 Everything lives in a temporary folder (config, state, spool, logs, munge socket and key);
 daemons are stopped by pid afterwards. Debian's slurm-wlm and munge must be installed
@@ -38,6 +43,7 @@ class SlurmCluster:
         self.procs: list[int] = []
         self.env: dict[str, str] = {}
         self.host = socket.gethostname().split(".")[0]
+        self.second = "aamnode2"  # the second slurmd: its own node name on the same host
 
     def start(self, timeout: float = 60.0) -> "SlurmCluster":
         for tool in ("munged", "slurmctld", "slurmd", "sbatch"):
@@ -48,6 +54,8 @@ class SlurmCluster:
         r = self.root
         for sub in ("state", "spool", "log", "munge"):
             (r / sub).mkdir(parents=True, exist_ok=True)
+        for node in (self.host, self.second):
+            (r / "spool" / node).mkdir(exist_ok=True)
         os.chmod(r / "munge", 0o700)
         key = r / "munge" / "munge.key"
         key.write_bytes(os.urandom(1024))
@@ -62,18 +70,17 @@ class SlurmCluster:
         conf.write_text(f"""ClusterName=aamtest
 SlurmctldHost={self.host}(127.0.0.1)
 SlurmctldPort={_free_port()}
-SlurmdPort={_free_port()}
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket={sock}
 SlurmUser=root
 SlurmdUser=root
 StateSaveLocation={r / 'state'}
-SlurmdSpoolDir={r / 'spool'}
+SlurmdSpoolDir={r / 'spool'}/%n
 SlurmctldPidFile={r / 'slurmctld.pid'}
-SlurmdPidFile={r / 'slurmd.pid'}
+SlurmdPidFile={r / 'slurmd-%n.pid'}
 SlurmctldLogFile={r / 'log' / 'slurmctld.log'}
-SlurmdLogFile={r / 'log' / 'slurmd.log'}
+SlurmdLogFile={r / 'log' / 'slurmd-%n.log'}
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 MpiDefault=none
@@ -89,23 +96,27 @@ KillWait=5
 InactiveLimit=0
 SchedulerParameters=sched_interval=2
 MessageTimeout=20
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN
-PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+NodeName={self.host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN
+NodeName={self.second} NodeHostname={self.host} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} RealMemory={_mem_mb()} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+PartitionName=multinode Nodes={self.host},{self.second} MaxTime=INFINITE State=UP
 """)
         self.env = {"SLURM_CONF": str(conf)}
         env = {**os.environ, **self.env}
         subprocess.run(["slurmctld", "-i"], env=env, check=True, capture_output=True)
         self._track(r / "slurmctld.pid", wait=10)
-        subprocess.run(["slurmd", "-N", self.host], env=env, check=True, capture_output=True)
-        self._track(r / "slurmd.pid", wait=10)
+        for node in (self.host, self.second):
+            subprocess.run(["slurmd", "-N", node], env=env, check=True, capture_output=True)
+            self._track(r / f"slurmd-{node}.pid", wait=10)
         deadline = time.time() + timeout
         while time.time() < deadline:
-            p = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
-            if p.returncode == 0 and p.stdout.strip() in ("idle", "mix", "alloc"):
+            p = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=env, capture_output=True, text=True)
+            states = dict(line.split() for line in p.stdout.splitlines() if len(line.split()) == 2)  # node -> state
+            if p.returncode == 0 and len(states) == 2 and all(t in ("idle", "mix", "alloc") for t in states.values()):
                 return self
             time.sleep(0.5)
         self.stop()
-        raise ClusterUnavailable("the node did not become idle: " + self.logs())
+        raise ClusterUnavailable("the nodes did not become idle: " + self.logs())
 
     def _track(self, pidfile: Path, wait: float = 5) -> None:
         deadline = time.time() + wait

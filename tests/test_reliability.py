@@ -249,3 +249,31 @@ def test_unchanged_manifest_over_a_cancelled_run_says_how_to_go_on(env, tmp_path
     out = aamctl(home, "apply", "-f", str(f)).stdout
     assert "run/stopped unchanged (generation 1 is Cancelled: 'aamctl resume stopped' continues it" in out
     assert "'aamctl apply --force' starts generation 2" in out
+
+
+@pytest.mark.parametrize("launcher_rc, runtime_rc, recorded", [
+    (1, 75, 75),   # torchrun's 1 for a checkpointed stop: the job records the runtime's 75
+    (1, 76, 76),   # a pruned sweep trial stays pruned
+    (1, 0, 1),     # rank 0 finished but another rank failed: a failure
+    (0, 0, 0),
+    (1, None, 1),  # killed before the runtime wrote anything
+    (1, "x", 1),   # a damaged file is ignored
+])
+def test_local_job_records_the_runtimes_own_exit_code_behind_a_launcher(tmp_path, launcher_rc, runtime_rc, recorded):
+    """`accelerate launch` (torchrun) exits 1 whatever its workers returned; the local job script
+    takes rank 0's code from the run folder instead, and a stale one from an earlier start is
+    removed before launching."""
+    from types import SimpleNamespace
+
+    from aam_runtime.runfolder import EXIT_CODE, RUNTIME_EXIT
+    from aamctl.plan import render_local_script
+
+    (tmp_path / RUNTIME_EXIT).write_text("75\n")  # left by an earlier, preempted start
+    write = "" if runtime_rc is None else f"echo {runtime_rc} > {RUNTIME_EXIT}; "
+    plan = SimpleNamespace(folder=tmp_path, name="r", generation=1, dependencies=[],
+                           command=["bash", "-c", f"{write}exit {launcher_rc}"])
+    script = tmp_path / "launch.sh"
+    script.write_text(render_local_script(plan, {"env": {}}, "python3"))
+    p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=30)
+    assert p.returncode == recorded
+    assert (tmp_path / EXIT_CODE).read_text().strip() == str(recorded)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aamctl.plan import build_plan
@@ -451,12 +452,58 @@ def test_slurm_two_task_distributed_job(slurm, env):
     aamctl(home, "apply", "-f", str(f))
     st = _phase(home, "slurm-ddp")
     folder = Path(st["folder"])
-    assert "#SBATCH --ntasks-per-node=2" in (folder / "job.sbatch").read_text()
+    script = (folder / "job.sbatch").read_text()
+    # one launcher task with both processes' cores; accelerate launch starts the two processes
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --cpus-per-task=2" in script
+    assert "accelerate.commands.launch" in script
     aamctl(home, "wait", "slurm-ddp", "--timeout", "300", check=False)
     st = _phase(home, "slurm-ddp")
     assert st["phase"] == "Succeeded", ((folder / "log.txt").read_text()[-3000:], slurm.logs())
     status = json.loads((folder / "status.json").read_text())
     assert status["world_size"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.ddp
+def test_slurm_two_node_job_equals_one_process_and_requeues(slurm, env):
+    """2 nodes x 1 process through the sbatch script users get (accelerate launch on each node,
+    machine rank from SLURM, rendezvous on the first node's address, gloo): the same losses as one
+    process on the same global batch, also across a USR1 checkpoint and requeue of the 2-node job."""
+    home, data, tmp = env
+    extra = ", scheduler: constant, lossWeights: {nucleotide: 0}, checkpoint: {everySteps: 100000}"
+    two = _manifest(data, "two-node", epochs=30, extra_trainer=extra, slurm_extra=", nodes: 2, partition: multinode")
+    one = (f"{CPU_PROFILES}---\n" + pretrain_run(data, "one-process", 30, "cpu-1", extra)).replace(
+        "batchSize: 4", "batchSize: 8")
+    (tmp / "two.yaml").write_text(two)
+    (tmp / "one.yaml").write_text(one)
+    aamctl(home, "apply", "-f", str(tmp / "two.yaml"))
+    folder = Path(_phase(home, "two-node")["folder"])
+    script = (folder / "job.sbatch").read_text()
+    assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=multinode" in script
+    assert '--machine_rank "${SLURM_NODEID}"' in script and '--main_process_ip "${MAIN_ADDR}"' in script
+    st, job = _time_limit_signal_then_end(home, "two-node", slurm, 400)
+    log = (folder / "log.txt").read_text()
+    assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
+    # both nodes ran it, twice (the first time stopped by USR1 and checkpointed)
+    starts = [l for l in log.splitlines() if "] job " in l and " on " in l]
+    assert len(starts) == 2, log[-3000:]
+    assert all(set(l.split(" on ")[1].split()[0].split(",")) == {slurm.host, slurm.second} for l in starts), starts
+    assert "requeueing" in log and "resumed from step" in log
+    info = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
+    assert "Restarts=1" in info and "NumNodes=2" in info
+    status = json.loads((folder / "status.json").read_text())
+    assert status["world_size"] == 2
+    aamctl(home, "apply", "-f", str(tmp / "one.yaml"), "--wait", "--timeout", "300")
+
+    def train_losses(f):  # by step; a step logged again after the resume counts once (the last)
+        rows = {r["step"]: r["unifrac_loss"] for r in map(json.loads, (f / "metrics.jsonl").read_text().splitlines())
+                if r.get("split") == "train"}
+        return [rows[k] for k in sorted(rows)]
+    a = train_losses(folder)
+    b = train_losses(Path(_phase(home, "one-process")["folder"]))
+    assert len(a) == len(b) > 20
+    assert np.allclose(a, b, rtol=1e-4, atol=1e-5), np.abs(np.array(a) - np.array(b)).max()
 
 
 @pytest.mark.slow
@@ -548,7 +595,6 @@ def test_unifrac_partial_stripes_array_equals_the_one_off_matrix(slurm, env):
     """executor.slurm.unifracPartitions: 4 -> a job array of 4 partial-stripe jobs and a merge
     job, queued before the run; the merged matrix lands in the cache under the runtime's key and
     equals ssu's one-off matrix; the run starts after the merge and finds it there."""
-    import numpy as np
 
     from aam_runtime.data import table as T
     from aam_runtime.data import unifrac as U
