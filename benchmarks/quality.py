@@ -195,7 +195,8 @@ def main() -> None:
         apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, pr], f"fold{k}")
         t_fold = time.time() - t0
         out = pd.read_csv(run_folder(home, f"q-pred{k}", 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
-        p_aam = out.set_index("sample_id").loc[ids[te], "prediction"].to_numpy(dtype=float)
+        col = "prediction" if "prediction" in out.columns else f"prediction:{target}"  # several targets
+        p_aam = out.set_index("sample_id").loc[ids[te], col].to_numpy(dtype=float)
         y = y_all[te]
         trees = (base or {}).get("spec", {}).get("baseline", {}).get("trees", 500)
         rf = RandomForestRegressor(n_estimators=trees, max_features="sqrt", n_jobs=-1, random_state=args.seed)

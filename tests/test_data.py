@@ -473,3 +473,22 @@ def test_stripe_ranges_cover_every_stripe_once():
         assert r[0][0] == 0 and r[-1][1] == (n + 1) // 2
         assert all(a < b for a, b in r) and all(r[i][1] == r[i + 1][0] for i in range(len(r) - 1))
         assert len(r) == min(parts, (n + 1) // 2)
+
+
+def test_new_samples_need_not_have_the_predicted_columns(tmp_path):
+    """A predict Run on new samples, with the training Dataset pointed at their files: their
+    metadata lacks the classification target (and its categorical column) and holds no age
+    values. Predict takes it; fine-tuning on the same file is refused, naming the column."""
+    from aam_runtime.data import table as T
+    d = make_dataset(tmp_path / "d")
+    d["metadata"].write_text("\n".join(["sample_id\tage"] + [f"{s}\t" for s in d["samples"]]) + "\n")
+    spec = dataset_spec(d, targets=[{"name": "age", "type": "regression"}, {"name": "study", "type": "classification"}],
+                        categoricalColumns=["study"])
+    assert check_dataset(spec, "predict", None) == []
+    assert T.load(spec, need_targets=[]).n_samples == 24
+    problems = check_dataset(spec, "finetune", "age")
+    assert any("target 'study' is not a column" in p for p in problems), problems
+    assert any("regression target 'age' has no numeric value" in p for p in problems), problems
+    # a categorical column that is an input (not a target) is still needed to predict
+    spec = dataset_spec(d, categoricalColumns=["site"])
+    assert any("no column 'site'" in p for p in check_dataset(spec, "predict", None))

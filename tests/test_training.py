@@ -250,6 +250,18 @@ spec:
   maxBp: 100
 ---
 apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-new-unlabelled}}
+spec:
+  table: {ORAL}/table.biom
+  metadata: {{path: {ORAL}/metadata.tsv}}
+  targets: [{{name: age, type: regression}}, {{name: study, type: classification}}]
+  categoricalColumns: [study]
+  subsample: {{samples: 60, seed: 99}}
+  maxAsvsPerSample: 48
+  maxBp: 100
+---
+apiVersion: aam/v1alpha1
 kind: Model
 metadata: {{name: tiny}}
 spec: {{embeddingDim: 16, ffnMultiplier: 2, dropout: 0.0, nucleotide: {{heads: 2, layers: 1}}, sample: {{heads: 2, layers: 1}}, encoderHead: {{heads: 2, layers: 1}}, targetHead: {{heads: 2, layers: 1}}}}
@@ -373,6 +385,15 @@ metadata: {name: pred-multi}
 spec:
   stage: predict
   datasetRef: oral-new-multi
+  hardwareRef: cpu-1
+  initFrom: {run: fine-multi}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-unlabelled}
+spec:
+  stage: predict
+  datasetRef: oral-new-unlabelled
   hardwareRef: cpu-1
   initFrom: {run: fine-multi}
 ---
@@ -799,3 +820,12 @@ def test_several_targets_in_one_finetune_run(pipeline):
     assert len(out) == 60 and {"prediction:age", "prediction:study", "truth:study"} <= set(out.columns)
     summary = [r for r in read_jsonl(p / "metrics.jsonl") if r["split"] == "predict"][0]
     assert {"mae:age", "accuracy:study"} <= set(summary)
+    # the training Dataset cloned onto new samples whose metadata has no study column: the same
+    # predictions (same samples, same model), age compared with the truth, study only predicted
+    u = pd.read_csv(_folder(home, "pred-unlabelled") / "predictions.tsv", sep="\t", dtype=str)
+    assert list(u["sample_id"]) == list(out["sample_id"])
+    assert list(u["prediction:age"]) == list(out["prediction:age"])
+    assert list(u["prediction:study"]) == list(out["prediction:study"])
+    assert u["truth:age"].notna().all() and ("truth:study" not in u or u["truth:study"].isna().all())
+    summary = [r for r in read_jsonl(_folder(home, "pred-unlabelled") / "metrics.jsonl") if r["split"] == "predict"][0]
+    assert "mae:age" in summary and "accuracy:study" not in summary

@@ -96,8 +96,11 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
             add('metadata', f"no sample id of {spec['table']} appears in {spec['metadata']['path']} "
                             f"(table ids look like '{sample_ids[0]}', metadata ids like "
                             f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
-        _check_targets(spec, meta, overlap, add)
+        _check_targets(spec, meta, overlap, add, stage)
+        targets = {t["name"] for t in spec["targets"]}
         for col in spec["categoricalColumns"]:
+            if col in targets:  # a classification target: checked above (predict does without it)
+                continue
             if col not in meta.columns:
                 add('metadata', f"{spec['metadata']['path']}: no column '{col}' (columns: {', '.join(list(meta.columns)[:8])})")
     elif stage in ("finetune", "baseline"):
@@ -133,15 +136,19 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
     return problems
 
 
-def _check_targets(spec: dict, meta, overlap: list, add) -> None:
+def _check_targets(spec: dict, meta, overlap: list, add, stage: str = "pretrain") -> None:
     """Every declared target, whatever the stage: pretraining does not read it, but the user
-    learns of a typo hours later when fine-tuning starts."""
+    learns of a typo hours later when fine-tuning starts. Except predict: new samples need not
+    have the values (or the columns) predicted for them; where a column is there, the predictions
+    carry it as the truth."""
     import pandas as pd
 
     path = spec["metadata"]["path"]
     for i, t in enumerate(spec["targets"]):
         name = t["name"]
         where = ("targets", i, "name")
+        if stage == "predict":
+            continue
         if name not in meta.columns:
             close = difflib.get_close_matches(name, [str(c) for c in meta.columns], n=1, cutoff=0.5)
             add(where, f"target '{name}' is not a column of {path}",

@@ -237,8 +237,11 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
     counts = counts[in_both]
     sample_ids = [sample_ids[i] for i in in_both]
 
-    # targets and categorical columns must exist; rows with missing or non-numeric values are dropped
-    for col in list(need_targets or []) + list(spec["categoricalColumns"]):
+    # needed targets and input categorical columns must exist (a categorical column that is a
+    # declared target is only needed when that target is); rows with missing or non-numeric
+    # target values are dropped
+    declared = {t["name"] for t in spec["targets"]}
+    for col in list(need_targets or []) + [c for c in spec["categoricalColumns"] if c not in declared]:
         if col not in meta.columns:
             raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
                             f"(columns: {', '.join(list(meta.columns)[:8])})")
