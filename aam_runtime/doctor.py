@@ -85,7 +85,12 @@ def main(argv=None) -> int:
         add("bf16", "ok" if torch.cuda.is_bf16_supported() else "WARN",
             "supported" if torch.cuda.is_bf16_supported() else "not supported: use precision no/fp16")
     else:
-        add("bf16", "skip", "CPU: bf16 autocast works but is rarely faster")
+        flags = cpu_bf16_flags()
+        if flags:
+            add("bf16", "ok", f"native bf16 ({', '.join(flags)}): precision bf16 (profile cpu-bf16) is faster here")
+        else:
+            add("bf16", "skip", "no native bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated "
+                                "and slower; keep precision no")
     if spec.get("compileAllowed") and not hip:
         try:
             f = torch.compile(torch.nn.Linear(8, 8).to(device))
@@ -149,6 +154,19 @@ def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:
     return ok
 
 
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """The CPU's native bf16 instruction sets, from the kernel's flags ([] when unknown)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [x for x in ("avx512_bf16", "amx_bf16") if x in have]
+    except OSError:
+        pass
+    return []
+
+
 if __name__ == "__main__":
     from .golden import GoldenError
 
@@ -160,3 +178,4 @@ if __name__ == "__main__":
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
+

@@ -85,7 +85,7 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
 
     from .plan import processes
 
-    diags, done = [], set()
+    diags, done, warned = [], set(), set()
     kept: dict = {}
     for run in runs:
         ds = res.get("Dataset", run.spec["datasetRef"])
@@ -116,8 +116,10 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
             hint = problem.hint or f"needed by run/{run.name}"
             d = owner.diag(str(problem), problem.field, hint=hint)
             if problem.severity == "warning":
-                if warn is not None:
-                    warn("warning: " + d.render())
+                text = "warning: " + d.render()
+                if warn is not None and text not in warned:  # runs reading the data alike: said once
+                    warned.add(text)
+                    warn(text)
             else:
                 diags.append(d)
     return diags

@@ -152,7 +152,7 @@ def test_refs_resolve_from_store():
     store = MemoryStore({k: o.manifest for k, o in res.objects.items() if o.source == "file"})
     res2 = validate(load_paths([str(ROOT / "manifests" / "finetune.yaml")]), store)
     assert res2.get("Dataset", "oral-age").source == "store"
-    assert res2.run_bundle(res2.get("Run", "oral-age-finetune"))["model"].name == "aam-small"
+    assert res2.run_bundle(res2.get("Run", "oral-age-finetune"))["model"].name == "aam-tiny"
 
 
 def test_user_profile_overrides_builtin(tmp_path):
@@ -222,7 +222,7 @@ def test_ensemble_predict_waits_for_every_run_and_hashes_them_all():
 apiVersion: aam/v1alpha1
 kind: Run
 metadata: {name: fine-2}
-spec: {stage: finetune, datasetRef: oral-age, initFrom: {run: oral-pretrain}, trainer: {seed: 2}}
+spec: {stage: finetune, datasetRef: oral-age, initFrom: {run: oral-pretrain}, targets: [{name: age}, {name: study, weight: 0.5}], trainer: {seed: 2}}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
