@@ -178,4 +178,3 @@ if __name__ == "__main__":
     except OSError as exc:
         print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(2)
-

@@ -246,11 +246,18 @@ def render_local_script(plan: RunPlan, hw: dict, python: str) -> str:
     lines += [f"rm -f {RUNTIME_EXIT}",
               f"{shell_join(plan.command)} >> {LOG} 2>&1 < /dev/null",
               "rc=$?",
-              "# accelerate launch (torchrun) exits 1 whatever its workers returned: take the runtime's own code",
-              f"runtime_rc=$(cat {RUNTIME_EXIT} 2>/dev/null)",
-              "case \"$runtime_rc\" in ''|*[!0-9]*) ;; *) [ \"$rc\" -ne 0 ] && [ \"$runtime_rc\" -ne 0 ] && rc=$runtime_rc ;; esac",
+              *TAKE_RUNTIME_EXIT,
               'finish "$rc"', ""]
     return "\n".join(lines)
+
+
+# After the launcher exits with $rc: accelerate launch (torchrun) exits 1 whatever its workers
+# returned, so a failure takes rank 0's own code from the run folder (both job scripts use this)
+TAKE_RUNTIME_EXIT = [
+    "# accelerate launch (torchrun) exits 1 whatever its workers returned: take the runtime's own code",
+    f"runtime_rc=$(cat {RUNTIME_EXIT} 2>/dev/null)",
+    "case \"$runtime_rc\" in ''|*[!0-9]*) ;; *) [ \"$rc\" -ne 0 ] && [ \"$runtime_rc\" -ne 0 ] && rc=$runtime_rc ;; esac",
+]
 
 
 def record_documents(res: Resolved, run: Obj, annotations: dict[str, str], settings: dict) -> list[dict]:

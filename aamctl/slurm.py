@@ -11,7 +11,7 @@ from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT
 from aam_runtime.jobenv import job_env
 
 from .errors import AamError
-from .plan import RUNTIME_MODULE, env_lines, launch_command, shell_join
+from .plan import RUNTIME_MODULE, TAKE_RUNTIME_EXIT, env_lines, launch_command, shell_join
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newline slips through
 
@@ -136,6 +136,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%EXIT_PREEMPTED%%": str(EXIT_PREEMPTED),
         "%%EXIT_CODE%%": EXIT_CODE,
         "%%RUNTIME_EXIT%%": RUNTIME_EXIT,
+        "%%TAKE_RUNTIME_EXIT%%": "\n".join(TAKE_RUNTIME_EXIT),
         "%%PREEMPT%%": PREEMPT_FLAG,
         "%%CANCEL%%": CANCEL_FLAG,
         "%%REQUEUE%%": "yes" if sl["requeue"] else "no",
