@@ -118,24 +118,25 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
     rng = np.random.default_rng(0)
     gen = torch.Generator().manual_seed(0)
     times, occ, uniq, timed = [], 0, 0, []
+
+    def loss_of(f, b, rows, y):
+        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
+            if finetune:  # a fresh target head on a standardised target (values do not matter here)
+                return F.huber_loss(f(b, need_target=True)["target"].float().squeeze(-1), y)
+            out = f(b, mask_nucleotides=True, generator=gen)
+            target = torch.from_numpy(lookup.sub(rows)).to(device)
+            return pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     for step in range(steps + 1):  # the first step warms up
         rows = rng.choice(len(p.sample_ids), size=batch, replace=False)
         nb = B.collate_numpy(enc, rows)
         b = B.to_torch(nb, device)
+        y = torch.from_numpy(rng.standard_normal(batch).astype(np.float32)).to(device) if finetune else None
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-            if finetune:  # a fresh target head on a standardised target (values do not matter here)
-                out = fwd(b, need_target=True)
-                y = torch.from_numpy(rng.standard_normal(batch).astype(np.float32)).to(device)
-                loss = F.huber_loss(out["target"].float().squeeze(-1), y)
-            else:
-                out = fwd(b, mask_nucleotides=True, generator=gen)
-                target = torch.from_numpy(lookup.sub(rows)).to(device)
-                loss = pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
+        loss = loss_of(fwd, b, rows, y)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -145,23 +146,15 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
             times.append(time.perf_counter() - t0)
             occ += int(nb["mask"].sum())
             uniq += int(nb["tokens"].shape[0])
-            timed.append((rows, b))
+            timed.append((rows, b, y))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB (Linux: KiB)
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None
     # the FLOPs those steps executed: the same batches again, forward and backward, counted
     from torch.utils.flop_counter import FlopCounterMode
-    flops = 0
-    for rows, b in timed:
-        with FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_flops()) as fc:
-            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype is not None):
-                if finetune:
-                    out = model(b, need_target=True)
-                    loss = out["target"].float().pow(2).mean()
-                else:
-                    out = model(b, mask_nucleotides=True, generator=gen)
-                    target = torch.from_numpy(lookup.sub(rows)).to(device)
-                    loss = pairwise_unifrac_loss(out["embedding"], target)[0] + F.cross_entropy(out["nuc_logits"].float(), out["nuc_targets"])
-            loss.backward()
+    flops, sdpa = 0, _cpu_sdpa_flops()
+    for rows, b, y in timed:
+        with FlopCounterMode(display=False, custom_mapping=sdpa) as fc:
+            loss_of(model, b, rows, y).backward()
         opt.zero_grad(set_to_none=True)
         flops += fc.get_total_flops()
     peak_fs, peak_src = peak_flops(device, precision, peak_tflops)

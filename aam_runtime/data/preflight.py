@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .table import MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, read_biom, read_metadata
+from .table import (MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, input_categoricals,
+                    read_biom, read_metadata)
 
 
 class Problem(str):
@@ -97,10 +98,7 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
                             f"(table ids look like '{sample_ids[0]}', metadata ids like "
                             f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
         _check_targets(spec, meta, overlap, add, stage)
-        targets = {t["name"] for t in spec["targets"]}
-        for col in spec["categoricalColumns"]:
-            if col in targets:  # a classification target: checked above (predict does without it)
-                continue
+        for col in input_categoricals(spec):  # a column that is a target is checked above
             if col not in meta.columns:
                 add('metadata', f"{spec['metadata']['path']}: no column '{col}' (columns: {', '.join(list(meta.columns)[:8])})")
     elif stage in ("finetune", "baseline"):

@@ -193,6 +193,13 @@ def rarefy(counts, depth: int, seed: int):
     return m, keep
 
 
+def input_categoricals(spec: dict) -> list[str]:
+    """The Dataset's categorical columns that are inputs: a column listed because it is a declared
+    (classification) target is only needed where that target is."""
+    declared = {t["name"] for t in spec["targets"]}
+    return [c for c in spec["categoricalColumns"] if c not in declared]
+
+
 def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, table=None,
          metadata=None) -> Prepared:
     """Read and prepare a Dataset spec (resolved: absolute paths, defaults filled). table and
@@ -237,11 +244,9 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
     counts = counts[in_both]
     sample_ids = [sample_ids[i] for i in in_both]
 
-    # needed targets and input categorical columns must exist (a categorical column that is a
-    # declared target is only needed when that target is); rows with missing or non-numeric
+    # needed targets and input categorical columns must exist; rows with missing or non-numeric
     # target values are dropped
-    declared = {t["name"] for t in spec["targets"]}
-    for col in list(need_targets or []) + [c for c in spec["categoricalColumns"] if c not in declared]:
+    for col in list(need_targets or []) + input_categoricals(spec):
         if col not in meta.columns:
             raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
                             f"(columns: {', '.join(list(meta.columns)[:8])})")
