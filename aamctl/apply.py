@@ -98,7 +98,8 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
         need_d = needs_distances(run.spec)
         nodes = run.spec["executor"]["slurm"].get("nodes") if run.spec["executor"]["type"] == "slurm" else None
         procs = processes(hw, nodes)[1] if stage in ("pretrain", "finetune") else 1
-        key = (ds.name, stage, target, need_d, tr["batchSize"], procs, tr["seed"])
+        split = {k: v for k, v in (run.spec.get("split") or {}).items() if v is not None} if stage != "predict" else None
+        key = (ds.name, stage, target, need_d, tr["batchSize"], procs, tr["seed"], json.dumps(split, sort_keys=True))
         if key in done:
             if prepared is not None and key in kept:
                 prepared[run.name] = kept[key]
@@ -108,7 +109,7 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
         # batchSize auto picks at least 2 (an even batch): what the split must hold at the least
         problems = check_dataset(ds.spec, stage, target, need_distances=need_d,
                                  batch_size=2 if tr["batchSize"] == "auto" else tr["batchSize"],
-                                 processes=procs, seed=tr["seed"], keep=keep)
+                                 processes=procs, seed=tr["seed"], keep=keep, split=split)
         if prepared is not None and "prepared" in keep:
             kept[key] = prepared[run.name] = keep["prepared"]
         for problem in problems:

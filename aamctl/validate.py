@@ -110,6 +110,10 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
                                       hint="use normalize zscore, minmax, log1p_zscore or log1p_minmax with it, or remove normalizeBy"))
             if names.count(t["name"]) > 1 and names.index(t["name"]) != i:
                 d.append(obj.diag(f"target '{t['name']}' is listed twice", ("spec", "targets", i, "name")))
+        if split.get("folds") and split.get("fold", 0) >= split["folds"]:
+            d.append(obj.diag(f"fold {split['fold']} does not exist: {split['folds']} folds are numbered 0 to "
+                              f"{split['folds'] - 1}", ("spec", "split", "fold"),
+                              hint=f"use a fold from 0 to {split['folds'] - 1}, or raise spec.split.folds"))
         strat = split.get("stratifyBy")
         if strat and strat not in s["categoricalColumns"]:
             d.append(obj.diag(f"stratifyBy column '{strat}' is not a categorical column",
@@ -433,6 +437,30 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
     return d
 
 
+def _check_run_split(run: Obj, ds: Obj) -> list[Diagnostic]:
+    """A Run's spec.split changes its Dataset's split: it must make sense on top of it."""
+    over = {k: v for k, v in (run.spec.get("split") or {}).items() if v is not None}
+    if not over or run.spec["stage"] == "predict":
+        return []
+    d: list[Diagnostic] = []
+    base = ds.spec["split"]
+    if base.get("trainIds"):
+        d.append(run.diag(f"Dataset '{ds.name}' splits by id files (spec.split.trainIds), which a Run's "
+                          "spec.split cannot change", ("spec", "split"),
+                          hint="remove the Run's spec.split, or split the Dataset by validationFraction or folds"))
+        return d
+    eff = {**base, **over}
+    if "fold" in over and not eff.get("folds"):
+        d.append(run.diag(f"fold {over['fold']} needs folds, and Dataset '{ds.name}' does not split "
+                          "into folds", ("spec", "split", "fold"),
+                          hint="add folds (here or in the Dataset's spec.split), e.g. split: {folds: 5, fold: 0}"))
+    elif eff.get("folds") and eff.get("fold", 0) >= eff["folds"]:
+        at = ("spec", "split", "fold") if "fold" in over else ("spec", "split", "folds")
+        d.append(run.diag(f"fold {eff.get('fold', 0)} does not exist: {eff['folds']} folds are numbered 0 to "
+                          f"{eff['folds'] - 1}", at, hint=f"use a fold from 0 to {eff['folds'] - 1}"))
+    return d
+
+
 def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     d: list[Diagnostic] = []
     s = run.spec
@@ -457,6 +485,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
                                   hint="point initFrom.run at the finetune run whose head predicts the target"))
         elif init.get("checkpoint") and not Path(init["checkpoint"]).exists() and run.source == "file":
             d.append(run.diag(f"checkpoint not found: {init['checkpoint']}", ("spec", "initFrom", "checkpoint")))
+    d += _check_run_split(run, ds)
     model_ref = effective_model_ref(res, run)
     if stage in ("pretrain", "finetune") and not model_ref:
         d.append(run.diag(f"a {stage} run needs a model", ("spec",),

@@ -1,9 +1,10 @@
 """Model quality by k-fold cross-validation: the shipped AAM recipe against a random forest and
 predicting the mean, on the same folds, ages in years.
 
-For every fold the held-out samples are never seen by fine-tuning: the fold's training samples
-are split again into an inner training and an inner validation split (early stopping and the
-best checkpoint use the inner one), and the held-out samples are predicted by a predict Run on a
+For every fold the held-out samples are never seen by fine-tuning: the fold's finetune runs read
+a Dataset that holds only the fold's training samples and split them as the recipe says (the
+Dataset's spec.split, with each Run's spec.split over it: early stopping and the best checkpoint
+use that inner validation split), and the held-out samples are predicted by a predict Run on a
 Dataset that holds only them, exactly as a user would predict new samples. Self-supervised
 pretraining uses no labels, so one pretraining on every sample serves all folds. The random
 forest (500 trees on relative abundances, the manifest's `oral-age-baseline`) is trained on the
@@ -158,15 +159,13 @@ def main() -> None:
     rows = []
     for k, (tr, te) in enumerate(folds):
         print(f"fold {k + 1}/{len(folds)}: {len(tr)} training, {len(te)} held out", flush=True)
-        # inner validation split for early stopping and the best checkpoint
-        inner = np.random.default_rng([args.seed, k]).permutation(tr)
-        n_val = max(1, int(round(ds["spec"].get("split", {}).get("validationFraction", 0.2) * len(tr))))
-        inner_val, inner_tr = inner[:n_val], inner[n_val:]
-        (work / f"f{k}-train.txt").write_text("\n".join(ids[inner_tr]) + "\n")
-        (work / f"f{k}-val.txt").write_text("\n".join(ids[inner_val]) + "\n")
+        # the fold's training samples only; the recipe's own split (Dataset and Run spec.split) makes
+        # the inner validation split for early stopping and the best checkpoint
         ds_k = copy.deepcopy(ds_all)
         ds_k["metadata"]["name"] = f"q-f{k}"
-        ds_k["spec"]["split"] = {"trainIds": str(work / f"f{k}-train.txt"), "validationIds": str(work / f"f{k}-val.txt")}
+        ds_k["spec"]["table"] = str(work / f"f{k}-train.biom")
+        with biom.util.biom_open(str(work / f"f{k}-train.biom"), "w") as fh:
+            table.filter(ids[tr], inplace=False).to_hdf5(fh, "aam quality")
         held = copy.deepcopy(ds_all)
         held["metadata"]["name"] = f"q-held{k}"
         held["spec"]["table"] = str(work / f"f{k}-held.biom")

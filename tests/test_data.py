@@ -495,3 +495,37 @@ def test_new_samples_need_not_have_the_predicted_columns(tmp_path):
     # a categorical column that is an input (not a target) is still needed to predict
     spec = dataset_spec(d, categoricalColumns=["site"])
     assert any("no column 'site'" in p for p in check_dataset(spec, "predict", None))
+
+
+# ---------------------------------------------------------------- k-fold splits (cross-fitting)
+
+def test_folds_partition_the_samples_stratified_and_seeded(ds):
+    from aam_runtime.data.split import make_split
+
+    spec = dataset_spec(ds, categoricalColumns=["site"], split={"folds": 4, "seed": 3, "stratifyBy": "site"})
+    p = T.load(spec)
+    vals = [make_split(spec, p, None, "age", {"fold": k})[1] for k in range(4)]
+    # every sample is validated exactly once across the folds; each run trains on the rest
+    assert sorted(np.concatenate(vals).tolist()) == list(range(p.n_samples))
+    for k, v in enumerate(vals):
+        train, val = make_split(spec, p, None, "age", {"fold": k})
+        assert np.array_equal(val, v) and len(np.intersect1d(train, val)) == 0
+        assert len(train) + len(val) == p.n_samples
+    # stratified: each fold holds its share of every site (within one sample)
+    sites = p.metadata["site"].to_numpy()
+    for lab in set(sites):
+        per_fold = [int((sites[v] == lab).sum()) for v in vals]
+        assert max(per_fold) - min(per_fold) <= 1, (lab, per_fold)
+    # the Run's fields replace the Dataset's: the same fold is the same split either way, and
+    # another seed is another partition
+    same = dataset_spec(ds, categoricalColumns=["site"], split={"folds": 4, "seed": 3, "stratifyBy": "site", "fold": 2})
+    assert np.array_equal(make_split(same, p, None, "age")[1], vals[2])
+    assert not np.array_equal(make_split(spec, p, None, "age", {"fold": 2, "seed": 4})[1], vals[2])
+
+
+def test_a_fold_the_run_asks_for_that_is_empty_is_the_runs_problem(ds):
+    # 24 samples in 30 folds: fold 29 holds no sample, which preflight says before the run is queued
+    spec = dataset_spec(ds)
+    [p] = check_dataset(spec, "finetune", "age", batch_size=2, split={"folds": 30, "fold": 29})
+    assert p.owner == "run" and p.field == ("spec", "split") and "fold 29 of 30" in p
+    assert check_dataset(spec, "finetune", "age", batch_size=2, split={"folds": 3, "fold": 2}) == []

@@ -62,10 +62,11 @@ def check_dataset_files(spec: dict) -> list[Problem]:
 
 def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, need_distances: bool = False, *,
                   batch_size: int | None = None, processes: int = 1, seed: int = 0,
-                  keep: dict | None = None) -> list[Problem]:
+                  keep: dict | None = None, split: dict | None = None) -> list[Problem]:
     """Problems with a resolved Dataset spec for one stage, each one sentence; [] when usable.
     Warnings (severity 'warning') do not stop a run. keep, when given, receives the prepared data
-    as keep["prepared"] (what the run will train on), for a caller that needs it next."""
+    as keep["prepared"] (what the run will train on), for a caller that needs it next; split: the
+    Run's spec.split (its changes to the Dataset's)."""
     problems: list[Problem] = []
 
     def add(field, text: str, **kw) -> None:
@@ -130,7 +131,8 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
         if p and not Path(p).exists():
             add('split', f"{p}: split file not found (check spec.split.{key})")
     if not any(p.severity == "error" for p in problems):
-        _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta, need_distances, keep)
+        _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta, need_distances, keep,
+                          split)
     return problems
 
 
@@ -183,7 +185,8 @@ def _check_targets(spec: dict, meta, overlap: list, add, stage: str = "pretrain"
 
 
 def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: int | None, processes: int,
-                      seed: int, add, table, meta, need_distances: bool = False, keep: dict | None = None) -> None:
+                      seed: int, add, table, meta, need_distances: bool = False, keep: dict | None = None,
+                      split: dict | None = None) -> None:
     """Load and split exactly as the runtime will, and check a training batch can be formed."""
     from .split import make_split
     from .table import load
@@ -209,9 +212,12 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
         return
     ttype = next((t["type"] for t in spec["targets"] if t["name"] == target), None)
     try:
-        train, _ = make_split(spec, prepared, ttype, target)  # as the runtime does, for every stage
+        train, _ = make_split(spec, prepared, ttype, target, split)  # as the runtime does, for every stage
     except DataError as exc:
-        add("split", str(exc), hint="lower spec.split.validationFraction, or use more samples")
+        if split:  # the Run changed the split: its spec.split is where to look
+            add("split", str(exc), owner="run", hint="change the Run's spec.split, or use more samples")
+        else:
+            add("split", str(exc), hint="lower spec.split.validationFraction, or use more samples")
         return
     if batch_size and stage in ("pretrain", "finetune") and len(train) < batch_size * processes:
         add(("trainer", "batchSize"), f"the training split has {len(train)} samples, fewer than one batch of "

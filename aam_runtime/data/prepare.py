@@ -75,7 +75,7 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
     data = Data(enc=enc, train=np.array([], dtype=np.int64), val=np.arange(prepared.n_samples),
                 target_name=target, target_type=ttype)
     if stage != "predict":
-        data.train, data.val = make_split(ds, prepared, ttype, target)
+        data.train, data.val = make_split(ds, prepared, ttype, target, cfg.spec.get("split"))
         write_split(folder, data)
     if stage in ("finetune", "predict"):
         targets = {t["name"] for t in several} if several else {target}
