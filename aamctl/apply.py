@@ -13,7 +13,7 @@ from .errors import AamError, Diagnostic
 from .parse import load_paths
 from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents, run_folder
 from .slurm import check_path
-from .resolve import MemoryStore, Obj, Resolved, init_field, init_runs
+from .resolve import MemoryStore, Obj, Resolved, init_field, init_runs, run_split
 from .validate import validate
 
 TERMINAL_BAD = {"Failed", "Cancelled"}
@@ -98,7 +98,7 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
         need_d = needs_distances(run.spec)
         nodes = run.spec["executor"]["slurm"].get("nodes") if run.spec["executor"]["type"] == "slurm" else None
         procs = processes(hw, nodes)[1] if stage in ("pretrain", "finetune") else 1
-        split = {k: v for k, v in (run.spec.get("split") or {}).items() if v is not None} if stage != "predict" else None
+        split = run_split(run.spec)
         key = (ds.name, stage, target, need_d, tr["batchSize"], procs, tr["seed"], json.dumps(split, sort_keys=True))
         if key in done:
             if prepared is not None and key in kept:

@@ -173,6 +173,14 @@ def init_runs(spec: dict) -> list[str]:
     return [init["run"]] if init.get("run") else []
 
 
+def run_split(spec: dict) -> dict:
+    """The fields a Run's spec.split sets over its Dataset's split (null fields keep the Dataset's);
+    {} for a predict run, which does not split."""
+    if spec["stage"] == "predict":
+        return {}
+    return {k: v for k, v in (spec.get("split") or {}).items() if v is not None}
+
+
 def init_field(spec: dict, name: str) -> tuple:
     """The manifest path of one source run in initFrom, for diagnostics."""
     init = spec.get("initFrom") or {}

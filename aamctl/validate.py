@@ -17,7 +17,7 @@ from aam_runtime.metric_table import METRICS, metrics_for, split_metric
 
 from .errors import AamError, Diagnostic
 from .parse import Document
-from .resolve import Obj, Resolved, Store, effective_model_ref, init_field, resolve
+from .resolve import Obj, Resolved, Store, effective_model_ref, init_field, resolve, run_split
 from .schema import field_schema, validate_document
 
 
@@ -110,9 +110,8 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
                                       hint="use normalize zscore, minmax, log1p_zscore or log1p_minmax with it, or remove normalizeBy"))
             if names.count(t["name"]) > 1 and names.index(t["name"]) != i:
                 d.append(obj.diag(f"target '{t['name']}' is listed twice", ("spec", "targets", i, "name")))
-        if split.get("folds") and split.get("fold", 0) >= split["folds"]:
-            d.append(obj.diag(f"fold {split['fold']} does not exist: {split['folds']} folds are numbered 0 to "
-                              f"{split['folds'] - 1}", ("spec", "split", "fold"),
+        if _missing_fold(split):
+            d.append(obj.diag(_missing_fold(split), ("spec", "split", "fold"),
                               hint=f"use a fold from 0 to {split['folds'] - 1}, or raise spec.split.folds"))
         strat = split.get("stratifyBy")
         if strat and strat not in s["categoricalColumns"]:
@@ -439,8 +438,8 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
 
 def _check_run_split(run: Obj, ds: Obj) -> list[Diagnostic]:
     """A Run's spec.split changes its Dataset's split: it must make sense on top of it."""
-    over = {k: v for k, v in (run.spec.get("split") or {}).items() if v is not None}
-    if not over or run.spec["stage"] == "predict":
+    over = run_split(run.spec)
+    if not over:
         return []
     d: list[Diagnostic] = []
     base = ds.spec["split"]
@@ -454,11 +453,18 @@ def _check_run_split(run: Obj, ds: Obj) -> list[Diagnostic]:
         d.append(run.diag(f"fold {over['fold']} needs folds, and Dataset '{ds.name}' does not split "
                           "into folds", ("spec", "split", "fold"),
                           hint="add folds (here or in the Dataset's spec.split), e.g. split: {folds: 5, fold: 0}"))
-    elif eff.get("folds") and eff.get("fold", 0) >= eff["folds"]:
+    elif _missing_fold(eff):
         at = ("spec", "split", "fold") if "fold" in over else ("spec", "split", "folds")
-        d.append(run.diag(f"fold {eff.get('fold', 0)} does not exist: {eff['folds']} folds are numbered 0 to "
-                          f"{eff['folds'] - 1}", at, hint=f"use a fold from 0 to {eff['folds'] - 1}"))
+        d.append(run.diag(_missing_fold(eff), at, hint=f"use a fold from 0 to {eff['folds'] - 1}"))
     return d
+
+
+def _missing_fold(split: dict) -> str | None:
+    """What is wrong when a split's fold is not one of its folds; None when it is (or no folds)."""
+    folds, fold = split.get("folds"), split.get("fold", 0)
+    if folds and fold >= folds:
+        return f"fold {fold} does not exist: {folds} folds are numbered 0 to {folds - 1}"
+    return None
 
 
 def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
