@@ -689,6 +689,38 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     assert big > 10  # the comparison is not between zeros
 
 
+
+@pytest.mark.slow
+def test_the_runtime_leaves_its_process_group_when_the_stage_is_done(tmp_path, monkeypatch):
+    """A gloo rank that exits with its group still up can abort when its peer closes first
+    (SIGABRT after the work is done: torchrun then fails a finished job). The runtime leaves the
+    group once the stage is over: here a group set up before it ran is gone when it returns 0."""
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    run = """---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: leave}
+spec:
+  stage: pretrain
+  datasetRef: oral-sub
+  modelRef: tiny
+  hardwareRef: cpu-1
+  trainer: {epochs: 1, maxSteps: 1, batchSize: 4}
+"""
+    _apply(tmp_path, _write(tmp_path / "r.yaml", DATA + run))
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "record.yaml").write_text((_folder(tmp_path, "leave") / "record.yaml").read_text())
+    script = (
+        "import torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='file://{tmp_path}/pg', rank=0, world_size=1)\n"
+        "from aam_runtime.__main__ import main\n"
+        f"code = main([{str(again)!r}])\n"
+        "print('exit', code, 'still in the group', dist.is_initialized())\n")
+    p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "exit 0 still in the group False" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+
 @pytest.mark.slow
 def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch):
     monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
