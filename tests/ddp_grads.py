@@ -40,3 +40,5 @@ if acc.is_main_process:
     raw = acc.unwrap_model(model)
     torch.save({"loss": loss.item(), "grads": {n: q.grad.clone() for n, q in raw.named_parameters()
                                                if q.grad is not None}}, out)
+acc.wait_for_everyone()
+acc.end_training()  # leave the gloo group on every rank: exiting inside it can abort (SIGABRT)
