@@ -19,7 +19,7 @@ folds): run 0, 1 and 2 for the spread over seeds. Options shorten the recipe for
 were used.
 
     .venv/bin/python benchmarks/quality.py [--folds 5] [--seed 0] [--repeat 0] [--samples N]
-        [--pretrain-epochs E] [--finetune-epochs E] [--only-folds N] [--work DIR] [--json out.json]
+        [--pretrain-epochs E] [--finetune-epochs E] [--only-folds N] [--fold K ...] [--work DIR] [--json out.json]
 """
 from __future__ import annotations
 
@@ -90,12 +90,18 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=None)
     ap.add_argument("--finetune-epochs", type=int, default=None)
     ap.add_argument("--only-folds", type=int, default=None, help="run the first N folds only")
+    ap.add_argument("--fold", type=int, action="append", default=None,
+                    help="run fold K only (1-based; repeat for several): the other folds of one CV in "
+                         "another invocation")
     ap.add_argument("--repeat", type=int, default=0,
                     help="training repeat: adds 1000 x this to every run's trainer.seed (same folds); "
                          "run 0, 1, 2 for the spread over seeds")
     ap.add_argument("--work", default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    bad = [k for k in args.fold or [] if not 1 <= k <= args.folds]
+    if bad:
+        ap.error(f"--fold {bad[0]}: the folds are numbered 1 to {args.folds}")
 
     import biom
     import pandas as pd
@@ -153,12 +159,14 @@ def main() -> None:
     apply(home, [ds_all, model, pre_doc], "pretrain")
     t_pre = time.time() - t_start
 
-    folds = list(KFold(args.folds, shuffle=True, random_state=args.seed).split(ids))
+    folds = list(enumerate(KFold(args.folds, shuffle=True, random_state=args.seed).split(ids)))
     if args.only_folds:
         folds = folds[:args.only_folds]
+    if args.fold:
+        folds = [(k, f) for k, f in folds if k + 1 in args.fold]
     rows = []
-    for k, (tr, te) in enumerate(folds):
-        print(f"fold {k + 1}/{len(folds)}: {len(tr)} training, {len(te)} held out", flush=True)
+    for k, (tr, te) in folds:
+        print(f"fold {k + 1} of {args.folds}: {len(tr)} training, {len(te)} held out", flush=True)
         # the fold's training samples only; the recipe's own split (Dataset and Run spec.split) makes
         # the inner validation split for early stopping and the best checkpoint
         ds_k = copy.deepcopy(ds_all)
