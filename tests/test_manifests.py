@@ -152,7 +152,7 @@ def test_refs_resolve_from_store():
     store = MemoryStore({k: o.manifest for k, o in res.objects.items() if o.source == "file"})
     res2 = validate(load_paths([str(ROOT / "manifests" / "finetune.yaml")]), store)
     assert res2.get("Dataset", "oral-age").source == "store"
-    assert res2.run_bundle(res2.get("Run", "oral-age-finetune"))["model"].name == "aam-tiny"
+    assert res2.run_bundle(res2.get("Run", "oral-age-finetune"))["model"].name == "aam-compact"
 
 
 def test_user_profile_overrides_builtin(tmp_path):
