@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 from aam_runtime.data import batches as B
 from aam_runtime.data import table as T
 from aam_runtime.model import AAM, ModelConfig, choose_attention_backend, pairwise_unifrac_loss
-from aam_runtime.runfolder import read_jsonl
+from aam_runtime.runfolder import RECORD, read_jsonl
 
 from synth import CPU_PROFILES, ORAL, dataset_spec, full_spec, make_dataset
 from wandb_log import read_run
@@ -689,7 +690,6 @@ def test_ddp_gradients_equal_single_process(tmp_path):
     assert big > 10  # the comparison is not between zeros
 
 
-
 @pytest.mark.slow
 def test_the_runtime_leaves_its_process_group_when_the_stage_is_done(tmp_path, monkeypatch):
     """A gloo rank that exits with its group still up can abort when its peer closes first
@@ -710,7 +710,7 @@ spec:
     _apply(tmp_path, _write(tmp_path / "r.yaml", DATA + run))
     again = tmp_path / "again"
     again.mkdir()
-    (again / "record.yaml").write_text((_folder(tmp_path, "leave") / "record.yaml").read_text())
+    shutil.copy(_folder(tmp_path, "leave") / RECORD, again / RECORD)  # the run afresh: no checkpoint
     script = (
         "import torch.distributed as dist\n"
         f"dist.init_process_group('gloo', init_method='file://{tmp_path}/pg', rank=0, world_size=1)\n"
@@ -720,6 +720,7 @@ spec:
     p = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert "exit 0 still in the group False" in p.stdout, p.stdout[-2000:] + p.stderr[-3000:]
+
 
 @pytest.mark.slow
 def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch):
