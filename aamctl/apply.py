@@ -192,12 +192,16 @@ def upstream_of(run: Obj, found: dict[tuple[str, str], tuple], planned: dict[str
 
 def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool = False, force: bool = False,
                     allow_data_change: bool = False, preflight: bool = True, output: str | None = None,
-                    echo=print, warn=None, documents=None, hold: bool = False) -> ApplyResult:
+                    echo=print, warn=None, documents=None, hold: bool = False,
+                    reuse: dict[str, int] | None = None) -> ApplyResult:
     """parse -> validate -> preflight -> plan (each run once) -> store -> execute.
 
     `documents` replaces `files` for manifests made in memory (a sweep's trials); with hold=True
     the runs are planned, written and recorded as Pending but not submitted: the caller submits
-    them (a sweep submits a batch of trials as one SLURM job array)."""
+    them (a sweep submits a batch of trials as one SLURM job array). `reuse` maps a run name to a
+    generation that was reserved (and maybe written) but never submitted: it is planned again
+    under that generation instead of a new one (a sweep controller finishing a trial that the
+    controller before it was creating when it stopped)."""
     from .executors import executor_for
     from .provenance import annotations, data_digests
     from . import sweep as SW
@@ -258,6 +262,11 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
         upstream = upstream_of(run, upstreams, planned)
         if dry_run:
             gen = store.next_run_generation(run.name) if store is not None else 1
+        elif reuse and run.name in reuse:
+            gen = reuse[run.name]
+            store.update_run(run.name, gen, run_hash=h, folder="", phase="Pending", reason=None,
+                             labels=json.dumps(run.manifest["metadata"].get("labels", {})))
+            store.add_event(run.name, gen, "Replanned", "reserved but never submitted; planned again")
         else:
             gen = store.add_run(name=run.name, run_hash=h, stage=run.spec["stage"],
                                 executor=run.spec["executor"]["type"], folder="", phase="Pending",

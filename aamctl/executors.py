@@ -61,6 +61,27 @@ class LocalExecutor:
         # session leader survives us and its exit code goes to the exit_code file.
         return {"pid": proc.pid, "pid_start": proc_start_time(proc.pid)}
 
+    def find(self, folder: Path) -> dict | None:
+        """The live launcher of a folder whose pid was never written down (its submitter died
+        between starting it and recording it), found by its command line in /proc."""
+        want = b"bash\0" + os.fsencode(str(folder / LOCAL_SCRIPT)) + b"\0"
+        try:
+            entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+        except OSError:
+            return None
+        for name in entries:
+            try:
+                with open(f"/proc/{name}/cmdline", "rb") as f:
+                    if f.read() != want:
+                        continue
+            except OSError:
+                continue
+            pid = int(name)
+            start = proc_start_time(pid)
+            if pid_alive(pid, start):
+                return {"pid": pid, "pid_start": start}
+        return None
+
     def cancel(self, row, grace: float = 10.0) -> None:
         pid = row["pid"]
         if not pid_alive(pid, row["pid_start"]):

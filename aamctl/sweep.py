@@ -584,6 +584,7 @@ class Controller:
         if self.study is None:
             self.open_study(spec)
         self._adopt_orphans(manifest)
+        self._finish_creating(manifest)
         trials = self.store.trials(self.name, self.generation)
         for t in trials:
             if t["state"] not in TRIAL_TERMINAL:
@@ -636,6 +637,69 @@ class Controller:
                 self.echo(f"trial {ft.number}: asked before the last controller stopped; starting it now")
                 self._create([ft], manifest)
 
+    def _finish_creating(self, manifest: dict) -> None:
+        """Trials the controller before this one was creating when it stopped (this one never
+        leaves a trial Creating: _create ends each Running or Failed). Each goes on from the step
+        it reached, so it neither fails for it nor runs twice:
+        - its run was started (a pid or job id is recorded, or its launcher is found alive, or it
+          already exited): the trial follows that run;
+        - its run was reserved, perhaps written, but never started: it is planned again under the
+          same generation and started;
+        - no run was reserved: it is created as any new trial.
+        One window stays: a SLURM array that sbatch accepted just before the controller died,
+        before the job ids were stored, is submitted again (squeue names no owner for it)."""
+        from .executors import LocalExecutor
+
+        again, reuse = [], {}
+        for t in self.store.trials(self.name, self.generation):
+            if t["state"] != "Creating":
+                continue
+            row = self._reserved_run(t)
+            started = False
+            if row is not None and row["folder"]:
+                folder = Path(row["folder"])
+                started = bool(row["pid"] or row["job_id"]) or (folder / RF.EXIT_CODE).exists()
+                if not started and row["executor"] == "local" and (folder / RF.LAUNCHER_LOG).exists():
+                    found = LocalExecutor().find(folder)
+                    if found is not None:
+                        self.store.update_run(row["name"], row["generation"], **found)
+                        self.store.add_event(row["name"], row["generation"], "Submitted", json.dumps(found))
+                        started = True
+            if started:
+                self.store.put_trial(self.name, self.generation, t["number"], run_generation=row["generation"],
+                                     state="Running")
+                self.echo(f"trial {t['number']}: run/{row['name']} generation {row['generation']} was started "
+                          "before the last controller stopped; following it")
+                continue
+            frozen = self.study._storage.get_trial(self._trial_id(t["number"]))
+            if frozen.state.is_finished():  # cannot be told without a run; kept for safety
+                state = {"COMPLETE": "Complete", "PRUNED": "Pruned"}.get(frozen.state.name, "Failed")
+                self._finish(t["number"], state, frozen.value, tell=False)
+                continue
+            if row is not None:
+                reuse[row["name"]] = row["generation"]
+            self.echo(f"trial {t['number']}: the last controller stopped while creating it; creating it again"
+                      + (f" (run/{row['name']} generation {row['generation']})" if row is not None else ""))
+            again.append(frozen)
+        if again:
+            self._create(again, manifest, reuse=reuse)
+
+    def _reserved_run(self, t):
+        """The run row a Creating trial reserved, if it got that far: the linked one, or else the
+        newest row of its run name made for this trial after the trial was."""
+        if t["run_generation"] is not None:
+            return self.store.run(t["run_name"], t["run_generation"])
+        row = self.store.latest_run(t["run_name"])
+        if row is None or row["created"] < t["created"]:
+            return None
+        try:
+            labels = json.loads(row["labels"] or "{}")
+        except ValueError:
+            return None
+        if labels.get("sweep") != self.name or labels.get("trial") != str(t["number"]):
+            return None
+        return row
+
     def _start_trials(self, manifest: dict, room: int) -> None:
         params = parameters(manifest["spec"])
         dists = {p.path: p.distribution() for p in params}
@@ -643,9 +707,10 @@ class Controller:
         frozen = [self.study._storage.get_trial(t._trial_id) for t in asked]
         self._create(frozen, manifest)
 
-    def _create(self, frozen: list, manifest: dict) -> None:
+    def _create(self, frozen: list, manifest: dict, reuse: dict[str, int] | None = None) -> None:
         """Plan the trials' Runs through apply (held), then submit them: one process each
-        (local) or one job array (SLURM)."""
+        (local) or one job array (SLURM). `reuse`: run generations reserved but never started
+        (see _finish_creating)."""
         from .apply import apply_manifests, submit_plan
         from .executors import executor_for
         from .resolve import Resolved
@@ -666,7 +731,8 @@ class Controller:
                                 f"sweep/{self.name} trial {ft.number}")
             try:
                 result = apply_manifests(self.store, None, documents=docs, home=self.home, force=True,
-                                         preflight=False, hold=True, echo=lambda _t: None)
+                                         preflight=False, hold=True, echo=lambda _t: None,
+                                         reuse={name: reuse[name]} if reuse and name in reuse else None)
             except AamError as exc:
                 self._finish(ft.number, "Failed", None, reason=exc.diagnostics[0].message)
                 self.echo(f"trial {ft.number}: could not be planned: {exc.render()}")
@@ -721,11 +787,9 @@ class Controller:
         from .reconcile import reconcile
 
         if t["run_generation"] is None:
-            # Creating with no run linked: the controller that created it stopped in between (this
-            # one creates trials only after following them, and the flock keeps it alone), so the
-            # link never comes. Fail it rather than wait on it forever (seen in
-            # test_local_sweep_extends_survives_its_controller); its run row, if it was reserved,
-            # turns Failed by itself after reconcile's ORPHAN_AFTER.
+            # _finish_creating links or re-creates every such trial before this is called; a trial
+            # left with no run here (it could not be planned again) never gets one: fail it
+            # rather than wait on it forever
             self._finish(t["number"], "Failed", None,
                          reason="never started: the controller creating it stopped first")
             return

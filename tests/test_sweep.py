@@ -383,3 +383,71 @@ def test_controller_builds_the_sampler_and_pruner_the_sweep_names(tmp_path):
     # hyperband needs room below the template's epochs
     p = _validate(tmp_path, sweep_doc(epochs=2, early="{type: hyperband, minEpochs: 2}"))
     assert p.returncode != 0 and "minEpochs 2 leaves no room" in p.stderr
+
+
+class _Died(BaseException):
+    """A controller killed at one exact step (BaseException: nothing on the way catches it)."""
+
+
+@pytest.mark.slow
+def test_a_trial_goes_on_from_the_step_its_dead_controller_reached(tmp_path, monkeypatch):
+    """A controller SIGKILLed while creating a trial left it Creating; the next one used to fail
+    it (seen in CI: test_local_sweep_extends_survives_its_controller, one trial Failed). Each
+    controller here dies one step later in creating trial 0; the next goes on from there, and the
+    trial ends Complete in its run's generation 1, started exactly once."""
+    from aamctl import apply as A
+    from aamctl import sweep as SW
+    from aamctl.executors import LocalExecutor
+    from aamctl.parse import parse_text
+    from aamctl.store import StateStore
+    from aamctl.validate import validate
+
+    monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
+    home = tmp_path / "home"
+    store = StateStore(home)
+    text = DATA + sweep_doc(algorithm="{type: random, seed: 5}", max_trials=1, parallelism=1, epochs=2)
+    res = validate(parse_text(text, "s.yaml", tmp_path), store)
+    for obj in res.given:
+        store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
+    sw = next(o for o in res.given if o.kind == "Sweep")
+    gen = store.add_sweep(name="sw", space_hash=SW.space_hash(sw.manifest), folder="", phase="Running", executor="local")
+    folder = SW.sweep_folder(home, "sw", gen)
+    folder.mkdir(parents=True)
+    store.update_sweep("sw", gen, folder=str(folder))
+    said = []
+
+    def die(*_a, **_k):
+        raise _Died()
+
+    real_submit = LocalExecutor.submit
+
+    def started_then_died(self, run_folder):
+        real_submit(self, run_folder)  # the launcher runs; its pid is lost with the controller
+        raise _Died()
+
+    faults = [("apply_manifests", A, die),          # before its run is reserved
+              ("write_plan", A, die),               # reserved, not written
+              ("submit_plan", A, die),              # written and linked, not started
+              ("submit", LocalExecutor, started_then_died)]  # started, pid not recorded
+    for attr, owner, fault in faults:
+        with monkeypatch.context() as m:
+            m.setattr(owner, attr, fault)
+            ctl = SW.Controller(store, home, "sw", echo=said.append)
+            with pytest.raises(_Died):
+                ctl.step()
+        (t,) = store.trials("sw", gen)
+        assert t["state"] == "Creating", (attr, dict(t))
+    rows = store.runs("sw-t0", all_generations=True)
+    assert [r["generation"] for r in rows] == [1] and rows[0]["pid"] is None
+    ctl = SW.Controller(store, home, "sw", poll=0.2, echo=said.append)
+    assert ctl.run() == "Succeeded", said
+    (t,) = store.trials("sw", gen)
+    assert t["state"] == "Complete" and t["run_generation"] == 1 and t["value"] > 0, dict(t)
+    rows = store.runs("sw-t0", all_generations=True)
+    assert [r["generation"] for r in rows] == [1] and rows[0]["pid"], [dict(r) for r in rows]
+    assert "was started before the last controller stopped; following it" in "\n".join(said)
+    run_folder = Path(rows[0]["folder"])
+    assert (run_folder / "exit_code").read_text().strip() == "0"
+    events = [e["event"] for e in store.events("sw-t0", 1)]
+    # planned again after the write and the submit faults, not after the launch: started once
+    assert events.count("Replanned") == 2 and events.count("Submitted") == 1, events
