@@ -14,17 +14,22 @@ Everything runs through `aamctl apply` with the manifests in --manifests (defaul
 in a scratch state folder. When the predict Run is an ensemble (`initFrom.runs`), every listed
 finetune run is cloned per fold, fine-tuned one after another, and the fold's predict Run
 averages them, as the user's would. --repeat R adds 1000 x R to every run's trainer.seed (same
-folds): run 0, 1 and 2 for the spread over seeds. Options shorten the recipe for a quick look
+folds): run 0, 1 and 2 for the spread over seeds. --members also predicts the held-out samples
+with each ensemble member alone (one predict Run per member) and reports, per number of members,
+the MAE of their averages, mean over every subset of that size: what a smaller or larger ensemble
+buys, measured on the same runs. Options shorten the recipe for a quick look
 (--finetune-epochs, --pretrain-epochs, --samples); the numbers in docs/benchmarks.md say which
 were used.
 
     .venv/bin/python benchmarks/quality.py [--folds 5] [--seed 0] [--repeat 0] [--samples N]
-        [--pretrain-epochs E] [--finetune-epochs E] [--only-folds N] [--fold K ...] [--work DIR] [--json out.json]
+        [--pretrain-epochs E] [--finetune-epochs E] [--only-folds N] [--fold K ...] [--members]
+        [--work DIR] [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import os
 import shlex
@@ -74,6 +79,27 @@ def apply(home: Path, docs: list[dict], name: str) -> None:
     print(f"  applied {name} in {time.time() - t0:.0f}s", flush=True)
 
 
+def predictions(home: Path, run: str, ids, target: str) -> np.ndarray:
+    """A predict Run's predictions of `target`, in the order of `ids`."""
+    import pandas as pd
+
+    out = pd.read_csv(run_folder(home, run, 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
+    col = "prediction" if "prediction" in out.columns else f"prediction:{target}"  # several targets
+    return out.set_index("sample_id").loc[ids, col].to_numpy(dtype=float)
+
+
+def ensemble_sizes(y: np.ndarray, member_preds: np.ndarray) -> dict:
+    """MAE of each member alone, and per ensemble size m the mean, min and max MAE over every
+    subset of m members (their predictions averaged, as a predict Run with initFrom.runs does)."""
+    mae = lambda p: float(np.abs(p - y).mean())  # noqa: E731
+    n = len(member_preds)
+    sizes = {}
+    for m in range(1, n + 1):
+        v = [mae(member_preds[list(c)].mean(axis=0)) for c in itertools.combinations(range(n), m)]
+        sizes[m] = {"mean": float(np.mean(v)), "min": min(v), "max": max(v), "subsets": len(v)}
+    return {"single": [mae(p) for p in member_preds], "sizes": sizes}
+
+
 def metrics(y: np.ndarray, p: np.ndarray) -> dict:
     err = p - y
     ss = ((y - y.mean()) ** 2).sum()
@@ -96,6 +122,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=0,
                     help="training repeat: adds 1000 x this to every run's trainer.seed (same folds); "
                          "run 0, 1, 2 for the spread over seeds")
+    ap.add_argument("--members", action="store_true",
+                    help="also predict with each ensemble member alone and report the MAE per ensemble size "
+                         "(mean over every subset of that many members)")
     ap.add_argument("--work", default=None, help="scratch folder (default: a new one under /tmp)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -201,9 +230,7 @@ def main() -> None:
             apply(home, [ds_all, model, pre_doc, ds_k, ft], ft["metadata"]["name"])
         apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, pr], f"fold{k}")
         t_fold = time.time() - t0
-        out = pd.read_csv(run_folder(home, f"q-pred{k}", 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
-        col = "prediction" if "prediction" in out.columns else f"prediction:{target}"  # several targets
-        p_aam = out.set_index("sample_id").loc[ids[te], col].to_numpy(dtype=float)
+        p_aam = predictions(home, f"q-pred{k}", ids[te], target)
         y = y_all[te]
         trees = (base or {}).get("spec", {}).get("baseline", {}).get("trees", 500)
         rf = RandomForestRegressor(n_estimators=trees, max_features="sqrt", n_jobs=-1, random_state=args.seed)
@@ -212,6 +239,17 @@ def main() -> None:
                      "mean": metrics(y, np.full(len(te), y_all[tr].mean())), "seconds": round(t_fold, 1)})
         r = rows[-1]
         print(f"  MAE  aam {r['aam']['mae']:.2f}  rf {r['rf']['mae']:.2f}  mean {r['mean']['mae']:.2f}", flush=True)
+        if args.members and len(fts) > 1:
+            singles = []
+            for j, ft in enumerate(fts):
+                pm = copy.deepcopy(pr)
+                pm["metadata"]["name"] = f"q-pm{k}-{j}"
+                pm["spec"]["initFrom"] = {"which": init.get("which", "best"), "run": ft["metadata"]["name"]}
+                singles.append(pm)
+            apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, *singles], f"members{k}")
+            member_preds = np.array([predictions(home, pm["metadata"]["name"], ids[te], target) for pm in singles])
+            r["members"] = ensemble_sizes(y, member_preds)
+            print("  members alone: " + " ".join(f"{v:.2f}" for v in r["members"]["single"]), flush=True)
 
     print()
     print(f"{len(ids)} samples, {len(rows)} of {args.folds} folds (seed {args.seed}); pretraining {t_pre:.0f}s; "
@@ -228,6 +266,16 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
     ratio = np.mean([r["aam"]["mae"] for r in rows]) / np.mean([r["rf"]["mae"] for r in rows])
     print(f"AAM / RF MAE ratio: {ratio:.3f}")
+    with_members = [r for r in rows if "members" in r]
+    if with_members:
+        print()
+        print("MAE by ensemble size (mean over every subset of that many members; min-max in brackets)")
+        print("| members | " + " | ".join(f"fold {r['fold'] + 1}" for r in with_members) + " | mean |")
+        print("| --- " * (len(with_members) + 2) + "|")
+        for m in with_members[0]["members"]["sizes"]:
+            cells = [r["members"]["sizes"][m] for r in with_members]
+            print(f"| {m} | " + " | ".join(f"{c['mean']:.2f} ({c['min']:.2f}-{c['max']:.2f})" for c in cells)
+                  + f" | {np.mean([c['mean'] for c in cells]):.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"folds": rows, "ratio": ratio, "pretrain_seconds": t_pre,
                                                "samples": len(ids), "args": vars(args)}, indent=1))

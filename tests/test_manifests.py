@@ -133,6 +133,25 @@ def test_the_shipped_predict_run_averages_every_finetune_seed_of_one_recipe():
     assert all(strip(o.spec) == strip(fines[0].spec) for o in fines)
 
 
+def test_quality_ensemble_sizes_average_predictions_not_errors():
+    """benchmarks/quality.py --members: an ensemble's MAE is that of its members' averaged
+    predictions (errors of opposite sign cancel), averaged over every subset of that size."""
+    import importlib.util
+
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+    got = quality.ensemble_sizes(np.zeros(2), np.array([[2.0, 2.0], [-2.0, -2.0], [1.0, 1.0]]))
+    assert got["single"] == [2.0, 2.0, 1.0]
+    two = got["sizes"][2]  # pairs average to 0, 1.5 and 0.5
+    assert two["subsets"] == 3 and two["min"] == 0.0 and two["max"] == 1.5
+    assert two["mean"] == pytest.approx(2 / 3)
+    assert got["sizes"][3] == {"mean": pytest.approx(1 / 3), "min": pytest.approx(1 / 3),
+                               "max": pytest.approx(1 / 3), "subsets": 1}
+
+
 def test_round_trip_resolve_dump_parse_resolve_is_stable(tmp_path):
     res = validate(load_paths([str(ROOT / "manifests")]))
     dumped = yaml.safe_dump_all([o.manifest for o in res.given], sort_keys=False)
