@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, SLURM_SCRIPT
+from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, PID, SLURM_SCRIPT
 
 from .errors import AamError, Diagnostic
 
@@ -62,25 +62,33 @@ class LocalExecutor:
         return {"pid": proc.pid, "pid_start": proc_start_time(proc.pid)}
 
     def find(self, folder: Path) -> dict | None:
-        """The live launcher of a folder whose pid was never written down (its submitter died
-        between starting it and recording it), found by its command line in /proc."""
+        """The live launcher of a folder whose pid was never recorded (its submitter died between
+        starting it and writing the pid down): the pid the script wrote into the folder, else (it
+        had not yet) a search of /proc; either way only a process whose command line is this
+        folder's launch script counts, so a reused pid is never taken for it."""
         want = b"bash\0" + os.fsencode(str(folder / LOCAL_SCRIPT)) + b"\0"
+
+        def launcher(pid: int) -> dict | None:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read() != want:
+                        return None
+            except OSError:
+                return None
+            start = proc_start_time(pid)
+            return {"pid": pid, "pid_start": start} if pid_alive(pid, start) else None
+
         try:
-            entries = [e.name for e in os.scandir("/proc") if e.name.isdigit()]
+            found = launcher(int((folder / PID).read_text().strip()))
+            if found is not None:
+                return found
+        except (OSError, ValueError):
+            pass
+        try:
+            pids = [int(e.name) for e in os.scandir("/proc") if e.name.isdigit()]
         except OSError:
             return None
-        for name in entries:
-            try:
-                with open(f"/proc/{name}/cmdline", "rb") as f:
-                    if f.read() != want:
-                        continue
-            except OSError:
-                continue
-            pid = int(name)
-            start = proc_start_time(pid)
-            if pid_alive(pid, start):
-                return {"pid": pid, "pid_start": start}
-        return None
+        return next((f for f in map(launcher, pids) if f is not None), None)
 
     def cancel(self, row, grace: float = 10.0) -> None:
         pid = row["pid"]
