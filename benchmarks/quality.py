@@ -45,7 +45,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from aam_runtime.runfolder import PREDICTIONS  # noqa: E402
-from aamctl.plan import run_folder  # noqa: E402
+from aamctl.store import StateStore  # noqa: E402
 
 AAMCTL = [sys.executable, "-m", "aamctl"]
 
@@ -80,10 +80,12 @@ def apply(home: Path, docs: list[dict], name: str) -> None:
 
 
 def predictions(home: Path, run: str, ids, target: str) -> np.ndarray:
-    """A predict Run's predictions of `target`, in the order of `ids`."""
+    """The predictions of `target` by a predict Run's newest generation, in the order of `ids`
+    (a work folder used again re-applies a changed predict Run as generation 2, 3...)."""
     import pandas as pd
 
-    out = pd.read_csv(run_folder(home, run, 1) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
+    row = StateStore(home, create=False).latest_run(run)
+    out = pd.read_csv(Path(row["folder"]) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
     col = "prediction" if "prediction" in out.columns else f"prediction:{target}"  # several targets
     return out.set_index("sample_id").loc[ids, col].to_numpy(dtype=float)
 
