@@ -116,7 +116,7 @@ def test_benchmark_recipes_validate_and_the_tiny_one_is_an_ensemble():
     pred = res.get("Run", "oral-age-predict")
     runs = pred.spec["initFrom"]["runs"]
     assert len(runs) == 3 and sorted(res.get("Run", r).spec["trainer"]["seed"] for r in runs) == [1, 2, 3]
-    for recipe in ("small", "tiny-study"):
+    for recipe in ("small", "tiny-study", "compact-huber"):
         validate(load_paths([str(ROOT / "benchmarks" / "recipes" / recipe)]))
 
 
