@@ -581,10 +581,10 @@ class Controller:
             return "Cancelled"  # a new search space took over
         if row["phase"] == "Cancelled":
             return "Cancelled"
-        if self.study is None:
+        if self.study is None:  # this controller's first pass: take over from the one before
             self.open_study(spec)
+            self._finish_creating(manifest)
         self._adopt_orphans(manifest)
-        self._finish_creating(manifest)
         trials = self.store.trials(self.name, self.generation)
         for t in trials:
             if t["state"] not in TRIAL_TERMINAL:
@@ -672,7 +672,7 @@ class Controller:
                           "before the last controller stopped; following it")
                 continue
             frozen = self.study._storage.get_trial(self._trial_id(t["number"]))
-            if frozen.state.is_finished():  # cannot be told without a run; kept for safety
+            if frozen.state.is_finished():  # _create told Optuna it failed to plan, then stopped
                 state = {"COMPLETE": "Complete", "PRUNED": "Pruned"}.get(frozen.state.name, "Failed")
                 self._finish(t["number"], state, frozen.value, tell=False)
                 continue

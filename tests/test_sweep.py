@@ -16,6 +16,7 @@ import yaml
 from conftest import aamctl
 from synth import ORAL
 
+from aam_runtime.runfolder import EXIT_CODE
 from aamctl.sweep import validations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -447,7 +448,7 @@ def test_a_trial_goes_on_from_the_step_its_dead_controller_reached(tmp_path, mon
     assert [r["generation"] for r in rows] == [1] and rows[0]["pid"], [dict(r) for r in rows]
     assert "was started before the last controller stopped; following it" in "\n".join(said)
     run_folder = Path(rows[0]["folder"])
-    assert (run_folder / "exit_code").read_text().strip() == "0"
+    assert (run_folder / EXIT_CODE).read_text().strip() == "0"
     events = [e["event"] for e in store.events("sw-t0", 1)]
     # planned again after the write and the submit faults, not after the launch: started once
     assert events.count("Replanned") == 2 and events.count("Submitted") == 1, events
