@@ -414,6 +414,10 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
         d.append(run.diag("learningRates.base is set, but freezeBase keeps the base frozen throughout",
                           ("spec", "trainer", "learningRates", "base"),
                           hint="add unfreezeBaseAfterEpochs: N to unfreeze it after N epochs, or remove the rate"))
+    if tr.get("ema") is not None and stage not in ("pretrain", "finetune"):
+        d.append(run.diag(f"trainer.ema averages the weights of a training run; a {stage} run trains nothing",
+                          ("spec", "trainer", "ema"),
+                          hint="remove it here, and set it on the finetune (or pretrain) run this one starts from"))
     opt = tr.get("optimizer") or {}
     if opt.get("nesterov") and (opt.get("type") != "sgd" or not opt.get("momentum")):
         d.append(run.diag("nesterov needs optimizer type sgd with momentum > 0", ("spec", "trainer", "optimizer", "nesterov"),
@@ -560,6 +564,10 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
         d.extend(_check_target_recipe(run, ds, res.get("Model", model_ref)))
     ex = s["executor"]
     hs = hw.spec
+    if tr.get("ema") is not None and stage in ("pretrain", "finetune") and hs["strategy"] == "fsdp":
+        d.append(run.diag(f"trainer.ema cannot average weights that HardwareProfile '{hw.name}' shards (strategy fsdp)",
+                          ("spec", "trainer", "ema"),
+                          hint="use a profile with strategy ddp, or set trainer.ema: null"))
     if ex["type"] == "local" and hs["nodes"] > 1:
         d.append(run.diag(f"HardwareProfile '{hw.name}' spans {hs['nodes']} nodes; the local executor runs on one machine",
                           ("spec", "executor", "type"), hint="use executor type slurm"))

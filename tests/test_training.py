@@ -419,6 +419,25 @@ spec:
 ---
 apiVersion: aam/v1alpha1
 kind: Run
+metadata: {name: fine-ema}
+spec:
+  stage: finetune
+  datasetRef: oral-sub
+  hardwareRef: cpu-1
+  initFrom: {run: pre}
+  trainer: {epochs: 3, seed: 7, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}, ema: {decay: 0.9}}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-ema}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {run: fine-ema}
+---
+apiVersion: aam/v1alpha1
+kind: Run
 metadata: {name: pred-ens}
 spec:
   stage: predict
@@ -550,6 +569,46 @@ def test_ensemble_predict_averages_its_runs(pipeline):
     assert {"fine", "fine-b", "pre"} <= {d["metadata"]["name"] for d in record if d["kind"] == "Run"}
     main = next(d for d in record if d["metadata"]["name"] == "pred-ens")
     assert [Path(c).parents[2].name for c in main["resolved"]["initCheckpoint"]] == ["fine", "fine-b"]
+
+
+def test_ema_update_follows_the_ramped_decay():
+    """trainer.ema's average: the first step copies, then ema <- d ema + (1 - d) w with
+    d = min(decay, (1 + n) / (10 + n)), n the steps averaged before."""
+    from torch.optim.swa_utils import AveragedModel
+    from aam_runtime.train import ema_update
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    ema = AveragedModel(lin, multi_avg_fn=ema_update(0.2), use_buffers=True)
+    expect = None
+    for n, v in enumerate([1.0, 3.0, -2.0, 5.0]):
+        with torch.no_grad():
+            lin.weight.fill_(v)
+        ema.update_parameters(lin)
+        d = min(0.2, (1 + n) / (10 + n))  # n: the steps averaged before this one
+        expect = v if expect is None else d * expect + (1 - d) * v
+        torch.testing.assert_close(ema.module.weight, torch.full((1, 2), expect))
+    # the ramp (2/11, 3/12) and the cap (0.2) both took part
+    assert int(ema.n_averaged) == 4
+
+
+@pytest.mark.slow
+def test_ema_run_trains_the_same_weights_and_predicts_with_their_average(pipeline):
+    """fine-ema is fine-b with trainer.ema: the raw weights follow the same trajectory bit for
+    bit, the checkpoint's model (what predict and initFrom read) is the average, and validation,
+    early stopping and predictions use it."""
+    home, _ = pipeline
+    plain = torch.load(_folder(home, "fine-b") / "checkpoints" / "last.pt", weights_only=False)
+    ema = torch.load(_folder(home, "fine-ema") / "checkpoints" / "last.pt", weights_only=False)
+    assert "train_model" not in plain and ema["ema_steps"] == ema["state"]["step"]
+    for k in plain["model"]:
+        assert torch.equal(plain["model"][k], ema["train_model"][k]), k
+    assert any(not torch.equal(ema["model"][k], ema["train_model"][k]) for k in ema["model"])
+    val = lambda n: [r["mae"] for r in read_jsonl(_folder(home, n) / "metrics.jsonl") if r["split"] == "validation"]  # noqa: E731
+    assert len(val("fine-ema")) == len(val("fine-b")) == 3 and val("fine-ema") != val("fine-b")
+    assert "ema: averaging the weights with decay 0.9" in (_folder(home, "fine-ema") / "log.txt").read_text()
+    preds = {n: [l.split("\t")[2] for l in (_folder(home, n) / "predictions.tsv").read_text().splitlines()[1:]]
+             for n in ("pred-b", "pred-ema")}
+    assert len(preds["pred-ema"]) == 60 and preds["pred-ema"] != preds["pred-b"]
 
 
 def test_ensemble_rescales_members_to_the_first_members_units():
@@ -723,7 +782,10 @@ spec:
 
 
 @pytest.mark.slow
-def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ema", [None, "{decay: 0.9}"], ids=["plain", "ema"])
+def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch, ema):
+    """With trainer.ema the resumed run restores the average too (the checkpoint's model) and
+    goes on training the raw weights (train_model)."""
     monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
     run = """---
 apiVersion: aam/v1alpha1
@@ -734,7 +796,8 @@ spec:
   datasetRef: oral-sub
   modelRef: tiny
   hardwareRef: cpu-1
-  trainer: {{epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 5, logEverySteps: 1, checkpoint: {{everySteps: 1000}}}}
+  trainer: {{epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 5, logEverySteps: 1, checkpoint: {{everySteps: 1000}}""" \
+        + (f", ema: {{{{{ema[1:-1]}}}}}" if ema else "") + """}}
 """
     f = _write(tmp_path / "r.yaml", DATA + run.format(name="whole") + run.format(name="cut"))
     _apply(tmp_path, f, wait=False)
@@ -765,10 +828,13 @@ spec:
     assert "resumed from step" in (cut / "log.txt").read_text()
     events = [e["event"] for e in read_jsonl(cut / "events.jsonl")]
     assert "preempted" in events and "resumed" in events
-    wa = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=False)["model"]
-    wb = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)["model"]
-    for k in wa:
-        assert torch.equal(wa[k], wb[k]), k
+    ca = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=False)
+    cb = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)
+    for key in ("model", "train_model") if ema else ("model",):
+        for k in ca[key]:
+            assert torch.equal(ca[key][k], cb[key][k]), (key, k)
+    if ema:
+        assert cb["ema_steps"] == ca["ema_steps"] == st["total_steps"]
 
 
 @pytest.mark.slow
