@@ -782,7 +782,7 @@ spec:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("ema", [None, "{decay: 0.9}"], ids=["plain", "ema"])
+@pytest.mark.parametrize("ema", [None, 0.9], ids=["plain", "ema"])
 def test_resume_after_sigterm_gives_identical_weights(tmp_path, monkeypatch, ema):
     """With trainer.ema the resumed run restores the average too (the checkpoint's model) and
     goes on training the raw weights (train_model)."""
@@ -796,10 +796,10 @@ spec:
   datasetRef: oral-sub
   modelRef: tiny
   hardwareRef: cpu-1
-  trainer: {{epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 5, logEverySteps: 1, checkpoint: {{everySteps: 1000}}""" \
-        + (f", ema: {{{{{ema[1:-1]}}}}}" if ema else "") + """}}
+  trainer: {{epochs: 2, batchSize: 4, learningRate: 0.001, warmupSteps: 5, logEverySteps: 1, checkpoint: {{everySteps: 1000}}{ema}}}
 """
-    f = _write(tmp_path / "r.yaml", DATA + run.format(name="whole") + run.format(name="cut"))
+    extra = f", ema: {{decay: {ema}}}" if ema else ""
+    f = _write(tmp_path / "r.yaml", DATA + run.format(name="whole", ema=extra) + run.format(name="cut", ema=extra))
     _apply(tmp_path, f, wait=False)
     cut = _folder(tmp_path, "cut")
     # stop "cut" mid-epoch with SIGTERM, as SLURM does before a time limit
