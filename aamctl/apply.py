@@ -24,6 +24,9 @@ class ApplyResult:
     started: list[RunPlan] = field(default_factory=list)
     held: list[RunPlan] = field(default_factory=list)  # planned and written, not submitted (hold=True)
     sweeps: list[str] = field(default_factory=list)  # sweeps whose controller runs after this apply
+    # (name, generation) of the newest generation of each unchanged run: apply --wait waits for
+    # these too, and fails when one already ended Failed, Preempted or Cancelled
+    unchanged: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _topo_runs(res: Resolved) -> list[Obj]:
@@ -321,6 +324,9 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
     for run in runs:
         if run.name not in planned:
             echo(f"run/{run.name} unchanged" + _unchanged_hint(store, run.name))
+            row = store.latest_run(run.name)
+            if row is not None:
+                result.unchanged.append((run.name, row["generation"]))
     for sw in [o for o in res.given if o.kind == "Sweep"]:
         echo(SW.apply_sweep(store, home, sw))
         result.sweeps.append(sw.name)

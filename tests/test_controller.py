@@ -65,8 +65,8 @@ def test_apply_status_logs_describe_export_reproduce(env):
     desc = aamctl(home, "describe", "run", "tiny-run").stdout
     for word in ("Phase:       Succeeded", "Metrics:", "val_loss", "Events:", "Started", "checkpoints/best.pt"):
         assert word in desc, desc
-    # unchanged re-apply is a no-op
-    assert "run/tiny-run unchanged" in aamctl(home, "apply", "-f", str(f)).stdout
+    # unchanged re-apply is a no-op, and --wait on it passes at once: the run had succeeded
+    assert "run/tiny-run unchanged" in aamctl(home, "apply", "-f", str(f), "--wait").stdout
     # export -> apply under another name -> identical final metrics
     rec = aamctl(home, "export", "run", "tiny-run", "--as", "tiny-copy").stdout
     docs = [d for d in yaml.safe_load_all(rec) if d]
@@ -225,6 +225,12 @@ spec:
     assert by["tiny-run"]["phase"] == "Failed" and "expects cuda devices" in by["tiny-run"]["reason"]
     assert by["tiny-run"]["exit_code"] == 5
     assert by["tune"]["phase"] == "Failed" and "initFrom run did not succeed" in by["tune"]["reason"]
+    # the same files again: nothing restarts, and --wait still fails on the broken runs instead of
+    # letting a script go on past them
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False)
+    assert p.returncode == 1, p.stdout
+    assert "run/tiny-run unchanged (generation 1 is Failed: 'aamctl resume tiny-run'" in p.stdout, p.stdout
+    assert [s["generation"] for s in json.loads(aamctl(home, "status", "-o", "json").stdout)] == [1, 1]
 
 
 @pytest.mark.slow

@@ -53,7 +53,9 @@ def version():
 @flags.filenames
 @click.option("--dry-run", is_flag=True, help="Run every check and print what would happen; write nothing.")
 @flags.output("yaml", "json")
-@click.option("--wait", is_flag=True, help="Wait until the runs started here finish; exit 1 if one fails.")
+@click.option("--wait", is_flag=True,
+              help="Wait until the runs in the files finish, those started here and unchanged ones still going; "
+                   "exit 1 if one fails or had already failed.")
 @flags.timeout
 @click.option("--force", is_flag=True, help="Start new generations of unchanged runs too (retry).")
 @click.option("--allow-data-change", is_flag=True, help="Apply a record whose data files changed since it was made.")
@@ -71,8 +73,8 @@ def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, 
                              allow_data_change=allow_data_change, preflight=not skip_preflight, output=output,
                              echo=click.echo, warn=lambda text: click.echo(text, err=True))
     ok = True
-    if wait and not dry_run and result.started:
-        ok = wait_for(store, [(p.name, p.generation) for p in result.started], timeout)
+    if wait and not dry_run and (result.started or result.unchanged):
+        ok = wait_for(store, [(p.name, p.generation) for p in result.started] + result.unchanged, timeout)
         for p in result.started:
             click.echo(f"run/{p.name}: results in {p.folder} (plots in {p.folder / PLOTS})")
     if wait and not dry_run and result.sweeps:
