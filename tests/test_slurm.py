@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from aam_runtime import runfolder as RF
 from aamctl.plan import build_plan
 from aamctl.errors import AamError
 from aamctl.parse import parse_text
@@ -64,7 +65,7 @@ spec:
 @pytest.mark.parametrize("nodes", [1, 4])
 def test_golden_renders(profile, nodes):
     files = _render(profile, nodes)
-    for fname in ("job.sbatch", "accelerate.yaml"):
+    for fname in (RF.SLURM_SCRIPT, RF.ACCELERATE_CONFIG):
         golden = GOLDEN / f"{profile}-{nodes}node-{fname}"
         if os.environ.get("AAM_UPDATE_GOLDEN"):
             golden.parent.mkdir(exist_ok=True)
@@ -75,21 +76,21 @@ def test_golden_renders(profile, nodes):
 
 def test_sbatch_syntax_and_directives():
     files = _render("cosmos-mi300a", 4)
-    script = files["job.sbatch"]
+    script = files[RF.SLURM_SCRIPT]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     for d in ("--nodes=4", "--gpus-per-node=4", "--time=12:00:00", "--signal=B:USR1@300", "--requeue",
               "--account=aam-test", "--exclusive"):
         assert f"#SBATCH {d}" in script
     assert "module load rocm/6.3.0" in script and "export NCCL_SOCKET_IFNAME=hsn0" in script
     assert "--num_processes 16" in script and "--machine_rank \"${SLURM_NODEID}\"" in script
-    acc = files["accelerate.yaml"]
+    acc = files[RF.ACCELERATE_CONFIG]
     assert "num_processes: 16" in acc and "num_machines: 4" in acc and "mixed_precision: bf16" in acc
 
 
 def test_rocprof_wraps_each_nodes_launcher(tmp_path):
     """trainer.profile.rocprof on a ROCm profile: the launcher runs under rocprof --stats with one
     output folder per node (the node name expands on the node, inside srun's bash -c)."""
-    script = _render("cosmos-mi300a", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")["job.sbatch"]
+    script = _render("cosmos-mi300a", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")[RF.SLURM_SCRIPT]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     srun = next(line for line in script.splitlines() if line.startswith("srun "))
     words = shlex.split(srun.rstrip(" &"))
@@ -108,7 +109,7 @@ def test_rocprof_wraps_each_nodes_launcher(tmp_path):
     assert args[:2] == ["--stats", "-d"] and "accelerate.commands.launch" in args
     assert args[args.index("--machine_rank") + 1] == "1"
     # elsewhere it changes nothing in the job script
-    plain = _render("cuda-h100", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")["job.sbatch"]
+    plain = _render("cuda-h100", 2, trainer="{batchSize: 32, profile: {steps: [5, 7], rocprof: true}}")[RF.SLURM_SCRIPT]
     assert "rocprof" not in plain
 
 
@@ -125,7 +126,7 @@ spec:
   container: {image: /images/aam.sif}
 """
     files = _render("cosmos-scratch", 2, profile_text=text)
-    script = files["job.sbatch"]
+    script = files[RF.SLURM_SCRIPT]
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert 'export AAM_SCRATCH="/scratch/$USER/job_$SLURM_JOB_ID"' in script
     stage_in = next(line for line in script.splitlines() if line.startswith("if ! srun"))
@@ -136,7 +137,7 @@ spec:
     assert lines[out_at - 1] == "rm -f PREEMPT" or "PREEMPT" in lines[out_at - 1]
     assert out_at < next(i for i, line in enumerate(lines) if "scontrol requeue" in line)  # before a requeue
     # without scratch nothing of it is rendered
-    assert "AAM_SCRATCH" not in _render("cosmos-mi300a", 2)["job.sbatch"]
+    assert "AAM_SCRATCH" not in _render("cosmos-mi300a", 2)[RF.SLURM_SCRIPT]
 
 
 def test_time_limit_over_profile_maximum_is_refused():
@@ -194,7 +195,7 @@ spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor
     res = validate(parse_text(text, "r.yaml", tmp_path))
     plan = build_plan(res, res.get("Run", "r"), generation=1, run_hash="h", home=tmp_path / "home", upstream=None,
                       provenance={}, python=sys.executable)
-    script = plan.files["job.sbatch"]
+    script = plan.files[RF.SLURM_SCRIPT]
     env_line = next(l for l in script.splitlines() if l.startswith("export EVIL="))
     out = subprocess.run(["bash", "-c", env_line + '; printf %s "$EVIL"'], capture_output=True, text=True, cwd=tmp_path)
     assert out.stdout == evil
@@ -306,7 +307,7 @@ def _time_limit_signal_then_end(home, name, slurm, timeout):
     deadline = time.time() + 180
     s = {}
     while time.time() < deadline:
-        s = json.loads((folder / "status.json").read_text()) if (folder / "status.json").exists() else {}
+        s = json.loads((folder / RF.STATUS).read_text()) if (folder / RF.STATUS).exists() else {}
         if s.get("step", 0) >= 3:
             break
         time.sleep(0.2)
@@ -329,17 +330,17 @@ def test_slurm_usr1_checkpoints_requeues_and_finishes(slurm, env):
     f.write_text(_manifest(data, "slurm-requeue", epochs=40, extra_trainer=", checkpoint: {everySteps: 100000}"))
     aamctl(home, "apply", "-f", str(f))
     folder = Path(_phase(home, "slurm-requeue")["folder"])
-    assert "#SBATCH --signal=B:USR1@300" in (folder / "job.sbatch").read_text()
+    assert "#SBATCH --signal=B:USR1@300" in (folder / RF.SLURM_SCRIPT).read_text()
     st, job = _time_limit_signal_then_end(home, "slurm-requeue", slurm, 400)
-    log = (folder / "log.txt").read_text()
+    log = (folder / RF.LOG).read_text()
     assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
     assert "stop signal" in log and "requeueing" in log and "resumed from step" in log
-    events = [json.loads(l)["event"] for l in (folder / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(l)["event"] for l in (folder / RF.EVENTS).read_text().splitlines()]
     assert "preempted" in events and "resumed" in events
     restarts = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in restarts
     # the requeue is recorded with its cause, counted across job ids, and described
-    (when, job_id, cause), = [l.split(" ", 2) for l in (folder / "requeues").read_text().splitlines()]
+    (when, job_id, cause), = [l.split(" ", 2) for l in (folder / RF.REQUEUES).read_text().splitlines()]
     assert job_id == job and cause == "time limit" and "stop signal (time limit)" in log
     assert "Requeues:    1 (time limit 1)" in aamctl(home, "describe", "run", "slurm-requeue").stdout
 
@@ -362,24 +363,24 @@ def test_slurm_node_local_staging_survives_a_requeue_and_is_removed(slurm, env):
     aamctl(home, "apply", "-f", str(f))
     folder = Path(_phase(home, "slurm-scratch")["folder"])
     st, job = _time_limit_signal_then_end(home, "slurm-scratch", slurm, 400)
-    log = (folder / "log.txt").read_text()
+    log = (folder / RF.LOG).read_text()
     assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
     staged = [line for line in log.splitlines() if line.startswith("staged 3 files")]
     assert len(staged) == 2 and all(f"to {scratch}/job_{job} " in line and "sha256 checked" in line for line in staged), log
     assert log.count(f"reading 3 data files from node-local scratch {scratch}/job_{job}") == 2
     assert log.count(f"removed scratch {scratch}/job_{job}") == 2 and "requeueing" in log
     assert list(scratch.iterdir()) == []  # removed at the end
-    assert (folder / "checkpoints" / "last.pt").exists()  # checkpoints on the shared file system
+    assert (folder / RF.CHECKPOINTS / "last.pt").exists()  # checkpoints on the shared file system
 
     # a data file that changed since apply stops the staging with the reason, before training
     copy = tmp / "copy"
-    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(RF.CHECKPOINTS))
     with open(data["metadata"], "a") as fh:
         fh.write("\n")
     p = subprocess.run([sys.executable, "-m", "aam_runtime.stage", "in", str(copy)], capture_output=True, text=True,
                        env={**os.environ, "AAM_SCRATCH": str(scratch / "job_x")})
     assert p.returncode == 3 and "changed since apply" in p.stderr and "re-apply" in p.stderr, p.stderr
-    assert "staging to node-local scratch" in json.loads((copy / "status.json").read_text())["error"]
+    assert "staging to node-local scratch" in json.loads((copy / RF.STATUS).read_text())["error"]
 
 
 @pytest.mark.slow
@@ -395,8 +396,8 @@ def test_slurm_requeue_limit_stops_checkpointed(slurm, env):
     folder = Path(_phase(home, "slurm-limit")["folder"])
     st, job = _time_limit_signal_then_end(home, "slurm-limit", slurm, 300)
     assert st["phase"] == "Failed" and "requeue limit reached" in st["reason"], (st, slurm.logs())
-    assert "aamctl resume" in st["reason"] and (folder / "checkpoints" / "last.pt").exists()
-    assert (folder / "requeues").read_text().split()[1:] == [job, "limit"]
+    assert "aamctl resume" in st["reason"] and (folder / RF.CHECKPOINTS / "last.pt").exists()
+    assert (folder / RF.REQUEUES).read_text().split()[1:] == [job, "limit"]
     restarts = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=0" in restarts or not restarts  # never requeued (or already forgotten)
 
@@ -421,7 +422,7 @@ echo 4242
     monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
     monkeypatch.setattr(E, "SLURM_RETRY_DELAY", 0.01)
     monkeypatch.setattr(E, "SLURM_RETRIES", 3)
-    (tmp_path / "job.sbatch").write_text("#!/bin/bash\n")
+    (tmp_path / RF.SLURM_SCRIPT).write_text("#!/bin/bash\n")
     assert E.SlurmExecutor().submit(tmp_path) == {"job_id": "4242"}
     assert count.read_text().strip() == "3"
 
@@ -452,16 +453,16 @@ def test_slurm_two_task_distributed_job(slurm, env):
     aamctl(home, "apply", "-f", str(f))
     st = _phase(home, "slurm-ddp")
     folder = Path(st["folder"])
-    script = (folder / "job.sbatch").read_text()
+    script = (folder / RF.SLURM_SCRIPT).read_text()
     # one launcher task with both processes' cores; accelerate launch starts the two processes
     assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --cpus-per-task=2" in script
     assert "accelerate.commands.launch" in script
     aamctl(home, "wait", "slurm-ddp", "--timeout", "300", check=False)
     st = _phase(home, "slurm-ddp")
     # the reason and the log's last lines first: a long message is cut in the middle
-    log = (folder / "log.txt").read_text().splitlines()
+    log = (folder / RF.LOG).read_text().splitlines()
     assert st["phase"] == "Succeeded", (st.get("reason"), "\n".join(line[:300] for line in log[-25:]), slurm.logs())
-    status = json.loads((folder / "status.json").read_text())
+    status = json.loads((folder / RF.STATUS).read_text())
     assert status["world_size"] == 2
 
 
@@ -481,11 +482,11 @@ def test_slurm_two_node_job_equals_one_process_and_requeues(slurm, env):
     (tmp / "one.yaml").write_text(one)
     aamctl(home, "apply", "-f", str(tmp / "two.yaml"))
     folder = Path(_phase(home, "two-node")["folder"])
-    script = (folder / "job.sbatch").read_text()
+    script = (folder / RF.SLURM_SCRIPT).read_text()
     assert "#SBATCH --nodes=2" in script and "#SBATCH --partition=multinode" in script
     assert '--machine_rank "${SLURM_NODEID}"' in script and '--main_process_ip "${MAIN_ADDR}"' in script
     st, job = _time_limit_signal_then_end(home, "two-node", slurm, 400)
-    log = (folder / "log.txt").read_text()
+    log = (folder / RF.LOG).read_text()
     assert st["phase"] == "Succeeded", (st, log[-3000:], slurm.logs())
     # both nodes ran it, twice (the first time stopped by USR1 and checkpointed)
     starts = [l for l in log.splitlines() if "] job " in l and " on " in l]
@@ -494,12 +495,12 @@ def test_slurm_two_node_job_equals_one_process_and_requeues(slurm, env):
     assert "requeueing" in log and "resumed from step" in log
     info = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True).stdout
     assert "Restarts=1" in info and "NumNodes=2" in info
-    status = json.loads((folder / "status.json").read_text())
+    status = json.loads((folder / RF.STATUS).read_text())
     assert status["world_size"] == 2
     aamctl(home, "apply", "-f", str(tmp / "one.yaml"), "--wait", "--timeout", "300")
 
     def train_losses(f):  # by step; a step logged again after the resume counts once (the last)
-        rows = {r["step"]: r["unifrac_loss"] for r in map(json.loads, (f / "metrics.jsonl").read_text().splitlines())
+        rows = {r["step"]: r["unifrac_loss"] for r in map(json.loads, (f / RF.METRICS).read_text().splitlines())
                 if r.get("split") == "train"}
         return [rows[k] for k in sorted(rows)]
     a = train_losses(folder)
@@ -533,7 +534,7 @@ spec:
                        capture_output=True, text=True).stdout
     assert f"afterok:{pre_job}" in q
     aamctl(home, "wait", "slurm-pre", "slurm-fine", "--timeout", "300", check=False)
-    assert _phase(home, "slurm-fine")["phase"] == "Succeeded", (fine / "log.txt").read_text()[-2000:]
+    assert _phase(home, "slurm-fine")["phase"] == "Succeeded", (fine / RF.LOG).read_text()[-2000:]
 
 
 def test_slurm_commands_missing_is_a_clear_error(env, monkeypatch):
