@@ -6,7 +6,9 @@ a Dataset that holds only the fold's training samples and split them as the reci
 Dataset's spec.split, with each Run's spec.split over it: early stopping and the best checkpoint
 use that inner validation split), and the held-out samples are predicted by a predict Run on a
 Dataset that holds only them, exactly as a user would predict new samples. Self-supervised
-pretraining uses no labels, so one pretraining on every sample serves all folds. The random
+pretraining uses no labels, so one pretraining on every sample serves all folds (a recipe with
+several pretraining Runs gets each of them once, and every finetune is cloned onto the one its
+initFrom.run names: an ensemble over pretrainings). The random
 forest (500 trees on relative abundances, the manifest's `oral-age-baseline`) is trained on the
 fold's whole training set.
 
@@ -32,6 +34,7 @@ import copy
 import itertools
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -68,12 +71,24 @@ def load_manifests(folder: Path) -> dict:
     return out
 
 
+STOPPED = re.compile(r"^run/(\S+) unchanged \(generation \d+ is (?:Failed|Preempted|Cancelled): 'aamctl resume ",
+                     re.M)
+
+
 def apply(home: Path, docs: list[dict], name: str) -> None:
+    """apply --wait; in a work folder used again, runs an interrupted invocation left stopped
+    (aamctl reports them unchanged and failed) are resumed from their last checkpoint once."""
     path = home / f"{name}.yaml"
     path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     cmd = [*AAMCTL, "--home", str(home), "apply", "-f", str(path), "--wait"]
     t0 = time.time()
     p = subprocess.run(cmd, capture_output=True, text=True)
+    stopped = STOPPED.findall(p.stdout)
+    if p.returncode != 0 and stopped:
+        for run in stopped:
+            print(f"  resuming {run} (stopped in an earlier invocation)", flush=True)
+            subprocess.run([*AAMCTL, "--home", str(home), "resume", run], check=True, capture_output=True)
+        p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         sys.exit(f"{shlex.join(cmd)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     print(f"  applied {name} in {time.time() - t0:.0f}s", flush=True)
@@ -141,7 +156,10 @@ def main() -> None:
 
     docs = load_manifests(Path(args.manifests))
     runs = {n: d for (k, n), d in docs.items() if k == "Run"}
-    pre = next(d for d in runs.values() if d["spec"]["stage"] == "pretrain")
+    # every pretraining of the recipe: one, or several when the ensemble's members start from
+    # different pretrainings (each finetune names its own in initFrom.run)
+    pres = {n: d for n, d in runs.items() if d["spec"]["stage"] == "pretrain"}
+    pre = next(iter(pres.values()))
     pred = next(d for d in runs.values() if d["spec"]["stage"] == "predict")
     base = next((d for d in runs.values() if d["spec"]["stage"] == "baseline"), None)
     # the finetune run(s) the predict Run averages (one, or an ensemble under initFrom.runs)
@@ -179,15 +197,22 @@ def main() -> None:
     ds_all["spec"]["table"] = str(work / "all.biom")
     with biom.util.biom_open(str(work / "all.biom"), "w") as fh:
         table.to_hdf5(fh, "aam quality")
-    pre_doc = copy.deepcopy(pre)
-    pre_doc["metadata"]["name"] = "q-pre"
-    pre_doc["spec"]["datasetRef"] = "q-all"
-    pre_doc["spec"].setdefault("trainer", {})["seed"] = pre_doc["spec"]["trainer"].get("seed", 42) + 1000 * args.repeat
-    if args.pretrain_epochs:
-        pre_doc["spec"]["trainer"]["epochs"] = args.pretrain_epochs
-    print(f"pretraining {pre['metadata']['name']} on {len(ids)} samples", flush=True)
+    # the first pretraining keeps the name q-pre, so work folders of one-pretraining recipes stay valid
+    pre_name = {n: "q-pre" if i == 0 else f"q-pre{i + 1}" for i, n in enumerate(pres)}
+    pre_docs = []
+    for n, d in pres.items():
+        pdoc = copy.deepcopy(d)
+        pdoc["metadata"]["name"] = pre_name[n]
+        pdoc["spec"]["datasetRef"] = "q-all"
+        pdoc["spec"].setdefault("trainer", {})["seed"] = pdoc["spec"]["trainer"].get("seed", 42) + 1000 * args.repeat
+        if args.pretrain_epochs:
+            pdoc["spec"]["trainer"]["epochs"] = args.pretrain_epochs
+        pre_docs.append(pdoc)
+    models = [docs[("Model", m)] for m in dict.fromkeys(d["spec"]["modelRef"] for d in pres.values())]
+    print(f"pretraining {', '.join(pres)} on {len(ids)} samples", flush=True)
     t_start = time.time()
-    apply(home, [ds_all, model, pre_doc], "pretrain")
+    for pdoc in pre_docs:  # one at a time, like the finetunes
+        apply(home, [ds_all, *models, pdoc], "pretrain" if pdoc["metadata"]["name"] == "q-pre" else pdoc["metadata"]["name"])
     t_pre = time.time() - t_start
 
     folds = list(enumerate(KFold(args.folds, shuffle=True, random_state=args.seed).split(ids)))
@@ -216,7 +241,7 @@ def main() -> None:
             ft = copy.deepcopy(f)
             ft["metadata"]["name"] = f"q-fine{k}-{j}"
             ft["spec"]["datasetRef"] = f"q-f{k}"
-            ft["spec"]["initFrom"] = dict(ft["spec"].get("initFrom") or {}, run="q-pre")
+            ft["spec"]["initFrom"] = dict(ft["spec"].get("initFrom") or {}, run=pre_name[f["spec"]["initFrom"]["run"]])
             ft["spec"].setdefault("trainer", {})["seed"] = ft["spec"]["trainer"].get("seed", 42) + 1000 * args.repeat
             if args.finetune_epochs:
                 ft["spec"]["trainer"]["epochs"] = args.finetune_epochs
@@ -229,8 +254,8 @@ def main() -> None:
         t0 = time.time()
         # one finetune run at a time: on a small CPU, runs side by side only fight over the cores
         for ft in fts:
-            apply(home, [ds_all, model, pre_doc, ds_k, ft], ft["metadata"]["name"])
-        apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, pr], f"fold{k}")
+            apply(home, [ds_all, *models, *pre_docs, ds_k, ft], ft["metadata"]["name"])
+        apply(home, [ds_all, *models, *pre_docs, ds_k, held, *fts, pr], f"fold{k}")
         t_fold = time.time() - t0
         p_aam = predictions(home, f"q-pred{k}", ids[te], target)
         y = y_all[te]
@@ -248,7 +273,7 @@ def main() -> None:
                 pm["metadata"]["name"] = f"q-pm{k}-{j}"
                 pm["spec"]["initFrom"] = {"which": init.get("which", "best"), "run": ft["metadata"]["name"]}
                 singles.append(pm)
-            apply(home, [ds_all, model, pre_doc, ds_k, held, *fts, *singles], f"members{k}")
+            apply(home, [ds_all, *models, *pre_docs, ds_k, held, *fts, *singles], f"members{k}")
             member_preds = np.array([predictions(home, pm["metadata"]["name"], ids[te], target) for pm in singles])
             r["members"] = ensemble_sizes(y, member_preds)
             print("  members alone: " + " ".join(f"{v:.2f}" for v in r["members"]["single"]), flush=True)
