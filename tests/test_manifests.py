@@ -120,17 +120,26 @@ def test_benchmark_recipes_validate_and_the_tiny_one_is_an_ensemble():
         validate(load_paths([str(ROOT / "benchmarks" / "recipes" / recipe)]))
 
 
-def test_the_shipped_predict_run_averages_every_finetune_seed_of_one_recipe():
+def test_the_shipped_predict_run_averages_every_finetune_seed_over_two_pretrainings():
     """manifests/: the predict Run's ensemble is every fine-tune Run, each under its own seed, all
-    the same recipe but for the seed (what docs/benchmarks.md measured: five members)."""
+    the same recipe but for the seed and the pretraining it starts from; the pretrainings differ
+    only in their seed, and each serves some members (docs/benchmarks.md: 3 + 2 of five)."""
     res = validate(load_paths([str(ROOT / "manifests")]))
     runs = res.get("Run", "oral-age-predict").spec["initFrom"]["runs"]
     fines = [o for o in res.given if o.kind == "Run" and o.spec["stage"] == "finetune"]
+    pres = {o.name: o for o in res.given if o.kind == "Run" and o.spec["stage"] == "pretrain"}
     assert sorted(runs) == sorted(o.name for o in fines) and len(runs) == 5
     assert sorted(o.spec["trainer"]["seed"] for o in fines) == [1, 2, 3, 4, 5]
-    def strip(spec):
-        return {**spec, "trainer": {k: v for k, v in spec["trainer"].items() if k != "seed"}}
-    assert all(strip(o.spec) == strip(fines[0].spec) for o in fines)
+
+    def strip(spec, *keys):
+        return {**{k: v for k, v in spec.items() if k != "initFrom"},
+                "trainer": {k: v for k, v in spec["trainer"].items() if k not in keys}}
+    assert all(strip(o.spec, "seed") == strip(fines[0].spec, "seed") for o in fines)
+    starts = sorted(sum(o.spec["initFrom"]["run"] == p for o in fines) for p in pres)
+    assert len(pres) == 2 and starts == [2, 3]
+    a, b = pres.values()
+    assert a.spec["trainer"].get("seed", 42) != b.spec["trainer"].get("seed", 42)
+    assert strip(a.spec, "seed") == strip(b.spec, "seed")
 
 
 def test_quality_ensemble_sizes_average_predictions_not_errors():
