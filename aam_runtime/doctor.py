@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from .machine import cpu_bf16_flags
+
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -152,19 +154,6 @@ def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:
     for line in lines:
         print("  " + line)
     return ok
-
-
-def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
-    """The CPU's native bf16 instruction sets, from the kernel's flags ([] when unknown)."""
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [x for x in ("avx512_bf16", "amx_bf16") if x in have]
-    except OSError:
-        pass
-    return []
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ Layout (runs/<name>/<generation>/), each name defined once below:
   events.jsonl      started, checkpointed, resumed, finished (runtime)
   log.txt           stdout and stderr of the job (executor)
   exit_code         exit status of the job (executor)
+  waiting, queued   present while a local job waits for its initFrom run / its share of the
+                    machine (queued holds the reason; aam_runtime.localslots)
   runtime_exit      the runtime's own exit status (rank 0): what the job reports when a
                     multi-process launcher (torchrun exits 1 for any failed worker) hides it
   split.tsv         sample_id and split (runtime)
@@ -44,6 +46,7 @@ EXIT_CODE = "exit_code"
 RUNTIME_EXIT = "runtime_exit"
 PID = "pid"
 WAITING = "waiting"  # present while a local job waits for its initFrom run
+QUEUED = "queued"  # present while a local job waits for its share of the machine; holds the reason
 PREEMPT_FLAG = "PREEMPT"
 REQUEUES = "requeues"  # one line per automatic SLURM requeue: "<unix time> <job id> <cause>" (cause 'limit': refused)
 CANCEL_FLAG = "CANCEL"  # written by aamctl cancel before scancel: the job script must not requeue

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aam_runtime import runfolder as RF
+from aam_runtime.machine import CPUS_VAR, MachineError, cpu_bf16_flags, memory_bytes, parse_size, usable_cpus, \
+    visible_gpu_ids
 
 from .errors import AamError, Diagnostic
 from .parse import load_paths
@@ -129,6 +131,46 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
     return diags
 
 
+def check_local_fit(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
+    """Runs of the local executor that ask for more than this machine has (cores, GPUs, memory):
+    they could only wait forever in its queue."""
+    from aam_runtime.localslots import request
+
+    diags = []
+    try:
+        cpus = usable_cpus()
+    except MachineError as exc:
+        return [Diagnostic(str(exc), file="aamctl", hint=f"unset {CPUS_VAR} or set it to a whole number")]
+    memory = memory_bytes()
+    for run in runs:
+        if run.spec["executor"]["type"] != "local":
+            continue
+        hw = res.get("HardwareProfile", run.spec["hardwareRef"])
+        spec = hw.spec if run.spec["stage"] != "baseline" else dict(hw.spec, nodes=1, devicesPerNode=1)
+        field = ("spec", "hardwareRef")
+        procs = spec["devicesPerNode"]
+        try:
+            gpus = visible_gpu_ids(spec["accelerator"])
+        except MachineError as exc:
+            return [Diagnostic(str(exc), file="aamctl", hint="unset AAM_LOCAL_GPUS or set it to a whole number")]
+        need_cpu, need_gpu = request(str(spec["cpusPerTask"]), procs, spec["accelerator"], cpus)
+        short = []
+        if need_cpu > cpus:
+            short.append(f"{need_cpu} CPU cores ({spec['cpusPerTask']} per process x {procs}), this machine has "
+                         f"{cpus}")
+        if need_gpu > len(gpus):
+            short.append(f"{need_gpu} {spec['accelerator']} GPUs, this machine has {len(gpus)}")
+        want_mem = parse_size(spec["memoryPerNode"]) if spec.get("memoryPerNode") else None
+        if want_mem and memory and want_mem > memory:
+            short.append(f"memoryPerNode {spec['memoryPerNode']}, this machine has {memory / 2**30:.1f} GiB")
+        if short:
+            diags.append(run.diag(f"run/{run.name} asks for {'; '.join(short)}: the local executor could never "
+                                  f"start it", field,
+                                  hint=f"apply a HardwareProfile that fits this machine (cpusPerTask: auto takes "
+                                       f"every core), or use executor type slurm"))
+    return diags
+
+
 def _python() -> str:
     return os.environ.get("AAM_PYTHON") or sys.executable
 
@@ -238,6 +280,11 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
                 diags += run_preflight(res, [SW.template_run(res, sw)], warn=warn)
         if diags:
             raise AamError(diags)
+    local_fit = check_local_fit(res, [r for r, _ in new_runs])
+    if local_fit and not dry_run:
+        raise AamError(local_fit)
+    for d in local_fit:  # a dry run shows the plan all the same (it may be meant for another machine)
+        (warn or echo)("warning: " + d.render())
     upstreams = find_upstreams(res, [r for r, _ in new_runs], store)
     for run, _ in new_runs:  # before anything is written: a folder SLURM cannot carry fails here
         if run.spec["executor"]["type"] == "slurm":
@@ -259,6 +306,7 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
 
     # plan each new run once, dependencies first; a real apply reserves the generation first
     python = _python()
+    host_bf16 = bool(cpu_bf16_flags())  # precision auto on a CPU of the local executor
     digests: dict[str, dict] = {}  # per Dataset: its files are hashed once, however many runs use it
     planned: dict[str, RunPlan] = {}
     for run, h in new_runs:
@@ -286,7 +334,7 @@ def apply_manifests(store, files: list[str] | None, *, home: Path, dry_run: bool
                                  digests=digests[ds.name])
         try:
             plan = build_plan(res, run, generation=gen, run_hash=h, home=home, upstream=upstream,
-                              provenance=provenance, python=python)
+                              provenance=provenance, python=python, host_bf16=host_bf16)
         except AamError:
             if not dry_run:
                 store.set_phase(run.name, gen, "Failed", "planning failed")

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, PID, SLURM_SCRIPT
 
+from aam_runtime.localslots import SUBMITTED_VAR
+
 from .errors import AamError, Diagnostic
 
 SLURM_TIMEOUT = float(os.environ.get("AAM_SLURM_TIMEOUT", "20"))
@@ -54,9 +56,11 @@ class LocalExecutor:
 
     def submit(self, folder: Path) -> dict:
         script = folder / LOCAL_SCRIPT
+        # its place in the local executor's queue (aam_runtime.localslots): first submitted, first served
+        env = dict(os.environ, **{SUBMITTED_VAR: str(time.time_ns())})
         with open(os.devnull, "rb") as devnull_in, open(folder / LAUNCHER_LOG, "ab") as out:
             proc = subprocess.Popen(["bash", str(script)], cwd=str(folder), stdin=devnull_in, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, close_fds=True, env=env)
         # reap the child in the background of this (short-lived) process: nothing to do; the
         # session leader survives us and its exit code goes to the exit_code file.
         return {"pid": proc.pid, "pid_start": proc_start_time(proc.pid)}

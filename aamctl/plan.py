@@ -18,9 +18,10 @@ from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY
 from aam_runtime.jobenv import job_env
 
 from .resolve import Obj, Resolved
-from .store import RUNS_DIR
+from .store import LOCAL_SLOTS_DIR, RUNS_DIR
 
 RUNTIME_MODULE = "aam_runtime"
+SLOTS_MODULE = "aam_runtime.localslots"
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,10 @@ def run_folder(home: Path, name: str, generation: int) -> Path:
 
 
 def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home: Path, upstream: Upstream | None,
-               provenance: dict[str, str], python: str) -> RunPlan:
-    """All files of one run generation. Pure: everything it needs comes in as arguments."""
+               provenance: dict[str, str], python: str, host_bf16: bool = False) -> RunPlan:
+    """All files of one run generation. Pure: everything it needs comes in as arguments
+    (host_bf16: whether this machine's CPU has native bf16, for precision auto on the local
+    executor)."""
     from .slurm import render_sbatch
 
     bundle = res.run_bundle(run)
@@ -86,7 +89,7 @@ def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home:
                    executor=ex, folder=folder, dependencies=upstream.dependencies if upstream else ())
     nodes = run.spec["executor"]["slurm"].get("nodes") if ex == "slurm" else None
     stage_hw = hw if run.spec["stage"] != "baseline" else dict(hw, nodes=1, devicesPerNode=1)
-    precision = effective_precision(run.spec["trainer"], hw)
+    precision = effective_precision(run.spec["trainer"], hw, cpu_bf16=host_bf16 and ex == "local")
     settings = runtime_settings(res, run, generation=generation, run_hash=run_hash, upstream=upstream,
                                 precision=precision)
     docs = record_documents(res, run, provenance, settings)
@@ -94,7 +97,7 @@ def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home:
         docs, f"record of run/{run.name} generation {generation}: apply it to reproduce the run")
     plan.files[ACCELERATE_CONFIG] = dump_documents([accelerate_config(stage_hw, run.spec, precision, nodes)])
     if ex == "local":
-        plan.command = launch_command(python, folder, stage_hw)
+        plan.command = slots_command(python, home, run.name, stage_hw) + launch_command(python, folder, stage_hw)
         plan.files[LOCAL_SCRIPT] = render_local_script(plan, stage_hw, python)
     else:
         data_paths = [p for p in (ds.get("table"), ds.get("tree"), ds.get("distanceMatrix"),
@@ -104,14 +107,16 @@ def build_plan(res: Resolved, run: Obj, *, generation: int, run_hash: str, home:
     return plan
 
 
-def effective_precision(trainer: dict, hw: dict) -> str:
+def effective_precision(trainer: dict, hw: dict, cpu_bf16: bool = False) -> str:
     """The one place precision is decided: the Run's choice, else the profile's; auto means bf16 on
-    a GPU and full precision on CPU; fp16 on CPU (refused by validation for profiles) means no."""
+    a GPU, and on a CPU bf16 where it has native bf16 instructions (cpu_bf16: known for the local
+    executor's machine; a SLURM node's is not, so full precision there); fp16 on CPU (refused by
+    validation for profiles) means no."""
     precision = trainer["precision"]
     if precision == "auto":
         precision = hw["precision"]
     if precision == "auto":
-        precision = "no" if hw["accelerator"] == "cpu" else "bf16"
+        precision = ("bf16" if cpu_bf16 else "no") if hw["accelerator"] == "cpu" else "bf16"
     if hw["accelerator"] == "cpu" and precision == "fp16":
         precision = "no"
     return precision
@@ -194,6 +199,26 @@ def launch_command(python: str, folder: Path, hw: dict, nodes: int | None = None
         cmd += ["--num_machines", str(n), "--num_processes", str(total), "--machine_rank", "${SLURM_NODEID}",
                 "--main_process_ip", "${MAIN_ADDR}", "--main_process_port", str(port)]
     return cmd + ["-m", RUNTIME_MODULE, str(folder)]
+
+
+def thread_setting(hw: dict) -> str | None:
+    """OMP_NUM_THREADS of each process, as the job decides it: None when the profile's env sets
+    it, 'auto' (its share of the cores it got) for cpusPerTask auto, else cpusPerTask."""
+    if "OMP_NUM_THREADS" in hw["env"]:
+        return None
+    return "auto" if hw["cpusPerTask"] == "auto" else str(hw["cpusPerTask"])
+
+
+def slots_command(python: str, home: Path, name: str, hw: dict) -> list[str]:
+    """argv prefix that waits for the run's share of this machine (aam_runtime.localslots), then
+    runs the rest of the line with its threads and devices set."""
+    cmd = [python, "-m", SLOTS_MODULE, "--slots", str(Path(home).resolve() / LOCAL_SLOTS_DIR), "--label",
+           f"run/{name}", "--cpus", str(hw["cpusPerTask"]), "--processes", str(processes(hw)[1]),
+           "--accelerator", hw["accelerator"]]
+    threads = thread_setting(hw)
+    if threads is not None:
+        cmd += ["--threads", threads]
+    return cmd + ["--"]
 
 
 def shell_join(argv: list[str]) -> str:

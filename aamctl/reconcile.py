@@ -5,7 +5,8 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LOG, LOW_SPACE, REQUEUES, WAITING, read_status
+from aam_runtime.runfolder import (EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LOG, LOW_SPACE, QUEUED, REQUEUES, WAITING,
+                                   read_status)
 
 from .executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
 from .store import TERMINAL, StateError, StateStore, free_bytes
@@ -71,6 +72,16 @@ def _exit_reason(code: int, folder: Path, status: dict) -> str:
     return why + (": " + " | ".join(last) if last else "")
 
 
+def _queued_reason(folder: Path) -> str | None:
+    """Why a local run waits for its share of the machine (the `queued` file), None when it does not."""
+    try:
+        return (folder / QUEUED).read_text().strip() or "waiting for its share of the machine"
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return "waiting for its share of the machine"
+
+
 def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, dict]:
     """(phase, reason, status.json) of one run row, without writing anything."""
     if row["phase"] in TERMINAL:
@@ -95,6 +106,9 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         if alive:
             if (folder / WAITING).exists():
                 return "Pending", "waiting for its initFrom run", status
+            queued = _queued_reason(folder)
+            if queued is not None:
+                return "Queued", queued, status
             # alive: Running whatever an earlier attempt left in status.json (Preempted, Failed...)
             return "Running", _stale(status), status
         if status.get("phase") == "Failed" and status.get("error"):

@@ -11,7 +11,7 @@ from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT
 from aam_runtime.jobenv import job_env
 
 from .errors import AamError
-from .plan import RUNTIME_MODULE, TAKE_RUNTIME_EXIT, env_lines, launch_command, shell_join
+from .plan import RUNTIME_MODULE, TAKE_RUNTIME_EXIT, env_lines, launch_command, shell_join, thread_setting
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newline slips through
 
@@ -33,6 +33,25 @@ def check_path(p: str, what: str, obj) -> None:
                                 hint="use a folder whose path has only letters, digits and ._-/+@:="))
 
 
+def cpu_directives(hw: dict, processes: int) -> list[str]:
+    """The cores a job asks for: cpusPerTask x processes, or (auto) a whole node."""
+    if hw["cpusPerTask"] == "auto":
+        return ["--exclusive"]
+    return [f"--cpus-per-task={hw['cpusPerTask'] * processes}"]
+
+
+def thread_env_lines(hw: dict, processes: int) -> list[str]:
+    """OMP_NUM_THREADS of each process when the profile's env does not set it: cpusPerTask, or
+    (auto) the node's cores SLURM gave the job shared between its processes."""
+    threads = thread_setting(hw)
+    if threads is None:
+        return []
+    if threads == "auto":
+        return [f'threads=$(( ${{SLURM_CPUS_ON_NODE:-1}} / {processes} )); [ "$threads" -ge 1 ] || threads=1',
+                'export OMP_NUM_THREADS="$threads"']
+    return [f"export OMP_NUM_THREADS={threads}"]
+
+
 def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: Path) -> list[str]:
     sl = run["executor"]["slurm"]
     hs = hw["slurm"]
@@ -45,7 +64,7 @@ def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: P
          "--open-mode=append",
          f"--nodes={nodes}",
          "--ntasks-per-node=1",
-         f"--cpus-per-task={hw['cpusPerTask'] * hw['devicesPerNode']}"]
+         *cpu_directives(hw, hw["devicesPerNode"])]
     if not cpu:
         if hs["gpuFlag"] == "gpus-per-node":
             d.append(f"--gpus-per-node={hw['devicesPerNode']}")
@@ -60,7 +79,7 @@ def sbatch_directives(run: dict, hw: dict, name: str, generation: int, folder: P
             d.append(f"--{flag}={value}")
     if hs.get("constraint"):
         d.append(f"--constraint={hs['constraint']}")
-    if hs.get("exclusive"):
+    if hs.get("exclusive") and "--exclusive" not in d:
         d.append("--exclusive")
     d.append(f"--signal=B:USR1@{sl['signalSecondsBeforeEnd']}")
     d.append("--requeue" if sl["requeue"] else "--no-requeue")
@@ -130,7 +149,7 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         "%%SBATCH%%": "\n".join("#SBATCH " + x for x in sbatch_directives(run, hw, name, generation, folder)),
         "%%RUN_DIR%%": shlex.quote(str(folder)),
         "%%MODULES%%": modules,
-        "%%ENV%%": "\n".join(env_lines(env)),
+        "%%ENV%%": "\n".join(thread_env_lines(hw, hw["devicesPerNode"]) + env_lines(env)),
         "%%PORT%%": str(int(sl["port"])),
         "%%SRUN%%": " ".join(shlex.quote(a) for a in srun),
         "%%EXIT_PREEMPTED%%": str(EXIT_PREEMPTED),

@@ -59,6 +59,7 @@ TERMINAL = {"Succeeded", "Failed", "Cancelled", "Pruned"}
 
 DB_FILE = "state.db"
 RUNS_DIR = "runs"
+LOCAL_SLOTS_DIR = "local-slots"  # the local executor's cores and GPUs (aam_runtime.localslots)
 
 
 def default_home() -> Path:

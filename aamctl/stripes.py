@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .plan import shell_join
+from .slurm import cpu_directives
 
 WORK_PREFIX = ".stripes-"
 
@@ -47,7 +48,7 @@ def _directives(run: dict, hw: dict, job: str, log: str, array: str | None = Non
     sl = run["executor"]["slurm"]
     hs = hw["slurm"]
     d = [f"--job-name={job}", f"--output={log}", f"--error={log}", "--nodes=1", "--ntasks=1",
-         f"--cpus-per-task={hw['cpusPerTask']}", f"--time={sl.get('timeLimit') or hs['defaultTimeLimit']}",
+         *cpu_directives(hw, 1), f"--time={sl.get('timeLimit') or hs['defaultTimeLimit']}",
          "--no-requeue"]
     if array:
         d.append(f"--array={array}")
@@ -80,7 +81,8 @@ def render(plan: StripePlan, run: dict, hw: dict, tree: str, metric: str, python
     stops = " ".join(str(b) for _, b in plan.ranges)
     partial = ["ssu", "-i", str(w / STRIPES_TABLE), "-t", str(tree), "-m", f"{metric}_fp32", "--mode", "partial"]
     cmd = _wrap(hw, w, tree, partial) + ' --start "$start" --stop "$stop" -o "$out"'
-    env = "export OMP_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\""
+    env = "export OMP_NUM_THREADS=\"${SLURM_CPUS_PER_TASK:-1}\"" if hw["cpusPerTask"] != "auto" else \
+        "export OMP_NUM_THREADS=\"${SLURM_CPUS_ON_NODE:-1}\""  # cpusPerTask auto: a whole node
     head = ["#!/bin/bash", f"# aam: UniFrac ({metric}) of {plan.n_samples} samples, partial stripes "
             "(written by aamctl; do not edit)"]
     plan.files["partial.sbatch"] = "\n".join(

@@ -820,7 +820,7 @@ class Controller:
                 RF.atomic_write(folder / RF.PRUNE_FLAG, f"pruned by the sweep controller at epoch {epoch}\n")
                 self.echo(f"trial {t['number']}: pruned at epoch {epoch} ({metric} {value:.6g})")
                 pruning = False
-        if phase in ("Running", "Pending", "Requeued"):
+        if phase in ("Running", "Pending", "Queued", "Requeued"):
             return
         if phase == "Succeeded":
             value = objective_value(folder, metric)

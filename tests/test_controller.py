@@ -218,7 +218,9 @@ spec:
   trainer: {epochs: 1, batchSize: 4}
 """
     f.write_text(text)
-    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False)
+    # the local executor is told there is a GPU (one torch cannot see), so apply lets it start
+    gpu_env = dict(os.environ, AAM_LOCAL_GPUS="1")
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False, env=gpu_env)
     assert p.returncode == 1
     st = json.loads(aamctl(home, "status", "-o", "json").stdout)
     by = {s["name"]: s for s in st}
@@ -344,7 +346,12 @@ kind: HardwareProfile
 metadata: {name: cuda-h100-one}
 spec: {accelerator: cuda, devicesPerNode: 1}
 """)
-    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False)
+    # the local executor sees no GPU here: refused at apply, nothing started
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False, env=dict(os.environ, AAM_LOCAL_GPUS="0"))
+    assert p.returncode == 1 and "run/on-gpu asks for 1 cuda GPUs, this machine has 0" in p.stderr, p.stderr
+    assert not (home / "runs").exists()
+    # told there is one (a driver torch cannot use): the runtime says why it cannot train
+    p = aamctl(home, "apply", "-f", str(f), "--wait", check=False, env=dict(os.environ, AAM_LOCAL_GPUS="1"))
     assert p.returncode == 1
     st = _status(home, "on-gpu")
     assert st["phase"] == "Failed" and "expects cuda devices" in st["reason"], st["reason"]

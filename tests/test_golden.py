@@ -75,7 +75,7 @@ def test_bad_golden_files_get_one_message(tmp_path):
 
 def test_doctor_reads_native_bf16_from_the_cpu_flags(tmp_path):
     """cpu-bf16 pays off only with native bf16 instructions; doctor reads them from the kernel."""
-    from aam_runtime.doctor import cpu_bf16_flags
+    from aam_runtime.machine import cpu_bf16_flags
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert cpu_bf16_flags(str(info)) == ["avx512_bf16"]

@@ -11,7 +11,7 @@ from aam_runtime import runfolder as RF
 from ..context import Context, kind_of, observe_one
 from ..errors import AamError, Diagnostic
 
-ACTIVE = {"Pending", "Running", "Requeued"}
+ACTIVE = {"Pending", "Queued", "Running", "Requeued"}
 
 
 def cancel_run(store, row) -> tuple[bool, str]:
@@ -70,7 +70,7 @@ def resume(ctx, run):
         raise AamError(Diagnostic(f"run/{run} already succeeded", file="aamctl",
                                   hint="change the manifest (or apply --force) for a new generation"))
     folder = Path(row["folder"])
-    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING, RF.CANCEL_FLAG):
+    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING, RF.QUEUED, RF.CANCEL_FLAG):
         (folder / name).unlink(missing_ok=True)
     info = executor_for(row["executor"]).submit(folder)
     store.update_run(row["name"], row["generation"], **info)
