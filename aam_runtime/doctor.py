@@ -83,6 +83,11 @@ def main(argv=None) -> int:
         except RuntimeError as exc:
             add(f"sdpa {label}", "skip", f"not available here ({str(exc).splitlines()[0][:70]})")
 
+    from .model import attention_decision
+
+    backend, why, disagree = attention_decision(spec.get("attentionBackend", "auto"), want or device,
+                                                spec.get("rocmVersion"), hip)
+    add("attention", "WARN" if disagree else "ok", why + (f"; {disagree}" if disagree else ""))
     if device == "cuda":
         add("bf16", "ok" if torch.cuda.is_bf16_supported() else "WARN",
             "supported" if torch.cuda.is_bf16_supported() else "not supported: use precision no/fp16")

@@ -104,8 +104,8 @@ def build_model(spec: dict, hardware: dict, *, max_bp: int, n_outputs: int = 0,
     model = AAM(ModelConfig.from_spec(spec), max_bp=max_bp, n_outputs=n_outputs,
                 categorical_sizes=categorical_sizes, max_asvs=max_asvs, conditional_column=conditional_column)
     requested = spec["attentionBackend"] if spec["attentionBackend"] != "auto" else hardware["attentionBackend"]
-    model.attention_backend = choose_attention_backend(requested, hardware["accelerator"], hardware.get("rocmVersion"),
-                                                       getattr(torch.version, "hip", None))
+    model.attention_backend, model.attention_why, model.attention_warning = attention_decision(
+        requested, hardware["accelerator"], hardware.get("rocmVersion"), getattr(torch.version, "hip", None))
     return model
 
 
@@ -120,24 +120,46 @@ def sdpa_context(backend: str):
     return sdpa_kernel([kernel])
 
 
+def _major_minor(version: str | None) -> tuple[int, int] | None:
+    if not version:
+        return None
+    parts = [int(p) for p in str(version).split(".")[:2] if p.isdigit()]
+    return tuple(parts + [0] * (2 - len(parts))) if parts else None  # type: ignore[return-value]
+
+
+def attention_decision(requested: str, accelerator: str, rocm_version: str | None,
+                       torch_hip: str | None = None) -> tuple[str, str, str | None]:
+    """(SDPA backend, why, warning or None).
+
+    On ROCm the masked mem_efficient kernel gives wrong results below HIP 6.3 (aotriton < 0.8.2,
+    SPEC-model.md, the reference's COS-8.2: 42% instead of 70% masked-nucleotide accuracy), and
+    AAM always passes padding masks. That kernel ships inside the torch wheel, so the torch build's
+    HIP version decides (torch_hip, torch.version.hip); the HardwareProfile's rocmVersion (the
+    site's ROCm stack) decides only where the build's is unknown (aamctl, which never imports
+    torch), and a disagreement between the two is reported. flash never takes ROCm's path with a
+    mask and is refused at validate elsewhere; here it degrades to math rather than crash."""
+    if accelerator != "rocm":
+        return requested, f"{requested}: {accelerator} kernels take the padding mask", None
+    build, profile = _major_minor(torch_hip), _major_minor(rocm_version)
+    warning = None
+    if build and profile and (build < (6, 3)) != (profile < (6, 3)):
+        warning = (f"the HardwareProfile says ROCm {rocm_version} but torch was built with HIP {torch_hip}: "
+                   f"the torch build decides the attention kernel (its aotriton ships in the wheel)")
+    version, source = (build, f"torch built with HIP {torch_hip}") if build else \
+        (profile, f"HardwareProfile rocmVersion {rocm_version}") if profile else (None, "no ROCm version known")
+    old = version is None or version < (6, 3)
+    if requested == "flash":
+        return "math", f"math: flash takes no padding mask on ROCm ({source})", warning
+    if old and requested in ("auto", "mem_efficient"):
+        return "math", (f"math: masked mem_efficient is wrong below ROCm 6.3 ({source})" if version else
+                        "math: the ROCm version is unknown, so the kernel that is right everywhere"), warning
+    return requested, f"{requested}: {source} has the fixed mem_efficient kernel", warning
+
+
 def choose_attention_backend(requested: str, accelerator: str, rocm_version: str | None,
                              torch_hip: str | None = None) -> str:
-    """The SDPA backend to use.
-
-    On ROCm older than 6.3 (aotriton < 0.8.2) mem_efficient attention with a padding mask gives
-    wrong results (SPEC-model.md), and AAM always uses padding masks: force math there.
-    """
-    version = rocm_version or torch_hip
-    if accelerator == "rocm":
-        old = True
-        if version:
-            parts = [int(p) for p in str(version).split(".")[:2] if p.isdigit()]
-            old = tuple(parts + [0] * (2 - len(parts))) < (6, 3)
-        if old and requested in ("auto", "mem_efficient"):
-            return "math"
-        if requested == "flash":
-            return "math"  # flash attention for ROCm does not build on 6.2+
-    return requested
+    """The SDPA backend to use (attention_decision, without the reasons)."""
+    return attention_decision(requested, accelerator, rocm_version, torch_hip)[0]
 
 
 class Block(nn.Module):

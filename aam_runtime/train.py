@@ -262,6 +262,11 @@ def check_hardware(cfg: RunConfig) -> None:
                               f"torch {torch.__version__} ({build} build) sees none here; run on a GPU node "
                               "(executor slurm), or use hardwareRef: cpu")
     if cfg.precision == "bf16" and hw["accelerator"] != "cpu" and not torch.cuda.is_bf16_supported():
+        if cfg.spec["trainer"].get("precision", "auto") == "auto" and hw.get("precision", "auto") == "auto":
+            # auto was planned as bf16 without seeing the GPU: this one has none, fp16 is what it has
+            log(f"precision auto: {torch.cuda.get_device_name(0)} has no bf16; training in fp16 (with loss scaling)")
+            cfg.precision = "fp16"
+            return
         raise HardwareMissing(f"precision bf16 was planned for HardwareProfile '{cfg.spec['hardwareRef']}', but "
                               f"{torch.cuda.get_device_name(0)} has no bf16; set precision: fp16 (or no) in the "
                               "profile or in spec.trainer.precision")
@@ -301,6 +306,11 @@ class Trainer:
         model = build_model(self.cfg.model, self.cfg.hardware, max_bp=data.enc.tokens.shape[1] - 1, n_outputs=n_out,
                             categorical_sizes=[len(lv) for lv in data.cat_levels],
                             max_asvs=sample_positions(self.cfg.dataset["maxAsvsPerSample"]), conditional_column=cond)
+        if not getattr(self, "_said_attention", False):  # once a run (autobatch builds trial models too)
+            self._said_attention = True
+            log(f"attention: {model.attention_why}")
+            if model.attention_warning:
+                log(f"warning: {model.attention_warning}")
         if n_out and self.cfg.model["targetHead"].get("outputActivation") == "bounded":
             model.set_bounds(*output_bounds(self.cfg.model["targetHead"], data))
         if init_state is not None:

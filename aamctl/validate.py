@@ -148,8 +148,11 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
         if s["accelerator"] == "rocm" and s["compileAllowed"]:
             d.append(obj.diag("torch.compile fails on ROCm (inductor type error)", ("spec", "compileAllowed"),
                               hint="set compileAllowed: false"))
-        if s["attentionBackend"] == "flash" and s["accelerator"] != "cuda":
-            d.append(obj.diag(f"flash attention is not available on {s['accelerator']}", ("spec", "attentionBackend"),
+        if s["attentionBackend"] == "flash" and s["accelerator"] != "cpu":
+            d.append(obj.diag(_FLASH_NO_MASK.format(acc=s["accelerator"]), ("spec", "attentionBackend"),
+                              hint="use auto (torch picks the fastest kernel that takes the mask), mem_efficient or math"))
+        elif s["attentionBackend"] == "flash":
+            d.append(obj.diag("flash attention is not available on cpu", ("spec", "attentionBackend"),
                               hint="use auto, math or mem_efficient"))
         scratch = s.get("scratch")
         if scratch:
@@ -471,6 +474,24 @@ def _missing_fold(split: dict) -> str | None:
     return None
 
 
+# torch's SDPA: the flash kernel's CUDA/ROCm constraints refuse any attn_mask (sdp_utils
+# check_for_attn_mask), so pinned to flash the first masked step would fail with "No available kernel"
+_FLASH_NO_MASK = ("SDPA's flash kernel on {acc} takes no attention mask, and AAM masks the padding of every "
+                  "batch: the first training step would fail")
+
+
+def _check_attention(res: Resolved, run: Obj, model_ref: str | None, hw: Obj) -> list[Diagnostic]:
+    """A Model pinned to flash attention on a GPU profile (the profile's own flash is its rule)."""
+    if not model_ref or ("Model", model_ref) not in res.objects or hw.spec["accelerator"] == "cpu":
+        return []
+    if res.get("Model", model_ref).spec.get("attentionBackend") != "flash":
+        return []
+    field = ("spec", "modelRef") if run.spec.get("modelRef") else ("spec", "hardwareRef")
+    return [run.diag(_FLASH_NO_MASK.format(acc=hw.spec["accelerator"]) + f" (Model '{model_ref}' sets "
+                     f"attentionBackend: flash; HardwareProfile '{hw.name}' is {hw.spec['accelerator']})", field,
+                     hint="set the Model's attentionBackend to auto (the profile then decides) or mem_efficient")]
+
+
 def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     d: list[Diagnostic] = []
     s = run.spec
@@ -497,6 +518,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
             d.append(run.diag(f"checkpoint not found: {init['checkpoint']}", ("spec", "initFrom", "checkpoint")))
     d += _check_run_split(run, ds)
     model_ref = effective_model_ref(res, run)
+    d += _check_attention(res, run, model_ref, hw)
     if stage in ("pretrain", "finetune") and not model_ref:
         d.append(run.diag(f"a {stage} run needs a model", ("spec",),
                           hint="add spec.modelRef (finetune may also inherit it from initFrom.run)"))

@@ -142,14 +142,57 @@ def test_pairwise_unifrac_loss_matches_numpy():
     assert torch.isfinite(same.grad).all()
 
 
-def test_attention_backend_rules():
-    assert choose_attention_backend("auto", "rocm", "6.2.4") == "math"
-    assert choose_attention_backend("mem_efficient", "rocm", "6.2") == "math"
-    assert choose_attention_backend("auto", "rocm", "6.3.0") == "auto"
-    assert choose_attention_backend("mem_efficient", "rocm", "6.3.1") == "mem_efficient"
-    assert choose_attention_backend("auto", "rocm", None) == "math"  # unknown version: the safe kernel
-    assert choose_attention_backend("flash", "cuda", None) == "flash"
+# torch build's HIP version x HardwareProfile rocmVersion x requested backend -> kernel. The
+# build decides (the broken masked mem_efficient kernel ships in the torch wheel's aotriton); the
+# profile only where the build is unknown (aamctl, without torch) and for a warning.
+ROCM_TABLE = [
+    # torch HIP, profile,  requested,        kernel,          warns
+    ("6.2.41133", "6.3.0", "auto", "math", True),  # the reference's wheel under the Cosmos profile
+    ("6.2.41133", "6.3.0", "mem_efficient", "math", True),
+    ("6.2.41133", "6.2.4", "auto", "math", False),
+    ("6.2.41133", None, "auto", "math", False),
+    ("6.3.42131", "6.2.4", "auto", "auto", True),  # a fixed wheel on an older site stack
+    ("6.3.42131", "6.3.0", "auto", "auto", False),
+    ("6.3.42131", "6.3.0", "mem_efficient", "mem_efficient", False),
+    ("6.4.43482", None, "auto", "auto", False),
+    ("6.3.42131", "6.3.0", "math", "math", False),
+    ("6.3.42131", "6.3.0", "flash", "math", False),  # validate refuses it; never a crash here
+    (None, "6.3.0", "auto", "auto", False),  # no torch (aamctl): the profile is all there is
+    (None, "6.2", "mem_efficient", "math", False),
+    (None, None, "auto", "math", False),  # nothing known: the kernel that is right everywhere
+    (None, None, "mem_efficient", "math", False),
+]
+
+
+@pytest.mark.parametrize("hip,profile,requested,kernel,warns", ROCM_TABLE)
+def test_rocm_attention_kernel_is_decided_by_the_torch_build(hip, profile, requested, kernel, warns):
+    from aam_runtime.model import attention_decision
+
+    got, why, warning = attention_decision(requested, "rocm", profile, hip)
+    assert got == kernel, why
+    assert (warning is not None) == warns, warning
+    if warns:
+        assert f"HIP {hip}" in warning and f"ROCm {profile}" in warning
+    if hip and requested != "flash" and kernel == "math":
+        assert f"torch built with HIP {hip}" in why
+    assert choose_attention_backend(requested, "rocm", profile, hip) == kernel
+
+
+def test_cuda_and_cpu_keep_the_requested_kernel():
+    assert choose_attention_backend("auto", "cuda", None) == "auto"
+    assert choose_attention_backend("mem_efficient", "cuda", "6.2") == "mem_efficient"  # rocmVersion ignored off ROCm
     assert choose_attention_backend("auto", "cpu", None) == "auto"
+
+
+def test_a_model_built_for_rocm_says_which_kernel_and_why(monkeypatch):
+    from aam_runtime.model import build_model
+
+    monkeypatch.setattr(torch.version, "hip", "6.2.41133", raising=False)
+    spec = dict(SMALL_MODEL, attentionBackend="auto")
+    m = build_model(spec, {"accelerator": "rocm", "rocmVersion": "6.3.0", "attentionBackend": "auto"}, max_bp=8)
+    assert m.attention_backend == "math"
+    assert "torch built with HIP 6.2.41133" in m.attention_why
+    assert "torch build decides" in m.attention_warning
 
 
 def _kernel_runs_here(backend: str) -> bool:
