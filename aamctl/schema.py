@@ -11,6 +11,7 @@ import copy
 import difflib
 import functools
 import json
+import math
 from pathlib import Path
 
 from .errors import Diagnostic
@@ -308,6 +309,18 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
     return doc.diag(err.message, path)
 
 
+def _non_finite(value, path: tuple):
+    """(path, value) of every NaN or infinite float inside a parsed document."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, path + (i,))
+
+
 def validate_document(doc: Document) -> list[Diagnostic]:
     """All schema problems of one document, in file order."""
     data = doc.data
@@ -332,6 +345,16 @@ def validate_document(doc: Document) -> list[Diagnostic]:
             close = difflib.get_close_matches(str(kind), list(KINDS), n=1, cutoff=0.5)
             hint = f"did you mean '{close[0]}'?" if close else f"one of {known}"
             diags.append(doc.diag(f"unknown kind {_describe_value(kind)}", ("kind",), hint=hint))
+        return diags
+    # NaN passes every minimum and maximum (each comparison with it is false) and infinity every
+    # maximum-less bound: refused here, for every field of every kind, typed or free-form
+    bad = list(_non_finite(data, ()))
+    for path, value in bad:
+        what = "NaN" if value != value else ("infinity" if value > 0 else "-infinity")
+        diags.append(doc.diag(f"{what} is not a finite number", path,
+                              hint="write a finite value (.nan and .inf are YAML's words for NaN and infinity, "
+                                   "which would pass the range checks and poison training)"))
+    if bad:
         return diags
     errors = sorted(validator(kind).iter_errors(data),
                     key=lambda e: (doc.where(tuple(e.absolute_path))[0] or 0, list(map(str, e.absolute_path))))
