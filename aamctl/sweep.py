@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aam_runtime import runfolder as RF
-from aam_runtime.metric_table import METRICS
+from aam_runtime.metric_table import METRICS, split_metric
 
 from .errors import AamError, Diagnostic
 from .parse import parse_text
@@ -54,7 +54,7 @@ BUDGET_FIELDS = ("maxTrials", "parallelism", "maxFailedTrials")
 TRIAL_TERMINAL = {"Complete", "Pruned", "Failed"}
 SWEEP_TERMINAL = {"Succeeded", "Failed", "Cancelled"}
 NOT_SWEEPABLE = (("spec", "executor"), ("spec", "hardwareRef"), ("spec", "datasetRef"), ("spec", "stage"))
-CHECK_VALUES = 200  # values per parameter checked against the schema before any trial starts
+CHECK_VALUES = 200  # a range of at most this many grid points is checked point by point (lists: every value)
 
 
 def sweep_folder(home: Path, name: str, generation: int) -> Path:
@@ -75,7 +75,7 @@ def space_hash(manifest: dict) -> str:
 def direction(spec: dict) -> str:
     d = spec["objective"].get("direction", "auto")
     if d == "auto":
-        d = "maximize" if METRICS[spec["objective"]["metric"]].higher_is_better else "minimize"
+        d = "maximize" if METRICS[split_metric(spec["objective"]["metric"])[0]].higher_is_better else "minimize"
     return d
 
 
@@ -109,6 +109,31 @@ class Param:
             return IntDistribution(int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
         return FloatDistribution(self.low, self.high, log=self.log, step=self.step)
 
+    def count(self) -> int | None:
+        """How many values grid() would list, computed without listing them (None: continuous)."""
+        if self.values is not None:
+            return len(self.values)
+        if self.integer:
+            return max(0, (int(self.high) - int(self.low)) // int(self.step or 1) + 1)
+        if self.step:
+            return int(math.floor((self.high - self.low) / self.step + 1e-9)) + 1
+        return None
+
+    def checked_values(self, cap: int) -> list:
+        """The values validation tries: all of them when there are at most `cap`, else the first
+        two and the last two grid points (rules such as "even" alternate), else the two ends."""
+        if self.values is not None:
+            return list(self.values)
+        lo = int(self.low) if self.integer else self.low
+        hi = int(self.high) if self.integer else self.high
+        n = self.count()
+        if n is None:
+            return [lo, hi]
+        step = int(self.step or 1) if self.integer else self.step
+        at = (lambda k: lo + k * step) if self.integer else (lambda k: round(lo + k * step, 12))
+        ks = range(n) if n <= cap else sorted({0, 1, n - 2, n - 1})
+        return [at(k) for k in ks if 0 <= k < n]
+
     def grid(self) -> list | None:
         """Every value of the parameter, or None (a continuous range has no grid)."""
         if self.values is not None:
@@ -126,8 +151,8 @@ class Param:
 
 def grid_size(params: list[Param]) -> int | None:
     """Combinations of a grid over params (None: a continuous range has no grid)."""
-    grids = [p.grid() for p in params]
-    return None if any(g is None for g in grids) else math.prod(len(g) for g in grids)
+    counts = [p.count() for p in params]
+    return None if any(c is None for c in counts) else math.prod(counts)
 
 
 def parameters(spec: dict) -> list[Param]:
@@ -297,19 +322,23 @@ def check_sweep(res: Resolved, sweep: Obj) -> list[Diagnostic]:
         d.append(sweep.diag(f"trial names like '{trial_name(sweep.name, s['maxTrials'] - 1)}' exceed 63 characters",
                             ("metadata", "name"), hint=f"shorten the sweep's name to at most "
                                                        f"{63 - (longest - len(sweep.name))} characters"))
+    d += _trial_name_collisions(res, sweep)
     template = template_spec(res, sweep)
     if template.get("stage") not in ("pretrain", "finetune"):
         d.append(sweep.diag(f"a {template.get('stage')} run has no validation to judge a trial by",
                             ("spec", "template", "stage") if s.get("template") else ("spec", "runRef"),
                             hint="sweep a pretrain or finetune run"))
         return d
-    metric = METRICS[s["objective"]["metric"]]
+    metric = METRICS[split_metric(s["objective"]["metric"])[0]]
     if template["stage"] not in metric.stages:
         from aam_runtime.metric_table import metrics_for
         d.append(sweep.diag(f"metric '{metric.name}' is not computed by a {template['stage']} run",
                             ("spec", "objective", "metric"),
                             hint=f"use one of: {', '.join(metrics_for(template['stage']))}"))
     model = base_model(res, template)
+    d += _overlapping_paths(sweep)
+    if d:
+        return d
     seen_paths: dict[str, int] = {}
     for i, p in enumerate(s["parameters"]):
         where = ("spec", "parameters", i)
@@ -365,17 +394,34 @@ def check_sweep(res: Resolved, sweep: Obj) -> list[Diagnostic]:
                 continue
     if d:
         return d
-    # each value (each end of a range) must make a valid trial, checked by the same rules as a Run
     lookup = _Lookup(res)
+    # the objective must be a metric the trials report: checked as the template's own
+    # earlyStopping.metric would be (per-target names, the target's type, the stage)
+    judged = copy.deepcopy(template)
+    judged.setdefault("trainer", {}).setdefault("earlyStopping", {})["metric"] = s["objective"]["metric"]
+    try:
+        validate(as_documents(trial_manifests(sweep.name, {}, judged, 0, {}, [], None), f"sweep/{sweep.name}"), lookup)
+    except AamError as exc:
+        for diag in exc.diagnostics:
+            if diag.field and diag.field.endswith("earlyStopping.metric"):
+                return [sweep.diag(f"objective metric '{s['objective']['metric']}' is not reported by the "
+                                   f"template's trials: {diag.message}", ("spec", "objective", "metric"),
+                                   hint=diag.hint)]
+    # each value must make a valid trial, checked by the same rules as a Run: every value of a
+    # list, every grid point of a range of at most CHECK_VALUES, else its first two and last two
     for p in params:
+        values = p.checked_values(CHECK_VALUES)
         if p.values is not None:
-            cases = [(("spec", "parameters", p.index, "values", j), v) for j, v in enumerate(p.values[:CHECK_VALUES])]
+            cases = [(("spec", "parameters", p.index, "values", j), v) for j, v in enumerate(values)]
         else:
-            lo = int(p.low) if p.integer else p.low
-            hi = int(p.high) if p.integer else p.high
-            cases = [(("spec", "parameters", p.index, "range", "min"), lo),
-                     (("spec", "parameters", p.index, "range", "max"), hi)]
+            cases = [(("spec", "parameters", p.index, "range", "min" if j == 0 else "max"), v)
+                     for j, v in enumerate(values)]
+        tried: set[str] = set()
         for where, value in cases:
+            key = json.dumps(value, sort_keys=True)
+            if key in tried:  # the same value again makes the same trial
+                continue
+            tried.add(key)
             manifests = trial_manifests(sweep.name, {}, template, 0, {p.path: value}, params, model)
             docs = as_documents(manifests, f"trial of sweep/{sweep.name}")
             try:
@@ -405,6 +451,58 @@ def check_sweep(res: Resolved, sweep: Obj) -> list[Diagnostic]:
     if es["type"] == "hyperband" and es["minEpochs"] >= template["trainer"]["epochs"]:
         d.append(sweep.diag(f"hyperband's minEpochs {es['minEpochs']} leaves no room below the template's "
                             f"{template['trainer']['epochs']} epochs", ("spec", "earlyStopping", "minEpochs")))
+    return d
+
+
+def _trial_name_collisions(res: Resolved, sweep: Obj) -> list[Diagnostic]:
+    """A Run of the user's (applied now, or stored) named like one of this sweep's trials
+    (NAME-tN, N < maxTrials): planning that trial would replace it with a new generation."""
+    import re
+
+    pattern = re.compile(re.escape(sweep.name) + r"-t([0-9]+)")
+    found: dict[str, dict] = {}
+    for obj in res.given:
+        if obj.kind == "Run":
+            found[obj.name] = obj.manifest
+    lister = getattr(res.store, "list_objects", None)
+    if lister is not None:
+        for row in lister("Run"):
+            found.setdefault(row["name"], row["manifest"])
+    d = []
+    for name, m in sorted(found.items()):
+        hit = pattern.fullmatch(name)
+        if not hit or int(hit.group(1)) >= sweep.spec["maxTrials"]:
+            continue
+        if (m["metadata"].get("labels") or {}).get("sweep") == sweep.name:
+            continue  # one of this sweep's own trials
+        d.append(sweep.diag(f"run/{name} is the name of trial {hit.group(1)} of this sweep: planning that trial "
+                            f"would replace your Run with a new generation", ("metadata", "name"),
+                            hint=f"rename the Sweep (its trials are named {sweep.name}-t0, {sweep.name}-t1, ...) "
+                                 f"or the Run"))
+    return d
+
+
+def _overlapping_paths(sweep: Obj) -> list[Diagnostic]:
+    """Two parameters that set the same field (one path inside the other), or a modelRef varied
+    beside model.spec fields (those derive a Model from the template's and replace any modelRef):
+    one would silently undo the other."""
+    ps = sweep.spec["parameters"]
+    d = []
+    for i, a in enumerate(ps):
+        for j, b in enumerate(ps[:i]):
+            pa, pb = a["path"], b["path"]
+            if pa != pb and (pa.startswith(pb + ".") or pb.startswith(pa + ".")):
+                outer, inner = (pb, pa) if pa.startswith(pb + ".") else (pa, pb)
+                d.append(sweep.diag(f"parameter {pa} overlaps parameters[{j}] ({pb}): {outer} would overwrite "
+                                    f"what {inner} sets", ("spec", "parameters", i, "path"),
+                                    hint=f"vary {inner} alone, or list whole values of {outer}"))
+    refs = [i for i, p in enumerate(ps) if p["path"] == "spec.modelRef"]
+    if refs and any(p["path"].startswith("model.spec.") for p in ps):
+        d.append(sweep.diag("spec.modelRef cannot vary beside model.spec parameters: each trial's Model is derived "
+                            "from the template's, so the varied modelRef would never take effect",
+                            ("spec", "parameters", refs[0], "path"),
+                            hint="sweep either whole Models (spec.modelRef) or Model fields (model.spec...), "
+                                 "one Sweep each"))
     return d
 
 

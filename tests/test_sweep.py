@@ -155,6 +155,87 @@ def test_other_sweep_mistakes(tmp_path):
     assert "exceed 63 characters" in p.stderr
 
 
+def test_objective_is_checked_against_the_templates_targets(tmp_path):
+    """A metric the trials never report fails here, not after every trial has trained."""
+    p = _validate(tmp_path, sweep_doc(objective="accuracy"))  # classification metric, regression target
+    assert p.returncode != 0
+    assert "objective metric 'accuracy' is not reported by the template's trials" in p.stderr
+    assert "spec.objective.metric" in p.stderr
+    two = f"""apiVersion: aam/v1alpha1
+kind: Dataset
+metadata: {{name: oral-two}}
+spec:
+  table: {ORAL}/table.biom
+  tree: {ORAL}/tree.nwk
+  metadata: {{path: {ORAL}/metadata-study.tsv, sampleIdColumn: sample_id}}
+  targets: [{{name: age, type: regression}}, {{name: study, type: classification}}]
+  categoricalColumns: [study]
+  subsample: {{samples: 100, seed: 1}}
+  maxAsvsPerSample: 32
+---
+"""
+    several = two + sweep_doc(objective="mae").replace("    target: age\n", "    targets: [{name: age}, {name: study}]\n"
+                                                       ).replace("metric: mae}}", "metric: mae:age}}").replace(
+        "datasetRef: oral100", "datasetRef: oral-two")
+    p = _validate(tmp_path, several)
+    assert p.returncode != 0 and "objective metric 'mae' is not reported" in p.stderr, p.stderr
+    assert _validate(tmp_path, several.replace("objective: {metric: mae}", "objective: {metric: mae:age}")
+                     ).returncode == 0
+    p = _validate(tmp_path, several.replace("objective: {metric: mae}", "objective: {metric: mae:bmi}"))
+    assert p.returncode != 0 and "objective metric 'mae:bmi'" in p.stderr
+
+
+def test_every_grid_point_of_a_range_is_checked(tmp_path):
+    # an odd batch size inside an integer range (UniFrac pretraining pairs samples)
+    text = sweep_doc(stage="pretrain", objective="val_loss", algorithm="{type: random}",
+                     parameters="    - path: spec.trainer.batchSize\n      range: {min: 4, max: 16, step: 2}\n")
+    assert _validate(tmp_path, text).returncode == 0  # every point even
+    p = _validate(tmp_path, text.replace("step: 2", "step: 1"))
+    assert p.returncode != 0 and "spec.trainer.batchSize = 5 makes an invalid trial" in p.stderr
+    # a range too wide to walk: its first and last two points (rules like "even" alternate)
+    p = _validate(tmp_path, text.replace("max: 16, step: 2", "max: 100000"))
+    assert p.returncode != 0 and "batchSize = 5 makes an invalid trial" in p.stderr
+    # every value of a list, beyond the first 200 too
+    values = ", ".join(["16"] * 250 + ["7"])
+    p = _validate(tmp_path, sweep_doc(stage="pretrain", objective="val_loss", algorithm="{type: random}",
+                                      parameters=f"    - path: spec.trainer.batchSize\n      values: [{values}]\n"))
+    assert p.returncode != 0 and "batchSize = 7 makes an invalid trial" in p.stderr
+
+
+def test_a_huge_grid_is_counted_not_built(tmp_path):
+    params = "    - path: spec.trainer.seed\n      range: {min: 0, max: 2000000000}\n"
+    t0 = time.time()
+    p = _validate(tmp_path, sweep_doc(parameters=params, max_trials=10))
+    assert p.returncode != 0 and "the grid has 2000000001 combinations but maxTrials is 10" in p.stderr
+    assert "internal error" not in p.stderr and time.time() - t0 < 30
+
+
+def test_parameters_that_undo_each_other_are_refused(tmp_path):
+    params = ("    - path: spec.trainer.learningRate\n      values: [0.001, 0.002]\n"
+              "    - path: spec.trainer\n      values: [{epochs: 2}]\n")
+    p = _validate(tmp_path, sweep_doc(parameters=params))
+    assert p.returncode != 0
+    assert "parameter spec.trainer overlaps parameters[0] (spec.trainer.learningRate)" in p.stderr
+    params = ("    - path: spec.modelRef\n      values: [micro]\n"
+              "    - path: model.spec.dropout\n      values: [0.0, 0.1]\n")
+    p = _validate(tmp_path, sweep_doc(parameters=params))
+    assert p.returncode != 0 and "spec.modelRef cannot vary beside model.spec parameters" in p.stderr
+
+
+def test_a_trial_name_that_is_one_of_the_users_runs_is_refused(tmp_path):
+    users = """apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: sw-t1}
+spec: {stage: finetune, datasetRef: oral100, modelRef: micro, target: age}
+---
+"""
+    p = _validate(tmp_path, users + sweep_doc())
+    assert p.returncode != 0
+    assert "run/sw-t1 is the name of trial 1 of this sweep" in p.stderr and "rename the Sweep" in p.stderr
+    # beyond maxTrials there is no trial of that name
+    assert _validate(tmp_path, users.replace("sw-t1", "sw-t9") + sweep_doc()).returncode == 0
+
+
 def test_parameters_map_to_optuna_distributions():
     from aamctl.sweep import parameters, space_hash
 
