@@ -27,6 +27,7 @@ import torch
 
 from .console import log
 from .data import batches as B
+from .data import table as T
 from .runfolder import AUTOBATCH, atomic_write, read_json
 # CPU estimate: saved activations and the gradients flowing back through them. Measured (embedding
 # 128, 2+2 layers, 150 bp; batch 8 x 64 ASVs, 8 x 256, 16 x 256): the process's peak RSS grows by
@@ -212,6 +213,10 @@ def _choose(trainer, data, n_outputs: int) -> dict:
                + (f"; {over[0]} would need {mib(seen[over[0]])}" if over and seen[over[0]] else
                   f"; {over[0]} ran out of memory" if over else f"; capped at {most}") + ")")
         if est is not None and est > limit:
+            if auto.get("memoryLimit"):  # the user's own budget cannot hold one step: say so, do not shrink silently
+                raise T.DataError(f"trainer.autoBatch.memoryLimit {auto['memoryLimit']} leaves no room: even a batch of "
+                                  f"2 needs {mib(est)}, over {mib(limit)} ({auto.get('memoryFraction', 0.8):g} x "
+                                  f"{source}); raise memoryLimit (or memoryFraction), or set batchSize by hand")
             fit += "; even 2 is over the budget: training may run out of memory"
     else:
         b, est, limit, fit = tr["batchSize"], None, None, None

@@ -15,7 +15,7 @@ from .errors import AamError, Diagnostic
 from .parse import load_paths
 from .plan import Dependency, RunPlan, Upstream, build_plan, dump_documents, run_folder
 from .slurm import check_path
-from .resolve import MemoryStore, Obj, Resolved, init_field, init_runs, run_split
+from .resolve import MemoryStore, Obj, Resolved, effective_model_ref, init_field, init_runs, run_split
 from .validate import validate
 
 TERMINAL_BAD = {"Failed", "Cancelled"}
@@ -117,6 +117,8 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
                                  processes=procs, seed=tr["seed"], keep=keep, split=split)
         if prepared is not None and "prepared" in keep:
             kept[key] = prepared[run.name] = keep["prepared"]
+        if "prepared" in keep and not any(p.severity != "warning" for p in problems):
+            diags += _check_class_weights(res, run, ds, keep["prepared"])
         for problem in problems:
             owner = run if problem.owner == "run" else ds
             hint = problem.hint or f"needed by run/{run.name}"
@@ -169,6 +171,38 @@ def check_local_fit(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
                                   hint=f"apply a HardwareProfile that fits this machine (cpusPerTask: auto takes "
                                        f"every core), or use executor type slurm"))
     return diags
+
+
+def _check_class_weights(res: Resolved, run: Obj, ds: Obj, prepared) -> list[Diagnostic]:
+    """A Model's targetHead.classWeights naming a class the run's classification target(s) do not
+    have in the data: known now, from the column preflight read, not when fine-tuning starts
+    (after the pretraining it waits for)."""
+    if run.spec["stage"] != "finetune":
+        return []
+    model_ref = effective_model_ref(res, run)
+    if not model_ref or ("Model", model_ref) not in res.objects:
+        return []
+    model = res.get("Model", model_ref)
+    weights = model.spec["targetHead"].get("classWeights")
+    if not isinstance(weights, dict):
+        return []
+    kinds = {t["name"]: t["type"] for t in ds.spec["targets"]}
+    names = [t["name"] for t in run.spec.get("targets") or []] or \
+        [run.spec.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)]
+    columns = [n for n in names if n and kinds.get(n) == "classification" and n in prepared.metadata]
+    if not columns:
+        return []
+    classes: set[str] = set()
+    for col in columns:
+        classes |= {str(v) for v in prepared.metadata[col].dropna().unique()}
+    unknown = sorted(str(k) for k in weights if str(k) not in classes)
+    if not unknown:
+        return []
+    shown = ", ".join(sorted(classes)[:12]) + (", ..." if len(classes) > 12 else "")
+    return [model.diag(f"targetHead.classWeights names {', '.join(repr(u) for u in unknown)}, which "
+                       f"{'is not a class' if len(unknown) == 1 else 'are not classes'} of "
+                       f"{', '.join(repr(c) for c in columns)} in Dataset '{ds.name}' (used by run/{run.name})",
+                       ("spec", "targetHead", "classWeights"), hint=f"the classes are: {shown}")]
 
 
 def _python() -> str:

@@ -140,6 +140,11 @@ def check_rules(res: Resolved, obj: Obj) -> list[Diagnostic]:
         if s["strategy"] == "fsdp" and total < 2:
             d.append(obj.diag("strategy fsdp needs more than one device", ("spec", "strategy"),
                               hint="use strategy none for a single device, or raise devicesPerNode/nodes"))
+        if s["strategy"] == "fsdp" and s["accelerator"] == "cpu":
+            # accelerate turns FSDP on only for GPU-like distributed types (AcceleratorState: the
+            # FSDP branch sits under MULTI_GPU/NPU/XPU/...), so on CPU it would silently train as DDP
+            d.append(obj.diag("strategy fsdp needs GPUs: on CPU accelerate would silently train as ddp",
+                              ("spec", "strategy"), hint="use strategy ddp on CPU (each process holds the whole model)"))
         if s["strategy"] == "none" and total > 1:
             d.append(obj.diag(f"{total} devices but strategy none", ("spec", "strategy"),
                               hint="use ddp (or fsdp) to train on several devices"))
@@ -347,6 +352,10 @@ def _check_targets(run: Obj, ds: Obj, model: Obj | None) -> list[Diagnostic]:
                               f"{t['loss']}", (*at, i, "loss"), hint="remove loss (classWeights and labelSmoothing "
                                                                     "on the Model's targetHead tune it)"))
         seen.add(t["name"])
+    if s["targets"] and all(t.get("weight", 1.0) == 0 for t in s["targets"]):
+        d.append(run.diag("every target's weight is 0: the run would train nothing", at,
+                          hint="give at least one target a positive weight (weight 0 reports a target's "
+                               "metrics without training on it)"))
     if model is not None:
         th = model.spec["targetHead"]
         for key, bad in (("loss", "quantile"), ("outputActivation", "bounded"), ("outputActivation", "softplus"),
@@ -429,6 +438,11 @@ def _check_recipe(res: Resolved, run: Obj, ds: Obj) -> list[Diagnostic]:
     if prof and prof["steps"][0] > prof["steps"][1]:
         d.append(run.diag(f"profile.steps {prof['steps']}: the first step comes after the last",
                           ("spec", "trainer", "profile", "steps"), hint=f"write [{prof['steps'][1]}, {prof['steps'][0]}]"))
+    if prof and tr.get("maxSteps") and prof["steps"][0] > tr["maxSteps"]:
+        d.append(run.diag(f"profile.steps {prof['steps']} starts after the run's last step (maxSteps "
+                          f"{tr['maxSteps']}): nothing would be profiled", ("spec", "trainer", "profile", "steps"),
+                          hint=f"profile steps within 1..{tr['maxSteps']}, e.g. [{min(5, tr['maxSteps'])}, "
+                               f"{min(8, tr['maxSteps'])}]"))
     random_asvs = ds.spec.get("asvSelection") == "random"
     if tr.get("validationPasses", 1) > 1 and not random_asvs:
         d.append(run.diag(f"validationPasses {tr['validationPasses']} needs Dataset '{ds.name}' with asvSelection: random "
@@ -492,6 +506,32 @@ def _check_attention(res: Resolved, run: Obj, model_ref: str | None, hw: Obj) ->
                      hint="set the Model's attentionBackend to auto (the profile then decides) or mem_efficient")]
 
 
+FUSION_FIELDS = ("categoricalFusion", "categoricalAt", "categoricalEmbeddingDim")
+
+
+def _check_fusion_inputs(res: Resolved, run: Obj, model_ref: str | None, ds: Obj) -> list[Diagnostic]:
+    """A fine-tune whose Model says how to fuse categorical inputs, on data that has none (every
+    categorical column is a target of the run, or there is none): the setting would do nothing."""
+    s = run.spec
+    if s["stage"] != "finetune" or not model_ref or ("Model", model_ref) not in res.objects:
+        return []
+    model = res.get("Model", model_ref)
+    written = [f for f in FUSION_FIELDS if model.doc is not None and ("spec", f) in model.doc.key_positions]
+    if not written:
+        return []
+    targets = {t["name"] for t in s.get("targets") or []} or \
+        {s.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)}
+    inputs = [c for c in ds.spec["categoricalColumns"] if c not in targets]
+    if inputs:
+        return []
+    why = "has no categoricalColumns" if not ds.spec["categoricalColumns"] else \
+        f"lists only the run's target{'s' if len(targets) > 1 else ''} among its categoricalColumns"
+    return [model.diag(f"Model '{model.name}' sets {', '.join(written)}, but Dataset '{ds.name}' {why}: "
+                       f"run/{run.name} has no categorical input to fuse, so the setting would do nothing",
+                       ("spec", written[0]),
+                       hint="remove it from the Model, or add an input column to the Dataset's categoricalColumns")]
+
+
 def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     d: list[Diagnostic] = []
     s = run.spec
@@ -519,6 +559,7 @@ def _check_run(res: Resolved, run: Obj) -> list[Diagnostic]:
     d += _check_run_split(run, ds)
     model_ref = effective_model_ref(res, run)
     d += _check_attention(res, run, model_ref, hw)
+    d += _check_fusion_inputs(res, run, model_ref, ds)
     if stage in ("pretrain", "finetune") and not model_ref:
         d.append(run.diag(f"a {stage} run needs a model", ("spec",),
                           hint="add spec.modelRef (finetune may also inherit it from initFrom.run)"))
