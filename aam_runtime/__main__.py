@@ -82,6 +82,14 @@ def _run(folder: RunFolder, run_dir: Path, rank0: bool) -> int:
                 folder.release_reserve()
             return RF.EXIT_PRUNED
         if isinstance(exc, Preempted):
+            if rank0 and (folder.path / RF.CANCEL_FLAG).exists():  # aamctl cancel, not a pre-emption
+                folder.update_status(phase="Cancelled", finished=time.time(),
+                                     reason="cancelled by aamctl (checkpointed: 'aamctl resume' continues it)")
+                folder.event("finished", phase="Cancelled")
+                if cfg is not None:
+                    cfg.tracking_finish(exit_code=RF.EXIT_CANCELLED)
+                folder.release_reserve()
+                return RF.EXIT_CANCELLED
             if rank0:
                 folder.update_status(phase="Preempted", reason="checkpointed after a stop signal; requeue to resume")
                 folder.event("preempted")

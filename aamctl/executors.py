@@ -51,6 +51,32 @@ def pid_alive(pid: int | None, start: float | None) -> bool:
     return True
 
 
+def group_alive(pgid: int | None) -> bool:
+    """Whether any process of a process group is still there (zombies do not count)."""
+    if not pgid:
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # killpg(0) also answers for zombies waiting for their parent: look for a live member
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+    except OSError:
+        return True
+
+
 class LocalExecutor:
     name = "local"
 
@@ -94,22 +120,36 @@ class LocalExecutor:
             return None
         return next((f for f in map(launcher, pids) if f is not None), None)
 
-    def cancel(self, row, grace: float = 10.0) -> None:
+    def cancel(self, row, grace: float = 10.0) -> bool:
+        """SIGTERM to the run's whole process group (its launcher and the training under it), then
+        SIGKILL after `grace` seconds to whatever is left: a process busy in native code (a UniFrac
+        matrix) handles SIGTERM only when it returns to Python, long after its launcher is gone.
+        True when the group had ended by then; False when it needed SIGKILL."""
         pid = row["pid"]
-        if not pid_alive(pid, row["pid_start"]):
-            return
+        if not pid_alive(pid, row["pid_start"]) and not group_alive(pid):
+            return True
+        if row["folder"]:
+            try:  # the runtime reads it when the signal lands: a cancel, not a pre-emption to resume
+                (Path(row["folder"]) / CANCEL_FLAG).write_text("cancelled by aamctl\n")
+            except OSError:
+                pass
         try:
             os.killpg(pid, signal.SIGTERM)
         except ProcessLookupError:
-            return
+            return True
         deadline = time.time() + grace
-        while time.time() < deadline and pid_alive(pid, row["pid_start"]):
+        while time.time() < deadline and group_alive(pid):
             time.sleep(0.2)
-        if pid_alive(pid, row["pid_start"]):
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        if not group_alive(pid):
+            return True
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            return True
+        deadline = time.time() + 5
+        while time.time() < deadline and group_alive(pid):
+            time.sleep(0.1)
+        return False
 
 
 # ------------------------------------------------------------------ SLURM

@@ -217,3 +217,38 @@ def test_a_queued_run_can_be_cancelled_and_deleted(data, tmp_path):
     assert "local executor: run/long has 2 CPU cores, 2 threads per process" in log
     record = yaml.safe_load_all((home / "runs" / "long" / "1" / "record.yaml").read_text())
     assert next(iter(record))["resolved"]["precision"] in ("no", "bf16")
+
+
+def test_cancel_waits_for_every_process_of_the_run_and_kills_the_stubborn(tmp_path):
+    """The launcher dies at SIGTERM at once, but a process busy in native code handles it only
+    later: cancel waits for the whole group, and SIGKILLs what outlives the grace period."""
+    from aamctl.executors import LocalExecutor, group_alive, proc_start_time
+
+    script = tmp_path / "launch.sh"
+    script.write_text("sh -c 'trap \"\" TERM; sleep 60' &\nwait\n")
+    p = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    time.sleep(0.3)
+    row = {"pid": p.pid, "pid_start": proc_start_time(p.pid), "folder": str(tmp_path)}
+    t0 = time.time()
+    assert LocalExecutor().cancel(row, grace=1.0) is False  # it needed SIGKILL
+    p.wait(5)
+    assert not group_alive(p.pid) and time.time() - t0 < 10
+    assert (tmp_path / "CANCEL").exists()
+
+
+@pytest.mark.slow
+def test_a_cancelled_run_says_cancelled_in_its_own_folder(data, tmp_path):
+    home = tmp_path / "home"
+    f = tmp_path / "c.yaml"
+    f.write_text(synth_manifests(data) + _run("victim", "cpu", epochs=200))
+    aamctl(home, "apply", "-f", str(f))
+    folder = home / "runs" / "victim" / "1"
+    assert _wait_for(lambda: (folder / "status.json").exists()
+                     and json.loads((folder / "status.json").read_text()).get("step", 0) >= 2, 60)
+    p = aamctl(home, "cancel", "victim")
+    assert p.stdout.startswith("run/victim cancelled")
+    # cancel returned once the processes were gone: the folder already agrees with the store
+    st = json.loads((folder / "status.json").read_text())
+    assert st["phase"] == "Cancelled", st
+    assert _status(home)["victim"]["phase"] == "Cancelled"
+    assert int((folder / "exit_code").read_text()) == 143

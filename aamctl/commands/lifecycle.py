@@ -15,13 +15,16 @@ ACTIVE = {"Pending", "Queued", "Running", "Requeued"}
 
 
 def cancel_run(store, row) -> tuple[bool, str]:
-    """Cancel a run if it is active now: (cancelled, its phase as observed before)."""
+    """Cancel a run if it is active now: (cancelled, its phase as observed before). A local run's
+    processes are gone when this returns (SIGTERM, then SIGKILL after the grace period)."""
     from ..executors import executor_for
 
     row, phase, _, _ = observe_one(store, row, warn=False)
     if phase not in ACTIVE:
         return False, phase
-    executor_for(row["executor"]).cancel(row)
+    stopped = executor_for(row["executor"]).cancel(row)
+    if stopped is False:
+        store.add_event(row["name"], row["generation"], "Killed", "did not stop within the grace period of SIGTERM")
     folder = Path(row["folder"])
     if not (folder / RF.EXIT_CODE).exists() and row["executor"] == "local":
         RF.atomic_write(folder / RF.EXIT_CODE, f"{RF.EXIT_CANCELLED}\n")
@@ -49,7 +52,10 @@ def cancel(ctx, words):
     store = c.require_store()
     cancelled, phase = cancel_run(store, c.find_run(store, run))
     if cancelled:
-        click.echo(f"run/{run} cancelled")
+        row = store.latest_run(run)
+        killed = any(e["event"] == "Killed" for e in store.events(row["name"], row["generation"])) if row else False
+        click.echo(f"run/{run} cancelled" + (" (its processes did not stop within 10 s of SIGTERM and were killed)"
+                                              if killed else ""))
     else:
         click.echo(f"run/{run} is not active ({phase}); nothing to cancel")
 
