@@ -310,11 +310,16 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
 
 
 def _non_finite(value, path: tuple):
-    """(path, value) of every NaN or infinite float inside a parsed document."""
+    """(path, value) of every NaN or infinite float, and every string (key or value) with a NUL
+    character, inside a parsed document."""
     if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, str) and "\x00" in value:
         yield path, value
     elif isinstance(value, dict):
         for k, v in value.items():
+            if isinstance(k, str) and "\x00" in k:
+                yield path + (k,), k
             yield from _non_finite(v, path + (k,))
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -350,6 +355,10 @@ def validate_document(doc: Document) -> list[Diagnostic]:
     # maximum-less bound: refused here, for every field of every kind, typed or free-form
     bad = list(_non_finite(data, ()))
     for path, value in bad:
+        if isinstance(value, str):
+            diags.append(doc.diag("a NUL character (\\0) in a string: no path, name or value may hold one", path,
+                                  hint="remove the \\0 escape"))
+            continue
         what = "NaN" if value != value else ("infinity" if value > 0 else "-infinity")
         diags.append(doc.diag(f"{what} is not a finite number", path,
                               hint="write a finite value (.nan and .inf are YAML's words for NaN and infinity, "
