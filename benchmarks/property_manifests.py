@@ -23,7 +23,9 @@ def main() -> int:
     ap.add_argument("--examples", type=int, default=300, help="per kind, apply --dry-run")
     ap.add_argument("--slow-examples", type=int, default=40, help="drawn settings run to their first step")
     a = ap.parse_args()
-    report = ROOT / "benchmarks" / ".property-tally.json"
+    import tempfile
+
+    report = Path(tempfile.mkdtemp(prefix="aam-props-")) / "tally.json"
     results = {}
     for label, test, n in (("dry-run", "test_generated_manifests_are_accepted_or_refused_with_a_position",
                             a.examples),
