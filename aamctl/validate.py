@@ -516,7 +516,10 @@ def _check_fusion_inputs(res: Resolved, run: Obj, model_ref: str | None, ds: Obj
     if s["stage"] != "finetune" or not model_ref or ("Model", model_ref) not in res.objects:
         return []
     model = res.get("Model", model_ref)
-    written = [f for f in FUSION_FIELDS if model.doc is not None and ("spec", f) in model.doc.key_positions]
+    # set to something other than its default (a record or a sweep's derived Model writes every
+    # default out, and a default does nothing either way)
+    written = [f for f in FUSION_FIELDS if f in model.spec and
+               model.spec[f] != (field_schema("Model", ("spec", f)) or {}).get("default")]
     if not written:
         return []
     targets = {t["name"] for t in s.get("targets") or []} or \
