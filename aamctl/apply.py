@@ -119,6 +119,7 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
             kept[key] = prepared[run.name] = keep["prepared"]
         if "prepared" in keep and not any(p.severity != "warning" for p in problems):
             diags += _check_class_weights(res, run, ds, keep["prepared"])
+            diags += _check_profile_window(run, keep["prepared"].n_samples, procs)
         for problem in problems:
             owner = run if problem.owner == "run" else ds
             hint = problem.hint or f"needed by run/{run.name}"
@@ -171,6 +172,25 @@ def check_local_fit(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
                                   hint=f"apply a HardwareProfile that fits this machine (cpusPerTask: auto takes "
                                        f"every core), or use executor type slurm"))
     return diags
+
+
+def _check_profile_window(run: Obj, n_samples: int, procs: int) -> list[Diagnostic]:
+    """trainer.profile starting after the run's last step, on an epoch-bounded run: the most steps
+    the run could take (every sample in training, the smallest batch, no accumulation) is known
+    once the data is read. (With maxSteps, validate says it.)"""
+    tr = run.spec["trainer"]
+    prof = tr.get("profile")
+    if not prof or tr.get("maxSteps") or run.spec["stage"] not in ("pretrain", "finetune"):
+        return []
+    batch = 2 if tr["batchSize"] == "auto" else tr["batchSize"]
+    accum = 1 if tr["gradientAccumulation"] == "auto" else tr["gradientAccumulation"]
+    most = -(-n_samples // (batch * max(1, procs))) // max(1, accum) * tr["epochs"]
+    if prof["steps"][0] <= most:
+        return []
+    return [run.diag(f"profile.steps {prof['steps']} starts after the run's last step: {tr['epochs']} epochs of "
+                     f"{n_samples} samples at batch {batch} x {procs} process(es) are at most {most} steps, so "
+                     f"nothing would be profiled", ("spec", "trainer", "profile", "steps"),
+                     hint=f"profile steps within 1..{most}")]
 
 
 def _check_class_weights(res: Resolved, run: Obj, ds: Obj, prepared) -> list[Diagnostic]:

@@ -43,3 +43,18 @@ def test_a_class_weight_for_a_class_the_data_lacks_is_refused_before_the_pretrai
     assert not (home / "runs").exists()  # nothing queued: not even the pretraining it would wait for
     f.write_text(_docs(data, "{gum: 2.0}"))
     assert aamctl(home, "apply", "-f", str(f), "--dry-run").returncode == 0
+
+
+def test_a_profile_window_past_the_last_step_is_refused_once_the_data_is_read(tmp_path):
+    data = make_dataset(tmp_path / "data", n_samples=24, n_asvs=30)
+    f = tmp_path / "p.yaml"
+    text = _docs(data, "{gum: 2.0}").replace("trainer: {epochs: 1, batchSize: 4}}",
+                                             "trainer: {epochs: 1, batchSize: 4, profile: {steps: [500, 502]}}}", 1)
+    assert "[500, 502]" in text
+    f.write_text(text)
+    p = aamctl(tmp_path / "home", "apply", "-f", str(f), "--dry-run", check=False)
+    assert p.returncode == 1
+    assert "profile.steps [500, 502] starts after the run's last step: 1 epochs of 24 samples at batch 4" in p.stderr
+    assert "spec.trainer.profile.steps" in p.stderr
+    f.write_text(text.replace("[500, 502]", "[2, 3]"))
+    assert aamctl(tmp_path / "home", "apply", "-f", str(f), "--dry-run").returncode == 0
