@@ -372,7 +372,9 @@ def test_metric_table_matches_the_schema_enum():
         "metric"]["anyOf"][1]["pattern"]
     assert set(pattern[2:pattern.index(")")].split("|")) == {m.name for m in METRICS.values() if m.target_type}
     sweep = _json.loads((ROOT / "schemas" / "v1alpha1" / "sweep.schema.json").read_text())
-    assert set(sweep["properties"]["spec"]["properties"]["objective"]["properties"]["metric"]["enum"]) == set(METRICS)
+    objective = sweep["properties"]["spec"]["properties"]["objective"]["properties"]["metric"]
+    assert set(objective["anyOf"][0]["enum"]) == set(METRICS)
+    assert objective["anyOf"][1]["pattern"] == pattern  # a target's metric, named as for earlyStopping
 
 
 def test_non_tty_progress_prints_tenths_and_minutes_not_steps():
