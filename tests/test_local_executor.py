@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from aam_runtime import runfolder as RF
+
 from synth import make_dataset, synth_manifests
 
 from conftest import aamctl
@@ -56,17 +58,17 @@ def test_runs_get_their_share_and_the_rest_wait_in_order(tmp_path):
     # the GPUs are taken: b waits (its reason names who holds them), c waits behind b
     b, fb = _start(tmp_path, "b", "--cpus", "1", "--processes", "1", "--accelerator", "cuda", "--threads", "auto",
                    env_extra={**env, "AAM_SUBMITTED_NS": "1"})
-    assert _wait_for(lambda: (fb / "queued").exists())
-    assert (fb / "queued").read_text().strip() == "waiting for 1 of the 2 GPUs (in use by run/a)"
+    assert _wait_for(lambda: (fb / RF.QUEUED).exists())
+    assert (fb / RF.QUEUED).read_text().strip() == "waiting for 1 of the 2 GPUs (in use by run/a)"
     c, fc = _start(tmp_path, "c", "--cpus", "1", "--processes", "1", "--accelerator", "cpu", "--threads", "auto",
                    env_extra={**env, "AAM_SUBMITTED_NS": "2"})
-    assert _wait_for(lambda: (fc / "queued").exists())
+    assert _wait_for(lambda: (fc / RF.QUEUED).exists())
     # c needs no GPU and 2 of 4 cores are free, but b came first: c waits behind it
-    assert (fc / "queued").read_text().strip() == "queued behind 1 run (run/b)"
+    assert (fc / RF.QUEUED).read_text().strip() == "queued behind 1 run (run/b)"
     (fa / "release").touch()
     a.wait(10)
     assert _first_line(b) == "1 0"
-    assert not (fb / "queued").exists()
+    assert not (fb / RF.QUEUED).exists()
     assert _first_line(c) == "1 None"  # a CPU run sees no device variable of ours
     for p, f in ((b, fb), (c, fc)):
         (f / "release").touch()
@@ -79,10 +81,10 @@ def test_a_killed_holder_frees_its_share_and_its_ticket(tmp_path):
     assert _first_line(a) == "2 None"  # auto: every core, threads = cores / processes
     b, fb = _start(tmp_path, "b", "--cpus", "auto", "--processes", "1", "--threads", "auto",
                    env_extra={**env, "AAM_SUBMITTED_NS": "1"})
-    assert _wait_for(lambda: (fb / "queued").exists())
-    assert "waiting for 2 of the 2 CPU cores (in use by run/a)" in (fb / "queued").read_text()
+    assert _wait_for(lambda: (fb / RF.QUEUED).exists())
+    assert "waiting for 2 of the 2 CPU cores (in use by run/a)" in (fb / RF.QUEUED).read_text()
     c, fc = _start(tmp_path, "c", "--cpus", "1", "--processes", "1", env_extra={**env, "AAM_SUBMITTED_NS": "2"})
-    assert _wait_for(lambda: (fc / "queued").exists())
+    assert _wait_for(lambda: (fc / RF.QUEUED).exists())
     b.kill()  # a queued run that dies (cancel) leaves a stale ticket: the next comer removes it
     b.wait(10)
     a.kill()  # SIGKILL: the kernel drops its locks; nothing to clean up
@@ -151,7 +153,7 @@ def _status(home) -> dict:
 
 def _span(folder: Path) -> tuple[float, float]:
     """When a run's own process held its share: its first and last event."""
-    events = [json.loads(x) for x in (folder / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(x) for x in (folder / RF.EVENTS).read_text().splitlines()]
     return events[0]["time"], events[-1]["time"]
 
 
@@ -184,7 +186,7 @@ def test_four_runs_on_two_slots_run_two_at_a_time_and_all_finish(data, tmp_path)
     for t, _ in spans:  # at any run's start, at most two runs (itself included) were running
         assert sum(1 for a, b in spans if a <= t <= b) <= 2, spans
     for i in range(4):
-        log = (home / "runs" / f"r{i}" / "1" / "log.txt").read_text()
+        log = (home / "runs" / f"r{i}" / "1" / RF.LOG).read_text()
         assert f"local executor: run/r{i} has 1 CPU cores, 1 threads per process" in log
 
 
@@ -213,9 +215,9 @@ def test_a_queued_run_can_be_cancelled_and_deleted(data, tmp_path):
     p = aamctl(home, "delete", "run", "third")
     assert "run/third cancelled" in p.stdout and "run/third deleted" in p.stdout
     aamctl(home, "cancel", "long")
-    log = (home / "runs" / "long" / "1" / "log.txt").read_text()
+    log = (home / "runs" / "long" / "1" / RF.LOG).read_text()
     assert "local executor: run/long has 2 CPU cores, 2 threads per process" in log
-    record = yaml.safe_load_all((home / "runs" / "long" / "1" / "record.yaml").read_text())
+    record = yaml.safe_load_all((home / "runs" / "long" / "1" / RF.RECORD).read_text())
     assert next(iter(record))["resolved"]["precision"] in ("no", "bf16")
 
 
@@ -233,7 +235,7 @@ def test_cancel_waits_for_every_process_of_the_run_and_kills_the_stubborn(tmp_pa
     assert LocalExecutor().cancel(row, grace=1.0) is False  # it needed SIGKILL
     p.wait(5)
     assert not group_alive(p.pid) and time.time() - t0 < 10
-    assert (tmp_path / "CANCEL").exists()
+    assert (tmp_path / RF.CANCEL_FLAG).exists()
 
 
 @pytest.mark.slow
@@ -243,12 +245,12 @@ def test_a_cancelled_run_says_cancelled_in_its_own_folder(data, tmp_path):
     f.write_text(synth_manifests(data) + _run("victim", "cpu", epochs=200))
     aamctl(home, "apply", "-f", str(f))
     folder = home / "runs" / "victim" / "1"
-    assert _wait_for(lambda: (folder / "status.json").exists()
-                     and json.loads((folder / "status.json").read_text()).get("step", 0) >= 2, 60)
+    assert _wait_for(lambda: (folder / RF.STATUS).exists()
+                     and json.loads((folder / RF.STATUS).read_text()).get("step", 0) >= 2, 60)
     p = aamctl(home, "cancel", "victim")
     assert p.stdout.startswith("run/victim cancelled")
     # cancel returned once the processes were gone: the folder already agrees with the store
-    st = json.loads((folder / "status.json").read_text())
+    st = json.loads((folder / RF.STATUS).read_text())
     assert st["phase"] == "Cancelled", st
     assert _status(home)["victim"]["phase"] == "Cancelled"
-    assert int((folder / "exit_code").read_text()) == 143
+    assert int((folder / RF.EXIT_CODE).read_text()) == 143

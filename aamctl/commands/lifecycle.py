@@ -14,14 +14,15 @@ from ..errors import AamError, Diagnostic
 ACTIVE = {"Pending", "Queued", "Running", "Requeued"}
 
 
-def cancel_run(store, row) -> tuple[bool, str]:
-    """Cancel a run if it is active now: (cancelled, its phase as observed before). A local run's
-    processes are gone when this returns (SIGTERM, then SIGKILL after the grace period)."""
+def cancel_run(store, row) -> tuple[bool, str, bool]:
+    """Cancel a run if it is active now: (cancelled, its phase as observed before, whether its
+    processes needed SIGKILL). A local run's processes are gone when this returns (SIGTERM,
+    then SIGKILL after the grace period)."""
     from ..executors import executor_for
 
     row, phase, _, _ = observe_one(store, row, warn=False)
     if phase not in ACTIVE:
-        return False, phase
+        return False, phase, False
     stopped = executor_for(row["executor"]).cancel(row)
     if stopped is False:
         store.add_event(row["name"], row["generation"], "Killed", "did not stop within the grace period of SIGTERM")
@@ -29,7 +30,7 @@ def cancel_run(store, row) -> tuple[bool, str]:
     if not (folder / RF.EXIT_CODE).exists() and row["executor"] == "local":
         RF.atomic_write(folder / RF.EXIT_CODE, f"{RF.EXIT_CANCELLED}\n")
     store.set_phase(row["name"], row["generation"], "Cancelled", "cancelled by user", finished=time.time())
-    return True, phase
+    return True, phase, stopped is False
 
 
 @click.command()
@@ -50,10 +51,8 @@ def cancel(ctx, words):
     run = words[0]
     c = Context(ctx)
     store = c.require_store()
-    cancelled, phase = cancel_run(store, c.find_run(store, run))
+    cancelled, phase, killed = cancel_run(store, c.find_run(store, run))
     if cancelled:
-        row = store.latest_run(run)
-        killed = any(e["event"] == "Killed" for e in store.events(row["name"], row["generation"])) if row else False
         click.echo(f"run/{run} cancelled" + (" (its processes did not stop within 10 s of SIGTERM and were killed)"
                                               if killed else ""))
     else:
