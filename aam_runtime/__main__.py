@@ -13,9 +13,9 @@ import time
 import traceback
 from pathlib import Path
 
-from . import runfolder as RF
-from .errors import HardwareMissing
-from .runfolder import RunFolder
+from aam_runtime import runfolder as RF
+from aam_runtime.errors import HardwareMissing
+from aam_runtime.runfolder import RunFolder
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(folder: RunFolder, run_dir: Path, rank0: bool) -> int:
-    from .config import RecordError, RunConfig
-    from .data.table import DataError
+    from aam_runtime.config import RecordError, RunConfig
+    from aam_runtime.data.table import DataError
 
     cfg = None
     try:
@@ -55,7 +55,7 @@ def _run(folder: RunFolder, run_dir: Path, rank0: bool) -> int:
             folder.event("started", stage=cfg.stage)
             if cfg.staged:
                 _say(f"reading {len(cfg.staged)} data files from node-local scratch {os.environ.get('AAM_SCRATCH')}")
-        from .stages import run_stage
+        from aam_runtime.stages import run_stage
         summary = run_stage(cfg, folder)
         _leave_process_group()
         if rank0:
@@ -70,7 +70,7 @@ def _run(folder: RunFolder, run_dir: Path, rank0: bool) -> int:
     except KeyboardInterrupt:
         return _fail(folder, cfg, "interrupted", 130, rank0)
     except Exception as exc:
-        from .train import Preempted, Pruned
+        from aam_runtime.train import Preempted, Pruned
         if isinstance(exc, (Preempted, Pruned)):
             _leave_process_group()  # every rank stops at the same step
         if isinstance(exc, Pruned):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import yaml
 
-from .runfolder import METRICS, RECORD, RESOLVED_KEY, TENSORBOARD
+from aam_runtime.runfolder import METRICS, RECORD, RESOLVED_KEY, TENSORBOARD
+from aam_runtime.scratch import staged_paths
 
 
 class RecordError(Exception):
@@ -53,9 +54,7 @@ class RunConfig:
 
     def _read_staged(self) -> dict[str, str]:
         """HardwareProfile.scratch: read the Dataset's files from the node-local copies the job
-        staged (aam_runtime.stage); the record keeps the shared paths."""
-        from .stage import staged_paths
-
+        staged (aam_runtime.scratch); the record keeps the shared paths."""
         copies = staged_paths()
         if not copies:
             return {}

@@ -13,7 +13,7 @@ import json
 import os
 import sys
 
-from .machine import cpu_bf16_flags
+from aam_runtime.machine import cpu_bf16_flags
 
 
 def main(argv=None) -> int:
@@ -33,7 +33,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from .jobenv import INTERFACE_VARS, job_env
+    from aam_runtime.jobenv import INTERFACE_VARS, job_env
 
     hip = getattr(torch.version, "hip", None)
     build = f"ROCm {hip}" if hip else (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
@@ -83,7 +83,7 @@ def main(argv=None) -> int:
         except RuntimeError as exc:
             add(f"sdpa {label}", "skip", f"not available here ({str(exc).splitlines()[0][:70]})")
 
-    from .model import attention_decision
+    from aam_runtime.model import attention_decision
 
     backend, why, disagree = attention_decision(spec.get("attentionBackend", "auto"), want or device,
                                                 spec.get("rocmVersion"), hip)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     if iface:
         present = os.path.exists(f"/sys/class/net/{iface}")
         add("network interface", "ok" if present else "WARN", f"{iface} {'present' if present else 'not on this node'}")
-    from .data.unifrac import available_backends
+    from aam_runtime.data.unifrac import available_backends
 
     backends = [b for b in available_backends() if b != "skbio"]
     add("UniFrac", "ok" if backends else "WARN",
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     failed = [r for r in rows if r[1] == "FAIL"]
     skipped = [r[0] for r in rows if r[1] == "skip"]
     if golden_opts:
-        from .model import choose_attention_backend
+        from aam_runtime.model import choose_attention_backend
 
         backend = choose_attention_backend(spec.get("attentionBackend", "auto"), want or device, spec.get("rocmVersion"),
                                            hip)
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
 
 def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:
     """Write or compare golden numerics; prints its lines; False when the comparison fails."""
-    from . import golden
+    from aam_runtime import golden
 
     if "--write-golden" in opts:
         doc = golden.write(opts["--write-golden"], json.loads(opts["--golden-spec"]), device, backend)
@@ -162,7 +162,7 @@ def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:
 
 
 if __name__ == "__main__":
-    from .golden import GoldenError
+    from aam_runtime.golden import GoldenError
 
     try:
         sys.exit(main())

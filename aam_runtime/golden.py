@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runfolder import atomic_write
+from aam_runtime.runfolder import atomic_write
 
 FORMAT = "aam-golden/1"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -77,7 +77,7 @@ def make_inputs(seed: int = 7) -> dict:
 
 
 def _model(spec: dict, device: str, backend: str, weights: dict | None):
-    from .model import AAM, ModelConfig
+    from aam_runtime.model import AAM, ModelConfig
 
     torch.manual_seed(0)
     model = AAM(ModelConfig.from_spec(spec), max_bp=BASES, n_outputs=1, max_asvs=2 * ASVS_PER_SAMPLE)
@@ -94,9 +94,9 @@ def _model(spec: dict, device: str, backend: str, weights: dict | None):
 
 def run(spec: dict, inputs: dict, weights: dict, dtype: str, device: str, backend: str) -> dict[str, torch.Tensor]:
     """Forward, the pretraining and target losses, one backward: name -> float32 CPU tensor."""
-    from . import losses as L
-    from .model import pairwise_unifrac_loss
-    from .data.table import MASK
+    from aam_runtime import losses as L
+    from aam_runtime.model import pairwise_unifrac_loss
+    from aam_runtime.data.table import MASK
 
     model = _model(spec, device, backend, weights)
     pos = inputs["nuc_mask"].to(device)

@@ -25,8 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from .machine import VISIBLE_VAR, MachineError, usable_cpus, visible_gpu_ids
-from .runfolder import EXIT_NO_HARDWARE, EXIT_USAGE, QUEUED, atomic_write
+from aam_runtime.machine import VISIBLE_VAR, MachineError, usable_cpus, visible_gpu_ids
+from aam_runtime.runfolder import EXIT_NO_HARDWARE, EXIT_USAGE, QUEUED, atomic_write
 
 SUBMITTED_VAR = "AAM_SUBMITTED_NS"  # set by the local executor: the run's place in the queue
 POLL = float(os.environ.get("AAM_LOCAL_POLL", "1.0"))  # seconds between attempts while queued

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .model import pairwise_unifrac_loss, sharded_unifrac_loss
+from aam_runtime.model import pairwise_unifrac_loss, sharded_unifrac_loss
 
 
 def nucleotide(out: dict) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data.table import MASK, PAD, START, VOCAB_SIZE
+from aam_runtime.data.table import MASK, PAD, START, VOCAB_SIZE
 
 # Modules that belong to the target head: what finetuning starts afresh (unless it continues a
 # finetune run) and what freezeBase leaves trainable.

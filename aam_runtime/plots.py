@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .runfolder import CONFUSION_PLOT, LOSS_PLOT, PRED_PLOT
+from aam_runtime.runfolder import CONFUSION_PLOT, LOSS_PLOT, PRED_PLOT
 
 
 def _plt():

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .console import log
-from .runfolder import PROFILE_DIR, atomic_write
+from aam_runtime.console import log
+from aam_runtime.runfolder import PROFILE_DIR, atomic_write
 
 
 class StepProfiler:

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import plots
-from .config import RunConfig
-from .console import log
-from .data.prepare import target_std, unscale_target
-from .data.table import DataError
-from .runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write, checkpoint_name,
+from aam_runtime import plots
+from aam_runtime.config import RunConfig
+from aam_runtime.console import log
+from aam_runtime.data.prepare import target_std, unscale_target
+from aam_runtime.data.table import DataError
+from aam_runtime.runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write, checkpoint_name,
                         read_jsonl, target_plot)
 
 
@@ -35,8 +35,8 @@ def _load_checkpoint(path: str | Path) -> dict:
 def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """pretrain and finetune: prepare the data, fit, then write plots (and, for finetune, the
     validation predictions)."""
-    from .data.prepare import prepare
-    from .train import Trainer
+    from aam_runtime.data.prepare import prepare
+    from aam_runtime.train import Trainer
 
     trainer = Trainer(cfg, folder)
     last = folder.path / checkpoint_name("last")
@@ -73,7 +73,7 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     deviation over prediction passes (a `std` column: in the target's units for regression, of
     the predicted class's probability for classification). With quantile outputs the prediction
     is the level nearest 0.5 and every level gets its own column (q0.1, q0.5, ...)."""
-    from .train import point_column
+    from aam_runtime.train import point_column
 
     ids = data.enc.prepared.sample_ids
     images = {}
@@ -121,7 +121,7 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
     """predictions.tsv for a run with several targets: per target, prediction:NAME and
     truth:NAME (in its units or class names; std:NAME with several passes), and one plot each
     (pred_vs_true_NAME.png or confusion_NAME.png)."""
-    from .train import point_column
+    from aam_runtime.train import point_column
 
     ids = data.enc.prepared.sample_ids
     header = ["sample_id", "split"]
@@ -170,9 +170,9 @@ def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int)
     every pass (several passes draw other ASVs, with asvSelection random), and the pass count."""
     import torch
 
-    from .data import batches as B
-    from .model import build_model
-    from .train import conditional_column
+    from aam_runtime.data import batches as B
+    from aam_runtime.model import build_model
+    from aam_runtime.train import conditional_column
 
     model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=n_outputs,
                         categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
@@ -226,7 +226,7 @@ def _head_outputs(meta: dict) -> list:
     class logits)."""
     if meta.get("targets"):
         return [list(t.get("quantiles") or []) for t in meta["targets"]]
-    from .losses import TargetLoss
+    from aam_runtime.losses import TargetLoss
 
     return [list(TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"]).quantiles)]
 
@@ -234,7 +234,7 @@ def _head_outputs(meta: dict) -> list:
 def _rescale(out: np.ndarray, norm: dict, first: dict, groups) -> np.ndarray:
     """Regression outputs on one member's target scale -> the first member's (units in between),
     column by column; the identity when both were scaled alike."""
-    from .data.prepare import scale_target, unscale_target
+    from aam_runtime.data.prepare import scale_target, unscale_target
 
     if norm == first or not norm or not first:
         return out
@@ -268,8 +268,8 @@ def _ensemble_outputs(cfg: RunConfig, data, cks: list[dict], n_outputs: int) -> 
 def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: dict) -> dict:
     """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
     metrics (metric:target) where the Dataset has the column."""
-    from .data.prepare import prepare
-    from .train import average_blocks, check_hardware, target_metrics
+    from aam_runtime.data.prepare import prepare
+    from aam_runtime.train import average_blocks, check_hardware, target_metrics
 
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     check_hardware(cfg)
@@ -297,9 +297,9 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: d
 def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Predictions of a finetuned checkpoint on any Dataset (unseen ASVs included), with metrics
     where the Dataset has the target."""
-    from .data.prepare import prepare
-    from .losses import TargetLoss
-    from .train import average_passes, check_hardware, target_metrics
+    from aam_runtime.data.prepare import prepare
+    from aam_runtime.losses import TargetLoss
+    from aam_runtime.train import average_passes, check_hardware, target_metrics
 
     cks = []
     for path in cfg.init_checkpoints:
@@ -345,8 +345,8 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Random forest on relative abundances with the transformer's split and metrics."""
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
-    from .data.prepare import prepare
-    from .train import target_metrics
+    from aam_runtime.data.prepare import prepare
+    from aam_runtime.train import target_metrics
 
     data = prepare(cfg, folder, "baseline")
     counts = data.enc.prepared.counts

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import autobatch
-from . import losses as L
-from . import metrics as M
-from .config import RunConfig
-from .data import batches as B
-from .data import table as T
-from .console import log
-from .data.prepare import Data, scale_target, unscale_target
-from .errors import HardwareMissing
-from .metric_table import improved
-from .model import AAM, build_model, is_head_key, param_group, sample_positions
-from .profiling import StepProfiler
-from .runfolder import RunFolder, atomic_write, checkpoint_name
+from aam_runtime import autobatch
+from aam_runtime import losses as L
+from aam_runtime import metrics as M
+from aam_runtime.config import RunConfig
+from aam_runtime.data import batches as B
+from aam_runtime.data import table as T
+from aam_runtime.console import log
+from aam_runtime.data.prepare import Data, scale_target, unscale_target
+from aam_runtime.errors import HardwareMissing
+from aam_runtime.metric_table import improved
+from aam_runtime.model import AAM, build_model, is_head_key, param_group, sample_positions
+from aam_runtime.profiling import StepProfiler
+from aam_runtime.runfolder import RunFolder, atomic_write, checkpoint_name
 
 
 class Preempted(Exception):

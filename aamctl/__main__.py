@@ -1,3 +1,3 @@
-from .cli import main
+from aamctl.cli import main
 
 main()

@@ -8,9 +8,9 @@ import sys
 
 import click
 
-from . import __version__
-from .commands import register
-from .errors import AamError
+from aamctl import __version__
+from aamctl.commands import register
+from aamctl.errors import AamError
 
 
 def _warn_unsaved(ctx) -> None:

@@ -25,7 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from aam_runtime.runfolder import STATUS  # noqa: E402
-from aamctl.plan import run_folder  # noqa: E402
+from aamctl.planning.plan import run_folder  # noqa: E402
 
 AAMCTL = [sys.executable, "-m", "aamctl"]
 VARIANTS = {

@@ -30,7 +30,7 @@ def main():
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}) if hasattr(os, "sched_setaffinity") else None
     oral = ROOT / "examples" / "data" / "oral-age"
     t0 = time.perf_counter()
-    from aamctl.schema import fill_defaults
+    from aamctl.api.schema import fill_defaults
 
     spec = fill_defaults("Dataset", {"apiVersion": "aam/v1alpha1", "kind": "Dataset", "metadata": {"name": "b"},
                                      "spec": {"table": str(oral / "table.biom"),

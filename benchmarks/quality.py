@@ -48,7 +48,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from aam_runtime.runfolder import PREDICTIONS  # noqa: E402
-from aamctl.store import StateStore  # noqa: E402
+from aamctl.runs.store import StateStore  # noqa: E402
 
 AAMCTL = [sys.executable, "-m", "aamctl"]
 

@@ -44,7 +44,7 @@ def _children_rss_mib() -> float:
 
 
 def _spec(data: Path, **over) -> dict:
-    from aamctl.schema import fill_defaults
+    from aamctl.api.schema import fill_defaults
 
     spec = {"table": str(data / "table.biom"), "tree": str(data / "tree.nwk"),
             "metadata": {"path": str(data / "metadata.tsv")}, "targets": [{"name": "age", "type": "regression"}],
@@ -140,7 +140,7 @@ def step_train(data: Path, asvs: int, ckpt: bool, steps: int, batch: int) -> dic
     from aam_runtime.data import batches as B
     from aam_runtime.data import table as T
     from aam_runtime.model import AAM, ModelConfig, pairwise_unifrac_loss
-    from aamctl.schema import fill_defaults
+    from aamctl.api.schema import fill_defaults
 
     spec = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model", "metadata": {"name": "m"},
                                    "spec": {"gradientCheckpointing": ckpt}})["spec"]

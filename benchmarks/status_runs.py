@@ -32,7 +32,8 @@ def timed(cmd, repeat):
 
 def main():
     from aam_runtime import runfolder as RF
-    from aamctl.store import RUNS_DIR, StateStore
+    from aamctl.home import RUNS_DIR
+    from aamctl.runs.store import StateStore
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)

@@ -57,11 +57,13 @@ def sweep_manifest(max_trials: int) -> dict:
 def controller_overhead(home: Path, n: int) -> dict:
     import yaml
 
-    from aamctl import sweep as SW
-    from aamctl.apply import apply_manifests
-    from aamctl.parse import parse_text
-    from aamctl.store import StateStore
-    from aamctl.validate import validate
+    from aamctl.api.parse import parse_text
+    from aamctl.api.sweepspace import space_hash
+    from aamctl.api.validate import validate
+    from aamctl.home import sweep_folder
+    from aamctl.runs.apply import apply_manifests
+    from aamctl.runs.store import StateStore
+    from aamctl.sweeps import controller as SW
 
     store = StateStore(home)
     apply_manifests(store, None, documents=parse_text(MANIFESTS, "bench.yaml", ROOT), home=home, echo=lambda _: None)
@@ -70,29 +72,28 @@ def controller_overhead(home: Path, n: int) -> dict:
     res = validate(parse_text(text, "sweep.yaml", ROOT), store)
     sweep = res.given[0]
     store.put_object("Sweep", sweep.name, sweep.manifest, sweep.hash)
-    gen = store.add_sweep(name=sweep.name, space_hash=SW.space_hash(sweep.manifest), folder="", phase="Running",
+    gen = store.add_sweep(name=sweep.name, space_hash=space_hash(sweep.manifest), folder="", phase="Running",
                           executor="local")
-    folder = SW.sweep_folder(home, sweep.name, gen)
+    folder = sweep_folder(home, sweep.name, gen)
     folder.mkdir(parents=True)
     store.update_sweep(sweep.name, gen, folder=str(folder))
     ctl = SW.Controller(store, home, sweep.name, echo=lambda _: None)
-    import aamctl.apply as A
-    A_submit = A.submit_plan
-    A.submit_plan = lambda *a, **k: None  # the executor's part is not the controller's
+    real_submit = SW.submit_plan
+    SW.submit_plan = lambda *a, **k: None  # the executor's part is not the controller's
     try:
         t0 = time.perf_counter()
         ctl.open_study(sweep.manifest["spec"])
         t_open = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(n):
-            ctl._start_trials(sweep.manifest, 1)
+            ctl._create(ctl.study.ask(1), sweep.manifest)
         t_create = (time.perf_counter() - t0) / n
         t0 = time.perf_counter()
         for i in range(n):
             ctl._finish(i, "Complete", 5.0 + i * 0.01)
         t_tell = (time.perf_counter() - t0) / n
     finally:
-        A.submit_plan = A_submit
+        SW.submit_plan = real_submit
     states = [t["state"] for t in store.trials(sweep.name, gen)]
     folders = [p for p in (home / "runs").glob(f"bench-sweep-t*/1/{RECORD}")]
     assert states.count("Complete") == n and len(folders) == n, (states, len(folders))
@@ -101,8 +102,8 @@ def controller_overhead(home: Path, n: int) -> dict:
 
 
 def board_speed(home: Path, n: int) -> dict:
-    from aamctl import sweep as SW
-    from aamctl.store import StateStore
+    from aamctl.runs.store import StateStore
+    from aamctl.sweeps.leaderboard import leaderboard
 
     store = StateStore(home)
     m = sweep_manifest(n)
@@ -120,7 +121,7 @@ def board_speed(home: Path, n: int) -> dict:
                         json.dumps({"spec.trainer.learningRate": 1e-4 * (1 + i % 50),
                                     "model.spec.targetHead.hidden": [32] if i % 2 else []}), now - 100, now))
     t0 = time.perf_counter()
-    SW.leaderboard(store, "big")
+    leaderboard(store, "big")
     t_query = time.perf_counter() - t0
     env = dict(os.environ, AAM_HOME=str(home))
     times = {}

@@ -98,7 +98,7 @@ def one(batch: int, dedup: bool, steps: int, device: str, precision: str, attent
     from aam_runtime.data.unifrac import DistanceLookup, compute
     from aam_runtime.model import AAM, pairwise_unifrac_loss
 
-    from aamctl.schema import fill_defaults
+    from aamctl.api.schema import fill_defaults
     from aam_runtime.model import ModelConfig
 
     spec = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model", "metadata": {"name": "bench"},

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from aamctl import schema as S
+from aamctl.api import schema as S
 
 # a pattern's "$(?!\n)" (no trailing newline) means "end of string" for generation
 _END = re.compile(r"\$\(\?!\\n\)$")
@@ -147,11 +147,11 @@ def one_step(docs: dict, folder: Path) -> tuple[str, str]:
     plan, then the runtime in this process with a PREEMPT flag, so it stops after its first
     step. Any other outcome (an exception, a traceback, a crash in the run) raises."""
     from aam_runtime import runfolder as RF
-    from aamctl.apply import check_local_fit, run_preflight
+    from aamctl.runs.apply import check_local_fit, run_preflight
     from aamctl.errors import AamError
-    from aamctl.parse import parse_text
-    from aamctl.plan import build_plan
-    from aamctl.validate import validate
+    from aamctl.api.parse import parse_text
+    from aamctl.planning.plan import build_plan
+    from aamctl.api.validate import validate
 
     folder.mkdir(parents=True, exist_ok=True)
     f = folder / "m.yaml"

@@ -65,7 +65,7 @@ def make_dataset(folder: Path, n_samples: int = 24, n_asvs: int = 30, seed: int 
 
 def full_spec(kind: str, spec: dict) -> dict:
     """A spec with the schema's defaults filled, as aamctl hands it to the runtime."""
-    from aamctl.schema import fill_defaults
+    from aamctl.api.schema import fill_defaults
 
     return fill_defaults(kind, {"apiVersion": "aam/v1alpha1", "kind": kind, "metadata": {"name": "t"},
                                 "spec": spec})["spec"]

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aamctl.convert import ConvertError, commands_in_script, convert_argv, convert_file
+from aamctl.convert.converter import ConvertError, commands_in_script, convert_argv, convert_file
 from aamctl.errors import AamError
-from aamctl.parse import load_documents
-from aamctl.reference_flags import BY_COMMAND, COMMANDS, FLAGS, reference_table_markdown
-from aamctl.validate import validate
+from aamctl.api.parse import load_documents
+from aamctl.convert.flags import BY_COMMAND, COMMANDS, FLAGS, reference_table_markdown
+from aamctl.api.validate import validate
 from conftest import aamctl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,7 @@ def test_cli_prints_manifests_that_validate(tmp_path):
 
 def test_reference_doc_is_the_flag_table():
     assert (ROOT / "docs" / "reference.md").read_text() == reference_table_markdown(), \
-        "docs/reference.md is stale: python -c 'from aamctl.reference_flags import reference_table_markdown as m; " \
+        "docs/reference.md is stale: python -c 'from aamctl.convert.flags import reference_table_markdown as m; " \
         "open(\"docs/reference.md\", \"w\").write(m())'"
     text = reference_table_markdown()
     for f in FLAGS:

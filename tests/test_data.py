@@ -348,8 +348,8 @@ def test_preflight_accepts_good_data(ds):
 
 def test_oral_age_preflight_clean():
     """The shipped Dataset, resolved through the schema as aamctl does, passes every check."""
-    from aamctl.parse import load_paths
-    from aamctl.validate import validate
+    from aamctl.api.parse import load_paths
+    from aamctl.api.validate import validate
 
     root = ORAL.parent.parent.parent
     res = validate(load_paths([str(root / "manifests" / "pretrain.yaml")]))
@@ -469,7 +469,7 @@ def test_ssu_output_is_streamed_to_the_cache_in_blocks(ds, tmp_path):
 
 
 def test_stripe_ranges_cover_every_stripe_once():
-    from aamctl.stripes import stripe_ranges
+    from aamctl.planning.stripes import stripe_ranges
 
     for n, parts in ((41, 4), (500, 4), (3, 8), (2, 1), (100000, 64)):
         r = stripe_ranges(n, parts)

@@ -224,7 +224,7 @@ def test_a_queued_run_can_be_cancelled_and_deleted(data, tmp_path):
 def test_cancel_waits_for_every_process_of_the_run_and_kills_the_stubborn(tmp_path):
     """The launcher dies at SIGTERM at once, but a process busy in native code handles it only
     later: cancel waits for the whole group, and SIGKILLs what outlives the grace period."""
-    from aamctl.executors import LocalExecutor, group_alive, proc_start_time
+    from aamctl.runs.executors import LocalExecutor, group_alive, proc_start_time
 
     script = tmp_path / "launch.sh"
     script.write_text("sh -c 'trap \"\" TERM; sleep 60' &\nwait\n")

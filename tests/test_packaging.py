@@ -42,7 +42,7 @@ def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     where = subprocess.run([str(py), "-c", "import aamctl, sys; print(aamctl.__file__)"], cwd=elsewhere, env=env,
                            capture_output=True, text=True)
     assert where.stdout.startswith(str(purelib)), where.stdout + where.stderr
-    found = subprocess.run([str(py), "-c", "from aamctl.slurm import template_path; from aamctl.schema import "
+    found = subprocess.run([str(py), "-c", "from aamctl.planning.slurm import template_path; from aamctl.api.schema import "
                             "schema_dir; print(template_path()); print(schema_dir())"], cwd=elsewhere, env=env,
                            capture_output=True, text=True)
     assert found.returncode == 0 and all(line.startswith(str(purelib)) for line in found.stdout.split()), found

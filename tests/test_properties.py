@@ -30,10 +30,10 @@ def _dry_apply(docs: list[dict], home):
     """apply --dry-run in this process: validate, preflight, plan. An AamError is a refusal."""
     import yaml
 
-    from aamctl.apply import apply_manifests
+    from aamctl.runs.apply import apply_manifests
     from aamctl.errors import AamError
-    from aamctl.parse import parse_text
-    from aamctl.store import StateStore
+    from aamctl.api.parse import parse_text
+    from aamctl.runs.store import StateStore
 
     f = home / "m.yaml"
     f.parent.mkdir(parents=True, exist_ok=True)

@@ -266,7 +266,7 @@ def test_local_job_records_the_runtimes_own_exit_code_behind_a_launcher(tmp_path
     from types import SimpleNamespace
 
     from aam_runtime.runfolder import EXIT_CODE, RUNTIME_EXIT
-    from aamctl.plan import render_local_script
+    from aamctl.planning.plan import render_local_script
 
     (tmp_path / RUNTIME_EXIT).write_text("75\n")  # left by an earlier, preempted start
     write = "" if runtime_rc is None else f"echo {runtime_rc} > {RUNTIME_EXIT}; "

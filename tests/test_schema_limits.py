@@ -11,8 +11,8 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from aamctl.errors import AamError
-from aamctl.parse import parse_text
-from aamctl.validate import validate
+from aamctl.api.parse import parse_text
+from aamctl.api.validate import validate
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas" / "v1alpha1"
 
@@ -115,7 +115,7 @@ spec: {table: t.biom, tree: t.nwk, split: {seed: 3.0}}
 
 def _numeric_fields(kind: str):
     """(path, schema node) of every numeric leaf of a kind, following $refs and oneOf branches."""
-    from aamctl import schema as S
+    from aamctl.api import schema as S
 
     out = []
 
@@ -224,8 +224,8 @@ def test_extreme_values_resolve_cleanly_and_train_a_first_step(kind, path, end, 
     import yaml
 
     from aam_runtime import runfolder as RF
-    from aamctl.apply import run_preflight
-    from aamctl.plan import build_plan
+    from aamctl.runs.apply import run_preflight
+    from aamctl.planning.plan import build_plan
 
     monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path.parent / "extremes-cache"))
     node, integer = next((n, i) for k, p, i, n in CASES if (k, p) == (kind, path))

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from aam_runtime import runfolder as RF
-from aamctl.plan import build_plan
+from aamctl.planning.plan import build_plan
 from aamctl.errors import AamError
-from aamctl.parse import parse_text
-from aamctl.validate import validate
+from aamctl.api.parse import parse_text
+from aamctl.api.validate import validate
 
 from slurm_cluster import ClusterUnavailable, SlurmCluster
 from synth import CPU_PROFILES, make_dataset, pretrain_run
@@ -130,10 +130,10 @@ spec:
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
     assert 'export AAM_SCRATCH="/scratch/$USER/job_$SLURM_JOB_ID"' in script
     stage_in = next(line for line in script.splitlines() if line.startswith("if ! srun"))
-    assert "--nodes=2 --ntasks-per-node=1" in stage_in and "aam_runtime.stage in /aam-home/runs/golden-run/1" in stage_in
+    assert "--nodes=2 --ntasks-per-node=1" in stage_in and "aam_runtime.scratch_copy in /aam-home/runs/golden-run/1" in stage_in
     assert "--bind /aam-home/runs,/data/oral,/scratch /images/aam.sif" in stage_in
     lines = script.splitlines()
-    out_at = next(i for i, line in enumerate(lines) if line.endswith("aam_runtime.stage out' || true"))
+    out_at = next(i for i, line in enumerate(lines) if line.endswith("aam_runtime.scratch_copy out' || true"))
     assert lines[out_at - 1] == "rm -f PREEMPT" or "PREEMPT" in lines[out_at - 1]
     assert out_at < next(i for i, line in enumerate(lines) if "scontrol requeue" in line)  # before a requeue
     # without scratch nothing of it is rendered
@@ -209,8 +209,8 @@ spec: {{stage: pretrain, datasetRef: d, modelRef: m, hardwareRef: evil, executor
     with pytest.raises(AamError, match="SLURM directives cannot carry"):
         build_plan(res, res.get("Run", "r"), generation=1, run_hash="h", home=tmp_path / "my home", upstream=None,
                    provenance={}, python=sys.executable)
-    from aamctl.apply import apply_manifests
-    from aamctl.store import StateStore
+    from aamctl.runs.apply import apply_manifests
+    from aamctl.runs.store import StateStore
 
     (tmp_path / "r.yaml").write_text(text)
     store = StateStore(tmp_path / "my home")
@@ -377,7 +377,7 @@ def test_slurm_node_local_staging_survives_a_requeue_and_is_removed(slurm, env):
     shutil.copytree(folder, copy, ignore=shutil.ignore_patterns(RF.CHECKPOINTS))
     with open(data["metadata"], "a") as fh:
         fh.write("\n")
-    p = subprocess.run([sys.executable, "-m", "aam_runtime.stage", "in", str(copy)], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "aam_runtime.scratch_copy", "in", str(copy)], capture_output=True, text=True,
                        env={**os.environ, "AAM_SCRATCH": str(scratch / "job_x")})
     assert p.returncode == 3 and "changed since apply" in p.stderr and "re-apply" in p.stderr, p.stderr
     assert "staging to node-local scratch" in json.loads((copy / RF.STATUS).read_text())["error"]
@@ -406,7 +406,7 @@ def test_transient_slurm_failures_are_retried_with_back_off(tmp_path, monkeypatc
     """sbatch that cannot reach slurmctld twice, then answers: one job id, three attempts. A
     definite refusal is not retried; a squeue that times out is retried, an sbatch that times out
     is not (it may have queued the job)."""
-    import aamctl.executors as E
+    import aamctl.runs.executors as E
 
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

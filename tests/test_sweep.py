@@ -17,7 +17,7 @@ from conftest import aamctl
 from synth import ORAL
 
 from aam_runtime.runfolder import EXIT_CODE
-from aamctl.sweep import validations
+from aamctl.sweeps.leaderboard import validations
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,7 +237,7 @@ spec: {stage: finetune, datasetRef: oral100, modelRef: micro, target: age}
 
 
 def test_parameters_map_to_optuna_distributions():
-    from aamctl.sweep import parameters, space_hash
+    from aamctl.api.sweepspace import parameters, space_hash
 
     spec = {"parameters": [
         {"path": "spec.trainer.learningRate", "range": {"min": 1e-4, "max": 1e-2, "log": True, "step": None}},
@@ -290,8 +290,8 @@ for i in range(40):
 
 
 def test_array_script_runs_each_trial_in_its_folder(tmp_path):
-    from aamctl.plan import RunPlan
-    from aamctl.sweep import render_array
+    from aamctl.planning.plan import RunPlan
+    from aamctl.sweeps.array import render_array
 
     plans = []
     for i in range(3):
@@ -376,7 +376,7 @@ def test_local_sweep_extends_survives_its_controller_and_exports_the_best(tmp_pa
     assert "sweep/sw created (generation 1, controller pid" in out
     # kill the controller mid-sweep (after two trials finished), then re-apply
     _wait(home, "sw", lambda b: b["counts"]["Complete"] >= 2)
-    from aamctl.store import StateStore
+    from aamctl.runs.store import StateStore
     row = StateStore(home).latest_sweep("sw")
     os.kill(row["pid"], signal.SIGKILL)
     time.sleep(1)
@@ -427,7 +427,7 @@ def test_local_sweep_extends_survives_its_controller_and_exports_the_best(tmp_pa
     other = tmp_path / "elsewhere"
     aamctl(other, "apply", "-f", str(rec), "--wait", timeout=600)
     st = json.loads(aamctl(other, "status", best["run"], "-o", "json").stdout)[0]
-    from aamctl.sweep import objective_value
+    from aamctl.sweeps.leaderboard import objective_value
     assert objective_value(Path(st["folder"]), "mae") == pytest.approx(best["value"], rel=1e-5)
 
 
@@ -435,10 +435,12 @@ def test_controller_builds_the_sampler_and_pruner_the_sweep_names(tmp_path):
     """In process, no trial runs: hyperband's budget is the template's epochs, a restarted
     controller seeds its sampler past the trials already asked, and a grid sweep stops asking
     when the grid is used up (Optuna's GridSampler would otherwise call study.stop())."""
-    from aamctl import sweep as SW
-    from aamctl.parse import parse_text
-    from aamctl.store import StateStore
-    from aamctl.validate import validate
+    from aamctl.api.parse import parse_text
+    from aamctl.api.sweepspace import space_hash
+    from aamctl.home import sweep_folder
+    from aamctl.sweeps import controller as SW
+    from aamctl.runs.store import StateStore
+    from aamctl.api.validate import validate
 
     store = StateStore(tmp_path / "home")
     text = DATA + sweep_doc(algorithm="{type: random, seed: 5}", epochs=9,
@@ -447,19 +449,19 @@ def test_controller_builds_the_sampler_and_pruner_the_sweep_names(tmp_path):
     for obj in res.given:
         store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
     sw = next(o for o in res.given if o.kind == "Sweep")
-    gen = store.add_sweep(name="sw", space_hash=SW.space_hash(sw.manifest), folder="", phase="Running", executor="local")
-    folder = SW.sweep_folder(tmp_path / "home", "sw", gen)
+    gen = store.add_sweep(name="sw", space_hash=space_hash(sw.manifest), folder="", phase="Running", executor="local")
+    folder = sweep_folder(tmp_path / "home", "sw", gen)
     folder.mkdir(parents=True)
     store.update_sweep("sw", gen, folder=str(folder))
     import optuna
     ctl = SW.Controller(store, tmp_path / "home", "sw", echo=lambda _: None)
-    study = ctl.open_study(sw.spec)
+    study = ctl.open_study(sw.spec).study
     assert isinstance(study.pruner, optuna.pruners.HyperbandPruner)
     assert study.pruner._max_resource == 9 and study.pruner._min_resource == 2
     assert isinstance(study.sampler, optuna.samplers.RandomSampler)
     study.ask()
     study.ask()
-    again = SW.Controller(store, tmp_path / "home", "sw", echo=lambda _: None).open_study(sw.spec)
+    again = SW.Controller(store, tmp_path / "home", "sw", echo=lambda _: None).open_study(sw.spec).study
     first = optuna.samplers.RandomSampler(seed=5)._rng.rng.random()
     assert again.sampler._rng.rng.random() != first  # seeded 5 + 2, not 5 again
     # hyperband needs room below the template's epochs
@@ -477,12 +479,14 @@ def test_a_trial_goes_on_from_the_step_its_dead_controller_reached(tmp_path, mon
     it (seen in CI: test_local_sweep_extends_survives_its_controller, one trial Failed). Each
     controller here dies one step later in creating trial 0; the next goes on from there, and the
     trial ends Complete in its run's generation 1, started exactly once."""
-    from aamctl import apply as A
-    from aamctl import sweep as SW
-    from aamctl.executors import LocalExecutor
-    from aamctl.parse import parse_text
-    from aamctl.store import StateStore
-    from aamctl.validate import validate
+    from aamctl.api.sweepspace import space_hash
+    from aamctl.home import sweep_folder
+    from aamctl.runs import apply as A
+    from aamctl.sweeps import controller as SW
+    from aamctl.runs.executors import LocalExecutor
+    from aamctl.api.parse import parse_text
+    from aamctl.runs.store import StateStore
+    from aamctl.api.validate import validate
 
     monkeypatch.setenv("AAM_CACHE_DIR", str(tmp_path / "cache"))
     home = tmp_path / "home"
@@ -492,8 +496,8 @@ def test_a_trial_goes_on_from_the_step_its_dead_controller_reached(tmp_path, mon
     for obj in res.given:
         store.put_object(obj.kind, obj.name, obj.manifest, obj.hash)
     sw = next(o for o in res.given if o.kind == "Sweep")
-    gen = store.add_sweep(name="sw", space_hash=SW.space_hash(sw.manifest), folder="", phase="Running", executor="local")
-    folder = SW.sweep_folder(home, "sw", gen)
+    gen = store.add_sweep(name="sw", space_hash=space_hash(sw.manifest), folder="", phase="Running", executor="local")
+    folder = sweep_folder(home, "sw", gen)
     folder.mkdir(parents=True)
     store.update_sweep("sw", gen, folder=str(folder))
     said = []
@@ -507,9 +511,9 @@ def test_a_trial_goes_on_from_the_step_its_dead_controller_reached(tmp_path, mon
         real_submit(self, run_folder)  # the launcher runs; its pid is lost with the controller
         raise _Died()
 
-    faults = [("apply_manifests", A, die),          # before its run is reserved
+    faults = [("apply_manifests", SW, die),         # before its run is reserved
               ("write_plan", A, die),               # reserved, not written
-              ("submit_plan", A, die),              # written and linked, not started
+              ("submit_plan", SW, die),             # written and linked, not started
               ("submit", LocalExecutor, started_then_died)]  # started, pid not recorded
     for attr, owner, fault in faults:
         with monkeypatch.context() as m:

@@ -768,7 +768,7 @@ spec:
 @pytest.mark.ddp
 def test_ddp_gradients_equal_single_process(tmp_path):
     """Pairwise UniFrac loss under DDP (2 CPU processes, gloo, accelerate launch): same loss and gradients."""
-    from aamctl.plan import accelerate_config, dump_documents
+    from aamctl.planning.plan import accelerate_config, dump_documents
     cfg = accelerate_config({"nodes": 1, "devicesPerNode": 2, "accelerator": "cpu", "strategy": "ddp"},
                             {"executor": {"slurm": {"port": 29561}}}, precision="no")
     (tmp_path / "acc.yaml").write_text(dump_documents([cfg]))

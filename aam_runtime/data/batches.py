@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .table import PAD, Prepared, select_asvs, tokenize
+from aam_runtime.data.table import PAD, Prepared, select_asvs, tokenize
 
 
 @dataclass

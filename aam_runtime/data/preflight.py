@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from .table import (MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, input_categoricals,
+from aam_runtime.data.table import (MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, input_categoricals,
                     read_biom, read_metadata)
 
 
@@ -107,7 +107,7 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
     if need_distances:
         if spec.get("distanceMatrix"):
             try:
-                from .unifrac import DistanceLookup
+                from aam_runtime.data.unifrac import DistanceLookup
                 DistanceLookup(spec["distanceMatrix"], sample_ids if meta is None else
                                [s for s in sample_ids if s in meta.index]).close()
             except DataError as exc:
@@ -117,7 +117,7 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
                 add('tree', f"{spec['tree']}: tree file not found (check spec.tree)")
             else:
                 try:
-                    from .unifrac import tree_tips
+                    from aam_runtime.data.unifrac import tree_tips
                     tips = tree_tips(spec["tree"])
                     missing = [a for a in asv_ids if a not in tips]
                     if missing:
@@ -188,8 +188,8 @@ def _check_first_step(spec: dict, stage: str, target: str | None, batch_size: in
                       seed: int, add, table, meta, need_distances: bool = False, keep: dict | None = None,
                       split: dict | None = None) -> None:
     """Load and split exactly as the runtime will, and check a training batch can be formed."""
-    from .split import make_split
-    from .table import load
+    from aam_runtime.data.split import make_split
+    from aam_runtime.data.table import load
 
     several = list(target) if isinstance(target, tuple) else None  # a run with several targets
     if several:
@@ -235,7 +235,7 @@ def _check_unifrac_room(spec: dict, prepared, add) -> None:
     while it is converted. Nothing is checked when the matrix is cached already."""
     import shutil
 
-    from . import unifrac as U
+    from aam_runtime.data import unifrac as U
 
     n, m = prepared.n_samples, len(prepared.asv_ids)
     key = U.cache_key(prepared.sample_ids, prepared.asv_ids, prepared.counts, spec["tree"], spec["unifrac"]["metric"])

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..console import log
-from ..runfolder import SPLIT, RunFolder, atomic_write
-from . import batches as B
-from . import table as T
-from .split import make_split
-from .unifrac import DistanceLookup, compute as compute_unifrac
+from aam_runtime.console import log
+from aam_runtime.runfolder import SPLIT, RunFolder, atomic_write
+from aam_runtime.data import batches as B
+from aam_runtime.data import table as T
+from aam_runtime.data.split import make_split
+from aam_runtime.data.unifrac import DistanceLookup, compute as compute_unifrac
 
 
 @dataclass

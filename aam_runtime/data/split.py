@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .table import DataError, Prepared
+from aam_runtime.data.table import DataError, Prepared
 
 
 def effective_split(dataset: dict, override: dict | None = None) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .table import DataError
+from aam_runtime.data.table import DataError
 
 log = logging.getLogger("aam.unifrac")
 
@@ -216,7 +216,7 @@ def tree_tips(tree: str) -> set[str]:
 
 def cache_key(sample_ids, asv_ids, counts, tree: str, metric: str) -> str:
     """The cache's name for a matrix: the prepared table's content, the tree file's bytes, the metric."""
-    from .table import file_digest
+    from aam_runtime.data.table import file_digest
 
     key_src = json.dumps({"table": table_digest(sample_ids, asv_ids, counts), "tree": file_digest(tree),
                           "metric": metric})
@@ -228,7 +228,7 @@ def cached(key: str) -> Path | None:
     path = cache_dir() / f"{key}.npy"
     if not (path.exists() and Path(str(path) + ".ids.txt").exists()):
         return None
-    from ..stage import local_copy
+    from aam_runtime.scratch import local_copy
 
     return local_copy(path)  # the node-local copy when the job staged its data (HardwareProfile.scratch)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 
 def register(group) -> None:
-    from . import doctor, inspect, lifecycle, manifests, records, sweeps, watch
+    from aamctl.commands import doctor, inspect, lifecycle, manifests, records, sweeps, watch
 
     for module in (manifests, inspect, watch, lifecycle, records, doctor, sweeps):
         for command in module.COMMANDS:

@@ -7,8 +7,10 @@ import sys
 
 import click
 
-from ..context import Context
-from ..errors import AamError, Diagnostic
+from aamctl.ui.context import Context
+from aamctl.errors import AamError, Diagnostic
+from aamctl.api.resolve import builtin_documents, normalize
+from aamctl.api.schema import fill_defaults
 
 
 # The golden model: every layer kind once (nucleotide, sample, encoder and target stacks, attention
@@ -29,8 +31,6 @@ GOLDEN_MODEL = {"embeddingDim": 32, "ffnMultiplier": 2, "dropout": 0.0, "countEm
 def doctor(ctx, profile, write_golden, golden):
     """Check this machine (or container) against a HardwareProfile: torch, devices, SDPA, bf16, compile;
     with --write-golden / --golden, numerics across platforms."""
-    from ..resolve import builtin_documents, normalize
-
     if write_golden and golden:
         raise AamError(Diagnostic("--write-golden and --golden go one at a time", file="aamctl",
                                   hint="write on the reference machine, compare (--golden) on the other"))
@@ -48,8 +48,6 @@ def doctor(ctx, profile, write_golden, golden):
         spec = m["spec"]
     args = [sys.executable, "-m", "aam_runtime.doctor", json.dumps(spec or {}), profile or ""]
     if write_golden:
-        from ..schema import fill_defaults
-
         model = fill_defaults("Model", {"apiVersion": "aam/v1alpha1", "kind": "Model",
                                         "metadata": {"name": "golden"}, "spec": GOLDEN_MODEL})["spec"]
         args += ["--write-golden", write_golden, "--golden-spec", json.dumps(model)]

@@ -9,12 +9,18 @@ import click
 
 from aam_runtime import runfolder as RF
 
-from .. import flags
-from ..context import Context, kind_of, observe, observe_one
-from ..errors import AamError, Diagnostic
-from ..printers import Table, age, fmt, print_data, rows_as_dicts, run_table, timestamp
-from ..reconcile import requeue_summary
-from ..selectors import match_labels, parse_selector
+from aamctl.ui import flags
+from aamctl.ui.context import Context, kind_of, observe, observe_one
+from aamctl.errors import AamError, Diagnostic
+from aamctl.ui.printers import Table, age, fmt, print_data, rows_as_dicts, run_table, timestamp
+from aamctl.runs.reconcile import requeue_summary
+from aamctl.ui.selectors import match_labels, parse_selector
+from aamctl.ui.sweepviews import sweep_rows
+from aamctl.ui.sweepviews import print_sweeps
+from aamctl.ui.sweepviews import get_sweeps
+from aamctl.api.resolve import builtin_documents, normalize
+from aamctl.planning.plan import dump_documents
+from aamctl.ui.sweepviews import describe_sweep
 
 
 @click.command()
@@ -36,7 +42,6 @@ def status(ctx, run, output, selector, all_generations):
     observed = observe(store, rows)
     boards = []
     if not run and not selector:
-        from .sweeps import sweep_rows
         boards = sweep_rows(store)
     if output in ("yaml", "json"):
         print_data(rows_as_dicts(observed), output)
@@ -46,7 +51,6 @@ def status(ctx, run, output, selector, all_generations):
     else:
         run_table(observed, output == "wide").print()
     if boards:
-        from .sweeps import print_sweeps
         click.echo("")
         print_sweeps(boards)
 
@@ -81,9 +85,7 @@ def get(ctx, resource, name, output, selector):
     if kind == "Run":
         return ctx.invoke(status, run=name, output=output, selector=selector, all_generations=False)
     if kind == "Sweep":
-        from .sweeps import get_sweeps
         return get_sweeps(ctx, name, output)
-    from ..resolve import builtin_documents, normalize
 
     store = Context(ctx).store(create=False)
     items = []  # (name, source, generation, applied_at, manifest)
@@ -109,7 +111,6 @@ def get(ctx, resource, name, output, selector):
     if output in ("yaml", "json"):
         data = [i[4] for i in items]
         if output == "yaml":
-            from ..plan import dump_documents
             click.echo(dump_documents(data), nl=False)
         else:
             print_data(data if len(data) != 1 or not name else data[0], "json")
@@ -141,7 +142,6 @@ def describe(ctx, resource, name, generation, output):
 
     kind = kind_of(resource)
     if kind == "Sweep":
-        from .sweeps import describe_sweep
         return describe_sweep(ctx, name, output, generation)
     if kind != "Run":
         return ctx.invoke(get, resource=resource, name=name, output="yaml", selector=None)

@@ -1,36 +1,13 @@
 """cancel, resume, delete."""
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import click
 
-from aam_runtime import runfolder as RF
-
-from ..context import Context, kind_of, observe_one
-from ..errors import AamError, Diagnostic
-
-ACTIVE = {"Pending", "Queued", "Running", "Requeued"}
-
-
-def cancel_run(store, row) -> tuple[bool, str, bool]:
-    """Cancel a run if it is active now: (cancelled, its phase as observed before, whether its
-    processes needed SIGKILL). A local run's processes are gone when this returns (SIGTERM,
-    then SIGKILL after the grace period)."""
-    from ..executors import executor_for
-
-    row, phase, _, _ = observe_one(store, row, warn=False)
-    if phase not in ACTIVE:
-        return False, phase, False
-    stopped = executor_for(row["executor"]).cancel(row)
-    if stopped is False:
-        store.add_event(row["name"], row["generation"], "Killed", "did not stop within the grace period of SIGTERM")
-    folder = Path(row["folder"])
-    if not (folder / RF.EXIT_CODE).exists() and row["executor"] == "local":
-        RF.atomic_write(folder / RF.EXIT_CODE, f"{RF.EXIT_CANCELLED}\n")
-    store.set_phase(row["name"], row["generation"], "Cancelled", "cancelled by user", finished=time.time())
-    return True, phase, stopped is False
+from aamctl.errors import AamError, Diagnostic, UsageError
+from aamctl.phases import TERMINAL_SWEEP
+from aamctl.runs.operations import cancel_run, resume_run
+from aamctl.sweeps.launch import cancel_sweep
+from aamctl.ui.context import Context, kind_of, observe_one
 
 
 @click.command()
@@ -39,11 +16,8 @@ def cancel_run(store, row) -> tuple[bool, str, bool]:
 def cancel(ctx, words):
     """Stop a run (SIGTERM, then SIGKILL after a grace period; scancel on SLURM), or a sweep (its
     controller and its running trials)."""
-    from ..errors import UsageError
-
     if len(words) == 2 and kind_of(words[0]) == "Sweep":
-        from .sweeps import cancel_sweep
-        return cancel_sweep(ctx, words[1])
+        return _cancel_sweep(ctx, words[1])
     if len(words) == 2 and kind_of(words[0]) == "Run":
         words = words[1:]
     if len(words) != 1:
@@ -59,30 +33,22 @@ def cancel(ctx, words):
         click.echo(f"run/{run} is not active ({phase}); nothing to cancel")
 
 
+def _cancel_sweep(ctx, name: str) -> None:
+    n = cancel_sweep(Context(ctx).require_store(), name)
+    click.echo(f"sweep/{name} cancelled ({n} running trial(s) cancelled)")
+
+
 @click.command()
 @click.argument("run")
 @click.pass_context
 def resume(ctx, run):
     """Start a stopped run again in its own folder; it continues from its last checkpoint."""
-    from ..executors import executor_for
-
     c = Context(ctx)
     store = c.require_store()
     row, phase, _, _ = observe_one(store, c.find_run(store, run))
-    if phase in ACTIVE:
-        raise AamError(Diagnostic(f"run/{run} is {phase}; nothing to resume", file="aamctl"))
-    if phase == "Succeeded":
-        raise AamError(Diagnostic(f"run/{run} already succeeded", file="aamctl",
-                                  hint="change the manifest (or apply --force) for a new generation"))
-    folder = Path(row["folder"])
-    for name in (RF.EXIT_CODE, RF.PREEMPT_FLAG, RF.WAITING, RF.QUEUED, RF.CANCEL_FLAG):
-        (folder / name).unlink(missing_ok=True)
-    info = executor_for(row["executor"]).submit(folder)
-    store.update_run(row["name"], row["generation"], **info)
-    store.set_phase(row["name"], row["generation"], "Pending", "resumed by user", finished=None, exit_code=None)
-    last = folder / RF.checkpoint_name("last")
+    from_checkpoint = resume_run(store, row, phase)
     click.echo(f"run/{run} resumed (generation {row['generation']}"
-               + (", from its last checkpoint)" if last.exists() else ", from the start: no checkpoint yet)"))
+               + (", from its last checkpoint)" if from_checkpoint else ", from the start: no checkpoint yet)"))
 
 
 @click.command()
@@ -99,9 +65,8 @@ def delete(ctx, resource, name):
             click.echo(f"run/{name} cancelled")
     if kind == "Sweep":
         row = store.latest_sweep(name)
-        if row is not None and row["phase"] not in ("Succeeded", "Failed", "Cancelled"):
-            from .sweeps import cancel_sweep
-            cancel_sweep(ctx, name)
+        if row is not None and row["phase"] not in TERMINAL_SWEEP:
+            _cancel_sweep(ctx, name)
     if store.delete_object(kind, name):
         click.echo(f"{kind.lower()}/{name} deleted")
     else:

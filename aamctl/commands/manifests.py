@@ -3,10 +3,21 @@ from __future__ import annotations
 
 import click
 
-from .. import __version__, flags
-from ..context import Context
-from ..errors import AamError, UsageError
-from ..progress import wait_for
+from aamctl import __version__
+
+from aamctl.ui import flags
+from aamctl.ui.context import Context
+from aamctl.errors import AamError, UsageError
+from aamctl.ui.progress import wait_for
+from aamctl.api.parse import load_documents
+from aamctl.api.validate import validate as check
+from aamctl.api.schema import explain as do_explain
+from aamctl.api.schema import API_VERSION
+from aam_runtime.runfolder import PLOTS
+from aamctl.runs.apply import apply_manifests
+from aamctl.sweeps.launch import apply_sweep, wait_for_sweeps
+from aamctl.convert.converter import convert_argv, convert_file
+from aamctl.api.schema import is_name
 
 
 @click.command()
@@ -14,9 +25,6 @@ from ..progress import wait_for
 @click.pass_context
 def validate(ctx, files):
     """Check manifests: schema, references, cross-field rules (no data is read)."""
-    from ..parse import load_documents
-    from ..validate import validate as check
-
     store = Context(ctx).store(create=False)
     docs, problems = load_documents(list(files))
     try:
@@ -33,8 +41,6 @@ def validate(ctx, files):
 @click.argument("field")
 def explain(field):
     """Field documentation from the schemas, e.g. `aamctl explain Run.spec.trainer`."""
-    from ..schema import explain as do_explain
-
     try:
         click.echo(do_explain(field), nl=False)
     except KeyError as exc:
@@ -44,8 +50,6 @@ def explain(field):
 @click.command()
 def version():
     """Print versions of aamctl and the manifest API."""
-    from ..schema import API_VERSION
-
     click.echo(f"aamctl {__version__} (manifests {API_VERSION})")
 
 
@@ -63,23 +67,20 @@ def version():
 @click.pass_context
 def apply(ctx, files, dry_run, output, wait, timeout, force, allow_data_change, skip_preflight):
     """Create or update objects from manifests and start new or changed runs."""
-    from aam_runtime.runfolder import PLOTS
-
-    from ..apply import apply_manifests
-
     c = Context(ctx)
     store = c.store(create=not dry_run)
     result = apply_manifests(store, list(files), home=c.home, dry_run=dry_run, force=force,
                              allow_data_change=allow_data_change, preflight=not skip_preflight, output=output,
                              echo=click.echo, warn=lambda text: click.echo(text, err=True))
+    for sweep in result.sweeps:  # stored by apply; each gets its generation and a controller
+        click.echo(apply_sweep(store, c.home, sweep))
     ok = True
     if wait and not dry_run and (result.started or result.unchanged):
         ok = wait_for(store, [(p.name, p.generation) for p in result.started] + result.unchanged, timeout)
         for p in result.started:
             click.echo(f"run/{p.name}: results in {p.folder} (plots in {p.folder / PLOTS})")
     if wait and not dry_run and result.sweeps:
-        from ..sweep import wait_for_sweeps
-        ok = wait_for_sweeps(store, result.sweeps, timeout, echo=click.echo) and ok
+        ok = wait_for_sweeps(store, [s.name for s in result.sweeps], timeout, echo=click.echo) and ok
     if wait and not dry_run:
         ctx.exit(0 if ok else 1)
 
@@ -95,9 +96,6 @@ def convert(file, name, argv):
     Prints a Dataset, Model, Run and HardwareProfile; every value where the reference's default
     differs from aam's carries a comment, and flags aam cannot express are listed atop the Run
     (docs/reference.md has the whole table)."""
-    from ..convert import convert_argv, convert_file
-    from ..schema import is_name
-
     if name is not None and not is_name(name, max_len=60):  # room for the -2, -3 of repeated names
         raise UsageError(f"--name '{name}' is not a DNS-1123 label (lower-case letters, digits and '-', at most 60)")
     if file and argv:

@@ -5,9 +5,14 @@ import sys
 
 import click
 
-from .. import flags
-from ..context import Context, kind_of, observe_one
-from ..errors import UsageError
+from aamctl.ui import flags
+from aamctl.ui.context import Context, kind_of, observe_one
+from aamctl.errors import UsageError
+from aamctl.runs.records import export_record
+from aamctl.ui.sweepviews import export_best
+from aamctl.runs.records import diff_records
+from aamctl.runs.rebuild import rebuild_state as rebuild
+from aamctl.runs.store import check_home
 
 
 @click.command()
@@ -19,12 +24,9 @@ from ..errors import UsageError
 @click.pass_context
 def export(ctx, resource, name, generation, new_name, best):
     """Print a run's record: every resolved manifest plus provenance and final metrics."""
-    from ..records import export_record
-
     if kind_of(resource) == "Sweep":
         if not best:
             raise UsageError("a sweep has no record of its own: aamctl export sweep NAME --best")
-        from .sweeps import export_best
         click.echo(export_best(ctx, name), nl=False)
         return
     if kind_of(resource) != "Run":
@@ -40,8 +42,6 @@ def export(ctx, resource, name, generation, new_name, best):
 @click.argument("record_b", type=click.Path(exists=True, dir_okay=False))
 def diff(record_a, record_b):
     """Show what differs between two records (exit 1 when they differ)."""
-    from ..records import diff_records
-
     text = diff_records(record_a, record_b)
     if text:
         click.echo(text)
@@ -53,9 +53,6 @@ def diff(record_a, record_b):
 @click.pass_context
 def rebuild_state(ctx):
     """Re-create a lost or damaged state database from the records in the run folders."""
-    from ..rebuild import rebuild_state as rebuild
-    from ..store import check_home
-
     home = Context(ctx).home
     check_home(home)
     objects, runs = rebuild(home, echo=click.echo)

@@ -9,9 +9,10 @@ import click
 
 from aam_runtime.runfolder import LOG
 
-from .. import flags
-from ..context import Context, observe_one
-from ..progress import wait_for
+from aamctl.ui import flags
+from aamctl.ui.context import Context, observe_one
+from aamctl.ui.progress import wait_for
+from aamctl.phases import TERMINAL_RUN as TERMINAL
 
 
 @click.command("wait")
@@ -47,8 +48,6 @@ def _copy_from(path: Path, pos: int) -> int:
 @click.pass_context
 def logs(ctx, run, follow, tail, generation):
     """Print a run's log (stdout and stderr of the job)."""
-    from ..store import TERMINAL
-
     c = Context(ctx)
     store = c.require_store()
     row = c.find_run(store, run, generation)

@@ -1,0 +1,61 @@
+"""Records: export a run's resolved manifests with provenance; diff two records."""
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import yaml
+
+from aam_runtime.runfolder import RECORD, STATUS_PROBLEM
+
+from aamctl.errors import AamError, Diagnostic
+from aamctl.planning.plan import dump_documents
+from aamctl.api.schema import is_name
+
+
+def _load(path: str | Path) -> list[dict]:
+    try:
+        return [d for d in yaml.safe_load_all(Path(path).read_text()) if d]
+    except (OSError, yaml.YAMLError) as exc:
+        raise AamError(Diagnostic(f"cannot read record: {exc}", file=str(path))) from None
+
+
+def export_record(row, phase: str, status: dict, new_name: str | None = None) -> str:
+    folder = Path(row["folder"])
+    docs = _load(folder / RECORD)
+    main = next((d for d in docs if d.get("kind") == "Run" and "aam/record-of" in d["metadata"].get("annotations", {})), None)
+    if main is None:
+        raise AamError(Diagnostic("record has no annotated Run", file=str(folder / RECORD)))
+    ann = main["metadata"]["annotations"]
+    ann["aam/phase"] = phase
+    for key, field in (("aam/started", "started"), ("aam/finished", "finished")):
+        if status.get(field):
+            import time
+            ann[key] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(status[field]))
+    if status.get("final_metrics"):
+        ann["aam/final-metrics"] = json.dumps(status["final_metrics"], sort_keys=True, default=str)
+    if status.get(STATUS_PROBLEM):
+        ann["aam/record-notes"] = status[STATUS_PROBLEM]
+    if new_name:
+        if not is_name(new_name):
+            raise AamError(Diagnostic(f"'{new_name}' is not a valid name", file="aamctl",
+                                      hint="names are DNS-1123 labels: lower-case letters, digits and '-'"))
+        main["metadata"]["name"] = new_name
+    return dump_documents(docs, f"record of run/{row['name']} generation {row['generation']} ({phase}); "
+                                f"'aamctl apply -f' this file to reproduce it")
+
+
+def _key(d: dict) -> str:
+    return f"{d.get('kind', '?')}/{d.get('metadata', {}).get('name', '?')}"
+
+
+def diff_records(a: str, b: str) -> str:
+    da, db = {_key(d): d for d in _load(a)}, {_key(d): d for d in _load(b)}
+    out = []
+    for k in sorted(set(da) | set(db)):
+        ta = yaml.safe_dump(da[k], sort_keys=True).splitlines() if k in da else []
+        tb = yaml.safe_dump(db[k], sort_keys=True).splitlines() if k in db else []
+        if ta != tb:
+            out.extend(difflib.unified_diff(ta, tb, fromfile=f"{a}: {k}", tofile=f"{b}: {k}", lineterm=""))
+    return "\n".join(out)
