@@ -29,6 +29,7 @@ from aam_runtime.console import log
 from aam_runtime.data import batches as B
 from aam_runtime.data import table as T
 from aam_runtime.runfolder import AUTOBATCH, atomic_write, read_json
+
 # CPU estimate: saved activations and the gradients flowing back through them. Measured (embedding
 # 128, 2+2 layers, 150 bp; batch 8 x 64 ASVs, 8 x 256, 16 x 256): the process's peak RSS grows by
 # 1.03 x the saved bytes (2.7, 10.8, 21.6 GB); 1.1 keeps the estimate just above that.

@@ -26,37 +26,64 @@ def main(argv=None) -> int:
             del argv[i:i + 2]
     spec = json.loads(argv[0]) if argv and argv[0] else {}
     name = argv[1] if len(argv) > 1 and argv[1] else "(none)"
-    rows: list[tuple[str, str, str]] = []
-
-    def add(check, state, detail):
-        rows.append((check, state, detail))
-
     import torch
 
-    from aam_runtime.jobenv import INTERFACE_VARS, job_env
-
     hip = getattr(torch.version, "hip", None)
-    build = f"ROCm {hip}" if hip else (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
-    add("torch", "ok", f"{torch.__version__} ({build})")
     want = spec.get("accelerator")  # None: no profile named, check the machine only
+    rows: list[tuple[str, str, str]] = []
+    device = check_torch(rows, spec, want, hip)
+    check_attention(rows, spec, want, hip, device)
+    check_precision_and_compile(rows, spec, hip, device)
+    check_network_and_unifrac(rows, spec)
+    width = max(len(r[0]) for r in rows)
+    print(f"aam doctor, profile {name}")
+    for check, state, detail in rows:
+        print(f"  {check.ljust(width)}  {state:<4}  {detail}")
+    failed = [r for r in rows if r[1] == "FAIL"]
+    skipped = [r[0] for r in rows if r[1] == "skip"]
+    if golden_opts:
+        from aam_runtime.model import choose_attention_backend
+
+        backend = choose_attention_backend(spec.get("attentionBackend", "auto"), want or device, spec.get("rocmVersion"),
+                                           hip)
+        if not golden_and_verdict(golden_opts, "cpu" if want == "cpu" else device, backend):
+            failed.append(("golden numerics", "FAIL", ""))
+    print(("verdict: NOT READY (" + ", ".join(r[0] for r in failed) + ")") if failed else "verdict: ready")
+    if skipped:
+        print("not checked here: " + ", ".join(skipped))
+    return 1 if failed else 0
+
+
+def check_torch(rows: list, spec: dict, want: str | None, hip: str | None) -> str:
+    """The torch build against the profile's accelerator, and the devices; the device to test on."""
+    import torch
+
+    build = f"ROCm {hip}" if hip else (f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU only")
+    rows.append(("torch", "ok", f"{torch.__version__} ({build})"))
     if want == "rocm" and not hip:
-        add("torch build", "FAIL", "profile wants ROCm but this torch is not a HIP build")
+        rows.append(("torch build", "FAIL", "profile wants ROCm but this torch is not a HIP build"))
     elif want == "cuda" and (hip or not torch.version.cuda):
-        add("torch build", "FAIL", "profile wants CUDA but this torch is not a CUDA build")
+        rows.append(("torch build", "FAIL", "profile wants CUDA but this torch is not a CUDA build"))
     elif want:
-        add("torch build", "ok", f"matches accelerator {want}")
+        rows.append(("torch build", "ok", f"matches accelerator {want}"))
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if want in ("cuda", "rocm"):
         per_node = spec["devicesPerNode"]
-        add("devices", "ok" if n >= per_node else "FAIL", f"{n} visible, profile expects {per_node} per node"
-            + (f" ({torch.cuda.get_device_name(0)})" if n else ""))
+        rows.append(("devices", "ok" if n >= per_node else "FAIL", f"{n} visible, profile expects {per_node} per node"
+                     + (f" ({torch.cuda.get_device_name(0)})" if n else "")))
     else:
-        add("devices", "skip", f"CPU profile; {os.cpu_count()} cores, {n} GPUs visible")
-    device = "cuda" if n else "cpu"
+        rows.append(("devices", "skip", f"CPU profile; {os.cpu_count()} cores, {n} GPUs visible"))
+    return "cuda" if n else "cpu"
 
-    # masked attention: every SDPA kernel must agree with math (ROCm < 6.3 mem_efficient does not)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+def check_attention(rows: list, spec: dict, want: str | None, hip: str | None, device: str) -> None:
+    """Masked attention: every SDPA kernel must agree with math (ROCm < 6.3 mem_efficient does
+    not); and which kernel a run of this profile will use, and why."""
+    import torch
     import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from aam_runtime.model import attention_decision
 
     g = torch.Generator(device="cpu").manual_seed(0)
     dtype = torch.float16 if device == "cuda" else torch.float32
@@ -77,71 +104,63 @@ def main(argv=None) -> int:
             else:
                 diff = (out - ref).abs().max().item()
             tol = 2e-2 if dtype == torch.float16 else 1e-4
-            add(f"sdpa {label}", "ok" if diff < tol else "FAIL",
-                f"max |diff| vs math {diff:.2e}" + (" (masked)" if label != "flash" else "")
-                + ("" if diff < tol else "; set attentionBackend: math"))
+            rows.append((f"sdpa {label}", "ok" if diff < tol else "FAIL",
+                         f"max |diff| vs math {diff:.2e}" + (" (masked)" if label != "flash" else "")
+                         + ("" if diff < tol else "; set attentionBackend: math")))
         except RuntimeError as exc:
-            add(f"sdpa {label}", "skip", f"not available here ({str(exc).splitlines()[0][:70]})")
-
-    from aam_runtime.model import attention_decision
-
+            rows.append((f"sdpa {label}", "skip", f"not available here ({str(exc).splitlines()[0][:70]})"))
     backend, why, disagree = attention_decision(spec.get("attentionBackend", "auto"), want or device,
                                                 spec.get("rocmVersion"), hip)
-    add("attention", "WARN" if disagree else "ok", why + (f"; {disagree}" if disagree else ""))
+    rows.append(("attention", "WARN" if disagree else "ok", why + (f"; {disagree}" if disagree else "")))
+
+
+def check_precision_and_compile(rows: list, spec: dict, hip: str | None, device: str) -> None:
+    import torch
+
     if device == "cuda":
-        add("bf16", "ok" if torch.cuda.is_bf16_supported() else "WARN",
-            "supported" if torch.cuda.is_bf16_supported() else "not supported: use precision no/fp16")
+        rows.append(("bf16", "ok" if torch.cuda.is_bf16_supported() else "WARN",
+                     "supported" if torch.cuda.is_bf16_supported() else "not supported: use precision no/fp16"))
     else:
         flags = cpu_bf16_flags()
         if flags:
-            add("bf16", "ok", f"native bf16 ({', '.join(flags)}): precision bf16 (profile cpu-bf16) is faster here")
+            rows.append(("bf16", "ok", f"native bf16 ({', '.join(flags)}): precision bf16 (profile cpu-bf16) is "
+                                       "faster here"))
         else:
-            add("bf16", "skip", "no native bf16 instructions (avx512_bf16, amx_bf16): bf16 would be emulated "
-                                "and slower; keep precision no")
+            rows.append(("bf16", "skip", "no native bf16 instructions (avx512_bf16, amx_bf16): bf16 would be "
+                                         "emulated and slower; keep precision no"))
     if spec.get("compileAllowed") and not hip:
         try:
             f = torch.compile(torch.nn.Linear(8, 8).to(device))
             f(torch.randn(2, 8, device=device)).sum().backward()
-            add("torch.compile", "ok", "a tiny module compiled and ran")
+            rows.append(("torch.compile", "ok", "a tiny module compiled and ran"))
         except Exception as exc:  # noqa: BLE001 - report, do not crash
-            add("torch.compile", "FAIL", f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}; set compileAllowed: false")
+            rows.append(("torch.compile", "FAIL",
+                         f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}; set compileAllowed: false"))
     else:
-        add("torch.compile", "skip", "not allowed by the profile" + (" (never on ROCm)" if hip else ""))
+        rows.append(("torch.compile", "skip", "not allowed by the profile" + (" (never on ROCm)" if hip else "")))
+
+
+def check_network_and_unifrac(rows: list, spec: dict) -> None:
+    """The job's network variables against the profile's, its interface, and a fast UniFrac."""
+    from aam_runtime.data.unifrac import available_backends
+    from aam_runtime.jobenv import INTERFACE_VARS, job_env
+
     iface = spec.get("networkInterface")
     wanted = job_env(spec) if spec else {}
     for var in INTERFACE_VARS:
         val = os.environ.get(var)
         expected = wanted.get(var)
         if expected and val != expected:
-            add(var, "WARN", f"is {val!r}, profile sets {expected!r} in the job")
+            rows.append((var, "WARN", f"is {val!r}, profile sets {expected!r} in the job"))
         elif val:
-            add(var, "ok", val)
+            rows.append((var, "ok", val))
     if iface:
         present = os.path.exists(f"/sys/class/net/{iface}")
-        add("network interface", "ok" if present else "WARN", f"{iface} {'present' if present else 'not on this node'}")
-    from aam_runtime.data.unifrac import available_backends
-
+        rows.append(("network interface", "ok" if present else "WARN",
+                     f"{iface} {'present' if present else 'not on this node'}"))
     backends = [b for b in available_backends() if b != "skbio"]
-    add("UniFrac", "ok" if backends else "WARN",
-        ", ".join(backends) if backends else "only scikit-bio: hundreds of times slower; install unifrac-tools")
-
-    width = max(len(r[0]) for r in rows)
-    print(f"aam doctor, profile {name}")
-    for check, state, detail in rows:
-        print(f"  {check.ljust(width)}  {state:<4}  {detail}")
-    failed = [r for r in rows if r[1] == "FAIL"]
-    skipped = [r[0] for r in rows if r[1] == "skip"]
-    if golden_opts:
-        from aam_runtime.model import choose_attention_backend
-
-        backend = choose_attention_backend(spec.get("attentionBackend", "auto"), want or device, spec.get("rocmVersion"),
-                                           hip)
-        if not golden_and_verdict(golden_opts, "cpu" if want == "cpu" else device, backend):
-            failed.append(("golden numerics", "FAIL", ""))
-    print(("verdict: NOT READY (" + ", ".join(r[0] for r in failed) + ")") if failed else "verdict: ready")
-    if skipped:
-        print("not checked here: " + ", ".join(skipped))
-    return 1 if failed else 0
+    rows.append(("UniFrac", "ok" if backends else "WARN",
+                 ", ".join(backends) if backends else "only scikit-bio: hundreds of times slower; install unifrac-tools"))
 
 
 def golden_and_verdict(opts: dict, device: str, backend: str) -> bool:

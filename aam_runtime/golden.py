@@ -95,8 +95,8 @@ def _model(spec: dict, device: str, backend: str, weights: dict | None):
 def run(spec: dict, inputs: dict, weights: dict, dtype: str, device: str, backend: str) -> dict[str, torch.Tensor]:
     """Forward, the pretraining and target losses, one backward: name -> float32 CPU tensor."""
     from aam_runtime import losses as L
-    from aam_runtime.model import pairwise_unifrac_loss
     from aam_runtime.data.table import MASK
+    from aam_runtime.model import pairwise_unifrac_loss
 
     model = _model(spec, device, backend, weights)
     pos = inputs["nuc_mask"].to(device)

@@ -232,124 +232,67 @@ class AttentionPool(nn.Module):
 SEQ_SKIP_STD = 0.3
 
 
-class AAM(nn.Module):
-    # FSDP wraps each transformer block (accelerate reads this list for TRANSFORMER_BASED_WRAP)
-    _no_split_modules = [Block.__name__]
+class TargetHeadLayers:
+    """AAM's target head (finetune): a target encoder and pooling over the sample's ASV states,
+    categorical inputs fused in, an MLP to the outputs and what shapes them. A part of AAM
+    (its parameters keep AAM's names: tgt.*, cat_embs.*, out.*), written apart for reading."""
 
-    def __init__(self, config: ModelConfig, max_bp: int, n_outputs: int = 0,
-                 categorical_sizes: list[int] | None = None, max_asvs: int = 1024,
-                 conditional_column: int | None = None):
-        super().__init__()
-        c = config
+    def _build_target_head(self, c: ModelConfig, n_outputs: int, categorical_sizes: list[int] | None,
+                           conditional_column: int | None) -> None:
         d = c.embedding_dim
         ff, drop, ckpt = c.ffn_multiplier, c.dropout, c.gradient_checkpointing
-        self.config = c
-        self.dedup = c.dedup_asvs
-        self.attention_backend = "auto"
-        self.mask_ratio = c.mask_ratio
-        # Bases and positions are stored at nanoGPT's 0.02 (so AdamW moves them ~5% a step) but enter
-        # at unit scale: at 0.02 every ASV looks alike, every sample too, and a target head sits on
-        # the mean for hundreds of steps. Measured in docs/benchmarks.md (init comparison).
-        self.emb_scale = 50.0
-        self.tok_emb = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD)
-        self.nuc_pos = nn.Embedding(max_bp + 1, d)
-        self.nuc = Encoder(d, c.nucleotide.heads, c.nucleotide.layers, ff, drop, ckpt)
-        self.asv_pool = AttentionPool(d)
-        # sequenceSkip: a learned vector per (position, base), summed over the sequence and added to
-        # the pooled ASV vector. Attention pooling over positions starts as a mean, and a mean of
-        # (base + position) embeddings is the base composition: ASVs a few bases apart look alike and
-        # a target head sits on the mean. This linear read of the exact sequence tells them apart
-        # from the first step (measured in docs/benchmarks.md, Quality).
-        self.seq_skip = nn.EmbeddingBag((max_bp + 1) * VOCAB_SIZE, d, mode="sum") if c.sequence_skip else None
-        self.nuc_head = nn.Linear(d, VOCAB_SIZE)
-        self.count_mode = c.count_embedding
-        if self.count_mode == "add":
-            self.count_in = nn.Linear(1, d)
-        elif self.count_mode == "concat":
-            self.count_in = nn.Linear(d + 1, d)
-        elif self.count_mode == "film":
-            self.count_in = nn.Linear(1, 2 * d)
-        else:  # none: abundance does not enter the model (the reference's default)
-            self.count_in = None
-        self.sample_pos = nn.Embedding(max_asvs, d)
-        self.sample = Encoder(d, c.sample.heads, c.sample.layers, ff, drop, ckpt)
-        self.enc_head = Encoder(d, c.encoder_head.heads, c.encoder_head.layers, ff, drop, ckpt)
-        self.enc_pool = AttentionPool(d)
-        self.count_head = nn.Linear(d, 1)
-        self.n_outputs = n_outputs
-        if n_outputs:
-            th = c.target_head
-            self.tgt = Encoder(d, th.heads, th.layers, ff, drop, ckpt)
-            self.tgt_pool = AttentionPool(d)
-            self.tgt_ln = nn.LayerNorm(d) if th.layer_norm else nn.Identity()
-            self.cat_embs = nn.ModuleList(nn.Embedding(n + 1, c.categorical_embedding_dim)
-                                          for n in (categorical_sizes or []))
-            cat_dim = c.categorical_embedding_dim * len(self.cat_embs)
-            self.fusion = c.categorical_fusion if cat_dim else "none"
-            # where: after pooling (one vector per sample), or at every ASV position before the
-            # target encoder (the reference's concat/add); cross-attention is per position by nature
-            self.fuse_at = "asvs" if self.fusion == "cross-attention" else c.categorical_at
-            width = d
-            if self.fusion == "concat":
-                if self.fuse_at == "asvs":
-                    self.cat_proj = nn.Linear(d + cat_dim, d)
-                else:
-                    width = d + cat_dim
-            elif self.fusion in ("add", "gated", "gmu"):
-                self.cat_proj = nn.Linear(cat_dim, d)
-                if self.fusion in ("gated", "gmu"):
-                    self.cat_gate = nn.Linear(d + cat_dim, d)
-            elif self.fusion == "film":
-                self.cat_proj = nn.Linear(cat_dim, 2 * d)
-            elif self.fusion == "cross-attention":
-                # each column's embedding becomes one key/value token; every ASV position queries them
-                self.cat_proj = nn.Linear(c.categorical_embedding_dim, d)
-                self.cat_attn = nn.MultiheadAttention(d, th.heads, dropout=drop, batch_first=True)
-                self.cat_norm = nn.LayerNorm(d)
-            layers: list[nn.Module] = []
-            hidden_drop = drop if th.hidden_dropout is None else th.hidden_dropout
-            in_width = width
-            for h in th.hidden:
-                layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(hidden_drop)]
-                width = h
-            layers.append(nn.Linear(width, n_outputs))
-            self.out = nn.Sequential(*layers)
-            # residual: a linear path beside the MLP (the reference's residual regression head)
-            self.out_skip = nn.Linear(in_width, n_outputs) if th.residual and th.hidden else None
-            self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th.output_scale else None
-            self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th.output_scale else None
-            self.activation = th.activation
-            self.monotone = th.monotone and n_outputs > 1
-            # bounded: the range on the model's scale, set from the training targets (set_bounds)
-            # and saved with the weights so predict applies the same range
-            if self.activation == "bounded":  # only then: checkpoints without it stay loadable
-                self.register_buffer("out_lo", torch.zeros(()))
-                self.register_buffer("out_hi", torch.ones(()))
-            self.cond_col = conditional_column
-            if conditional_column is not None:
-                levels = (categorical_sizes or [])[conditional_column] + 1  # 0: a category training never saw
-                self.cond_scale = nn.Embedding(levels, n_outputs)
-                self.cond_bias = nn.Embedding(levels, n_outputs)
-        self.apply(self._init)
-        if n_outputs and self.cond_col is not None:  # identity until trained
-            nn.init.ones_(self.cond_scale.weight)
-            nn.init.zeros_(self.cond_bias.weight)
-        # log(count + 1) reaches ~7: give it unit-scale weights so abundance is visible from step 0
-        # (bases and positions keep 0.02: larger embeddings learn too slowly under AdamW).
-        if self.count_in is not None:
-            nn.init.normal_(self.count_in.weight, std=1.0 / max(1, self.count_in.in_features) ** 0.5)
-        if self.seq_skip is not None:
-            # ~100 positions summed: per-dimension std ~ 0.3 * sqrt(L), above the pooled vector's
-            nn.init.normal_(self.seq_skip.weight, std=SEQ_SKIP_STD)
-
-    @staticmethod
-    def _init(m):
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        th = c.target_head
+        self.tgt = Encoder(d, th.heads, th.layers, ff, drop, ckpt)
+        self.tgt_pool = AttentionPool(d)
+        self.tgt_ln = nn.LayerNorm(d) if th.layer_norm else nn.Identity()
+        self.cat_embs = nn.ModuleList(nn.Embedding(n + 1, c.categorical_embedding_dim)
+                                      for n in (categorical_sizes or []))
+        cat_dim = c.categorical_embedding_dim * len(self.cat_embs)
+        self.fusion = c.categorical_fusion if cat_dim else "none"
+        # where: after pooling (one vector per sample), or at every ASV position before the
+        # target encoder (the reference's concat/add); cross-attention is per position by nature
+        self.fuse_at = "asvs" if self.fusion == "cross-attention" else c.categorical_at
+        width = d
+        if self.fusion == "concat":
+            if self.fuse_at == "asvs":
+                self.cat_proj = nn.Linear(d + cat_dim, d)
+            else:
+                width = d + cat_dim
+        elif self.fusion in ("add", "gated", "gmu"):
+            self.cat_proj = nn.Linear(cat_dim, d)
+            if self.fusion in ("gated", "gmu"):
+                self.cat_gate = nn.Linear(d + cat_dim, d)
+        elif self.fusion == "film":
+            self.cat_proj = nn.Linear(cat_dim, 2 * d)
+        elif self.fusion == "cross-attention":
+            # each column's embedding becomes one key/value token; every ASV position queries them
+            self.cat_proj = nn.Linear(c.categorical_embedding_dim, d)
+            self.cat_attn = nn.MultiheadAttention(d, th.heads, dropout=drop, batch_first=True)
+            self.cat_norm = nn.LayerNorm(d)
+        layers: list[nn.Module] = []
+        hidden_drop = drop if th.hidden_dropout is None else th.hidden_dropout
+        in_width = width
+        for h in th.hidden:
+            layers += [nn.Linear(width, h), nn.GELU(), nn.Dropout(hidden_drop)]
+            width = h
+        layers.append(nn.Linear(width, n_outputs))
+        self.out = nn.Sequential(*layers)
+        # residual: a linear path beside the MLP (the reference's residual regression head)
+        self.out_skip = nn.Linear(in_width, n_outputs) if th.residual and th.hidden else None
+        self.out_scale = nn.Parameter(torch.ones(n_outputs)) if th.output_scale else None
+        self.out_bias = nn.Parameter(torch.zeros(n_outputs)) if th.output_scale else None
+        self.activation = th.activation
+        self.monotone = th.monotone and n_outputs > 1
+        # bounded: the range on the model's scale, set from the training targets (set_bounds)
+        # and saved with the weights so predict applies the same range
+        if self.activation == "bounded":  # only then: checkpoints without it stay loadable
+            self.register_buffer("out_lo", torch.zeros(()))
+            self.register_buffer("out_hi", torch.ones(()))
+        self.cond_col = conditional_column
+        if conditional_column is not None:
+            levels = (categorical_sizes or [])[conditional_column] + 1  # 0: a category training never saw
+            self.cond_scale = nn.Embedding(levels, n_outputs)
+            self.cond_bias = nn.Embedding(levels, n_outputs)
 
     def fuse(self, x: torch.Tensor, c: torch.Tensor, out: dict) -> torch.Tensor:
         """Categorical embeddings c [B, C*e] into x: the pooled vector [B, D] or every ASV
@@ -404,6 +347,83 @@ class AAM(nn.Module):
         elif a == "bounded":
             y = self.out_lo + (self.out_hi - self.out_lo) * torch.sigmoid(y)
         return y
+
+
+class AAM(TargetHeadLayers, nn.Module):
+    # FSDP wraps each transformer block (accelerate reads this list for TRANSFORMER_BASED_WRAP)
+    _no_split_modules = [Block.__name__]
+
+    def __init__(self, config: ModelConfig, max_bp: int, n_outputs: int = 0,
+                 categorical_sizes: list[int] | None = None, max_asvs: int = 1024,
+                 conditional_column: int | None = None):
+        super().__init__()
+        c = config
+        self.config = c
+        self.dedup = c.dedup_asvs
+        self.attention_backend = "auto"
+        self.mask_ratio = c.mask_ratio
+        # Bases and positions are stored at nanoGPT's 0.02 (so AdamW moves them ~5% a step) but enter
+        # at unit scale: at 0.02 every ASV looks alike, every sample too, and a target head sits on
+        # the mean for hundreds of steps. Measured in docs/benchmarks.md (init comparison).
+        self.emb_scale = 50.0
+        self._build_encoders(c, max_bp, max_asvs)
+        self.n_outputs = n_outputs
+        if n_outputs:
+            self._build_target_head(c, n_outputs, categorical_sizes, conditional_column)
+        self._init_weights()
+
+    def _build_encoders(self, c: ModelConfig, max_bp: int, max_asvs: int) -> None:
+        """The base: nucleotide encoder and ASV pooling, abundance, sample encoder, encoder head,
+        and the self-supervised heads (in this order: the order fixes the initial weights)."""
+        d = c.embedding_dim
+        ff, drop, ckpt = c.ffn_multiplier, c.dropout, c.gradient_checkpointing
+        self.tok_emb = nn.Embedding(VOCAB_SIZE, d, padding_idx=PAD)
+        self.nuc_pos = nn.Embedding(max_bp + 1, d)
+        self.nuc = Encoder(d, c.nucleotide.heads, c.nucleotide.layers, ff, drop, ckpt)
+        self.asv_pool = AttentionPool(d)
+        # sequenceSkip: a learned vector per (position, base), summed over the sequence and added to
+        # the pooled ASV vector. Attention pooling over positions starts as a mean, and a mean of
+        # (base + position) embeddings is the base composition: ASVs a few bases apart look alike and
+        # a target head sits on the mean. This linear read of the exact sequence tells them apart
+        # from the first step (measured in docs/benchmarks.md, Quality).
+        self.seq_skip = nn.EmbeddingBag((max_bp + 1) * VOCAB_SIZE, d, mode="sum") if c.sequence_skip else None
+        self.nuc_head = nn.Linear(d, VOCAB_SIZE)
+        self.count_mode = c.count_embedding
+        if self.count_mode == "add":
+            self.count_in = nn.Linear(1, d)
+        elif self.count_mode == "concat":
+            self.count_in = nn.Linear(d + 1, d)
+        elif self.count_mode == "film":
+            self.count_in = nn.Linear(1, 2 * d)
+        else:  # none: abundance does not enter the model (the reference's default)
+            self.count_in = None
+        self.sample_pos = nn.Embedding(max_asvs, d)
+        self.sample = Encoder(d, c.sample.heads, c.sample.layers, ff, drop, ckpt)
+        self.enc_head = Encoder(d, c.encoder_head.heads, c.encoder_head.layers, ff, drop, ckpt)
+        self.enc_pool = AttentionPool(d)
+        self.count_head = nn.Linear(d, 1)
+
+    def _init_weights(self) -> None:
+        self.apply(self._init)
+        if self.n_outputs and self.cond_col is not None:  # identity until trained
+            nn.init.ones_(self.cond_scale.weight)
+            nn.init.zeros_(self.cond_bias.weight)
+        # log(count + 1) reaches ~7: give it unit-scale weights so abundance is visible from step 0
+        # (bases and positions keep 0.02: larger embeddings learn too slowly under AdamW).
+        if self.count_in is not None:
+            nn.init.normal_(self.count_in.weight, std=1.0 / max(1, self.count_in.in_features) ** 0.5)
+        if self.seq_skip is not None:
+            # ~100 positions summed: per-dimension std ~ 0.3 * sqrt(L), above the pooled vector's
+            nn.init.normal_(self.seq_skip.weight, std=SEQ_SKIP_STD)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, std=0.02)
 
     def base_parameters(self):
         """Everything but the target head (what freezeBase freezes)."""

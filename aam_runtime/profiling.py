@@ -60,6 +60,16 @@ class StepProfiler:
             log(f"warning: the profile of steps {self.first}..{step} could not be written: {exc.strerror or exc}")
             return None
 
+    def finish(self, step: int, total_steps: int) -> dict | None:
+        """At the end of a fit: write a window the run ended inside (stop never raises: a write
+        error is a warning); say when the window was never reached."""
+        if self.active:
+            return self.stop(step, force=True)
+        if self.spec is not None and not self.done:
+            log(f"warning: trainer.profile.steps {self.spec['steps']} never ran: this stage took "
+                f"{total_steps} optimizer steps (resumed at or past the window, or it is beyond the end)")
+        return None
+
     def _write(self, prof, step: int) -> dict:
         out = Path(self.folder.file(PROFILE_DIR))
         out.mkdir(exist_ok=True)

@@ -11,8 +11,8 @@ from aam_runtime.config import RunConfig
 from aam_runtime.console import log
 from aam_runtime.data.prepare import target_std, unscale_target
 from aam_runtime.data.table import DataError
-from aam_runtime.runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write, checkpoint_name,
-                        read_jsonl, target_plot)
+from aam_runtime.runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
+                                   checkpoint_name, read_jsonl, target_plot)
 
 
 def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -73,7 +73,7 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     deviation over prediction passes (a `std` column: in the target's units for regression, of
     the predicted class's probability for classification). With quantile outputs the prediction
     is the level nearest 0.5 and every level gets its own column (q0.1, q0.5, ...)."""
-    from aam_runtime.train import point_column
+    from aam_runtime.outputs import point_column
 
     ids = data.enc.prepared.sample_ids
     images = {}
@@ -121,7 +121,7 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
     """predictions.tsv for a run with several targets: per target, prediction:NAME and
     truth:NAME (in its units or class names; std:NAME with several passes), and one plot each
     (pred_vs_true_NAME.png or confusion_NAME.png)."""
-    from aam_runtime.train import point_column
+    from aam_runtime.outputs import point_column
 
     ids = data.enc.prepared.sample_ids
     header = ["sample_id", "split"]
@@ -172,7 +172,7 @@ def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int)
 
     from aam_runtime.data import batches as B
     from aam_runtime.model import build_model
-    from aam_runtime.train import conditional_column
+    from aam_runtime.outputs import conditional_column
 
     model = build_model(meta["model_spec"], cfg.hardware, max_bp=meta["max_bp"], n_outputs=n_outputs,
                         categorical_sizes=[len(lv) for lv in meta["cat_levels"]], max_asvs=meta["max_asvs"],
@@ -269,7 +269,8 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: d
     """predict for a checkpoint fine-tuned on several targets: every target's outputs, and its
     metrics (metric:target) where the Dataset has the column."""
     from aam_runtime.data.prepare import prepare
-    from aam_runtime.train import average_blocks, check_hardware, target_metrics
+    from aam_runtime.device import check_hardware
+    from aam_runtime.outputs import average_blocks, target_metrics
 
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     check_hardware(cfg)
@@ -298,8 +299,9 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     """Predictions of a finetuned checkpoint on any Dataset (unseen ASVs included), with metrics
     where the Dataset has the target."""
     from aam_runtime.data.prepare import prepare
+    from aam_runtime.device import check_hardware
     from aam_runtime.losses import TargetLoss
-    from aam_runtime.train import average_passes, check_hardware, target_metrics
+    from aam_runtime.outputs import average_passes, target_metrics
 
     cks = []
     for path in cfg.init_checkpoints:
@@ -346,7 +348,7 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     from sklearn.ensemble import RandomForestClassifier, RandomForestRegressor
 
     from aam_runtime.data.prepare import prepare
-    from aam_runtime.train import target_metrics
+    from aam_runtime.outputs import target_metrics
 
     data = prepare(cfg, folder, "baseline")
     counts = data.enc.prepared.counts

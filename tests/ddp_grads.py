@@ -16,7 +16,7 @@ from aam_runtime.data import table as T  # noqa: E402
 from aam_runtime.data import unifrac as U  # noqa: E402
 from aam_runtime.model import AAM, ModelConfig  # noqa: E402
 from aam_runtime.losses import unifrac_global as unifrac_loss_global  # noqa: E402
-from aam_runtime.train import make_accelerator  # noqa: E402
+from aam_runtime.device import make_accelerator  # noqa: E402
 from synth import dataset_spec, make_dataset  # noqa: E402
 from test_training import SMALL_MODEL  # noqa: E402
 

@@ -11,7 +11,8 @@ import torch
 from aam_runtime.data import table as T
 from aam_runtime.data.prepare import fit_target_scale, scale_target, unscale_target
 from aam_runtime.model import AAM, ModelConfig
-from aam_runtime.train import Schedule, average_passes, make_optimizer, param_groups
+from aam_runtime.optim import Schedule, make_optimizer, param_groups
+from aam_runtime.outputs import average_passes
 
 from synth import full_spec
 from test_training import SMALL_MODEL, _batch
@@ -362,7 +363,7 @@ def test_bounded_output_stays_in_range_and_travels_with_the_weights(tmp_path):
 
 def test_output_bounds_default_to_the_training_range_and_convert_given_ends():
     from aam_runtime.data.prepare import Data
-    from aam_runtime.train import output_bounds
+    from aam_runtime.outputs import output_bounds
 
     class Enc:
         targets = np.array([0.0, 0.5, 1.0, 9.0], dtype=np.float32)  # on the model's scale (minmax of 10..20)

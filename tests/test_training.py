@@ -618,7 +618,7 @@ def test_ema_update_follows_the_ramped_decay():
     """trainer.ema's average: the first step copies, then ema <- d ema + (1 - d) w with
     d = min(decay, (1 + n) / (10 + n)), n the steps averaged before."""
     from torch.optim.swa_utils import AveragedModel
-    from aam_runtime.train import ema_update
+    from aam_runtime.optim import ema_update
 
     lin = torch.nn.Linear(2, 1, bias=False)
     ema = AveragedModel(lin, multi_avg_fn=ema_update(0.2), use_buffers=True)

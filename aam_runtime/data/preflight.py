@@ -9,8 +9,8 @@ from __future__ import annotations
 import difflib
 from pathlib import Path
 
-from aam_runtime.data.table import (MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut, input_categoricals,
-                    read_biom, read_metadata)
+from aam_runtime.data.table import (MISSING_VALUES, DataError, asv_cut_summary, check_sequences, describe_cut,
+                                    input_categoricals, read_biom, read_metadata)
 
 
 class Problem(str):

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aam_runtime.console import log
-from aam_runtime.runfolder import SPLIT, RunFolder, atomic_write
 from aam_runtime.data import batches as B
 from aam_runtime.data import table as T
 from aam_runtime.data.split import make_split
-from aam_runtime.data.unifrac import DistanceLookup, compute as compute_unifrac
+from aam_runtime.data.unifrac import DistanceLookup
+from aam_runtime.data.unifrac import compute as compute_unifrac
+from aam_runtime.runfolder import SPLIT, RunFolder, atomic_write
 
 
 @dataclass

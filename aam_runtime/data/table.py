@@ -204,10 +204,21 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
          metadata=None) -> Prepared:
     """Read and prepare a Dataset spec (resolved: absolute paths, defaults filled). table and
     metadata, when given, are what read_biom and read_metadata returned for it (preflight has
-    read them already)."""
-    import pandas as pd
-
+    read them already). Every step says in the report what it dropped."""
     report: dict = {}
+    counts, sample_ids, asv_ids = _read_table(spec, table, report)
+    counts, sample_ids, meta = _align_metadata(spec, counts, sample_ids, metadata, report)
+    counts, sample_ids = _usable_targets(spec, meta, counts, sample_ids, need_targets or [], report)
+    counts, sample_ids = _thin_samples(spec, counts, sample_ids, seed, report)
+    counts, asv_ids = _clean_asvs(spec, counts, asv_ids, report)
+    report["samples_used"] = len(sample_ids)
+    report["asvs_used"] = len(asv_ids)
+    meta = meta.loc[sample_ids]
+    return Prepared(sample_ids=sample_ids, asv_ids=asv_ids, counts=counts, metadata=meta, report=report)
+
+
+def _read_table(spec: dict, table, report: dict):
+    """The BIOM table as samples x ASVs counts, its sample and ASV ids (checked)."""
     table = read_biom(spec["table"]) if table is None else table
     if table.shape[0] == 0 or table.shape[1] == 0:
         raise DataError(f"{spec['table']}: the table is empty ({table.shape[1]} samples x {table.shape[0]} ASVs)")
@@ -227,6 +238,12 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
         raise DataError(f"{spec['table']}: the table holds negative counts; AAM needs read counts")
     report["samples_in_table"] = len(sample_ids)
     report["asvs_in_table"] = len(asv_ids)
+    return counts, sample_ids, asv_ids
+
+
+def _align_metadata(spec: dict, counts, sample_ids: list[str], metadata, report: dict):
+    """The samples that are in both the table and the metadata, and the metadata."""
+    import pandas as pd
 
     meta_spec = spec.get("metadata")
     if meta_spec:
@@ -241,18 +258,22 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
         raise DataError(f"no sample id of {spec['table']} appears in {meta_spec['path']} "
                         f"(table ids look like '{sample_ids[0]}', metadata ids like "
                         f"'{meta.index[0] if len(meta.index) else '(none)'}'); check spec.metadata.sampleIdColumn")
-    counts = counts[in_both]
-    sample_ids = [sample_ids[i] for i in in_both]
+    return counts[in_both], [sample_ids[i] for i in in_both], meta
 
-    # needed targets and input categorical columns must exist; rows with missing or non-numeric
-    # target values are dropped
-    for col in list(need_targets or []) + input_categoricals(spec):
+
+def _usable_targets(spec: dict, meta, counts, sample_ids: list[str], need_targets: list[str], report: dict):
+    """Needed targets and input categorical columns must exist; rows with missing or non-numeric
+    target values are dropped."""
+    import pandas as pd
+
+    meta_spec = spec.get("metadata")
+    for col in list(need_targets) + input_categoricals(spec):
         if col not in meta.columns:
             raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
                             f"(columns: {', '.join(list(meta.columns)[:8])})")
     target_types = {t["name"]: t["type"] for t in spec["targets"]}
     keep = np.ones(len(sample_ids), dtype=bool)
-    for col in need_targets or []:
+    for col in need_targets:
         values = meta.loc[sample_ids, col]
         missing = values.str.strip().isin(MISSING_VALUES).to_numpy()
         if target_types.get(col) == "regression":
@@ -264,11 +285,13 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
             report[f"dropped_target_{col}_missing"] = int((missing & keep).sum())
             keep &= ~missing
     if not keep.any():
-        raise DataError(f"no sample has a usable value for target(s) {', '.join(need_targets or [])} "
+        raise DataError(f"no sample has a usable value for target(s) {', '.join(need_targets)} "
                         "(all missing or not numeric)")
-    counts = counts[keep]
-    sample_ids = [s for s, k in zip(sample_ids, keep) if k]
+    return counts[keep], [s for s, k in zip(sample_ids, keep) if k]
 
+
+def _thin_samples(spec: dict, counts, sample_ids: list[str], seed: int, report: dict):
+    """spec.subsample, rarefaction to spec.rarefyDepth, and samples left with no reads."""
     sub = spec.get("subsample")
     if sub and sub["samples"] < len(sample_ids):
         rng = np.random.default_rng(sub["seed"])
@@ -276,7 +299,6 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
         counts = counts[chosen]
         sample_ids = [sample_ids[i] for i in chosen]
         report["subsampled_to"] = int(sub["samples"])
-
     depth = spec["rarefyDepth"]
     if depth:
         before = len(sample_ids)
@@ -291,23 +313,24 @@ def load(spec: dict, *, need_targets: list[str] | None = None, seed: int = 0, ta
     if not sample_ids:
         raise DataError(f"{spec['table']}: no sample is left after rarefaction to {depth} reads "
                         "(lower spec.rarefyDepth)")
+    return counts, sample_ids
 
+
+def _clean_asvs(spec: dict, counts, asv_ids: list[str], report: dict):
+    """ASVs with other letters than ACGT (nonACGT: drop), and ASVs present in no remaining sample
+    (they carry nothing); the counts as sorted CSR."""
     if spec["nonACGT"] == "drop":
         good = ~non_acgt(asv_ids)
         report["dropped_asvs_non_acgt"] = int((~good).sum())
         counts = counts[:, np.flatnonzero(good)]
         asv_ids = [a for a, g in zip(asv_ids, good) if g]
-    # ASVs present in no remaining sample carry nothing
     present = np.asarray((counts > 0).sum(axis=0)).ravel() > 0
     if not present.all():
         counts = counts[:, np.flatnonzero(present)]
         asv_ids = [a for a, p in zip(asv_ids, present) if p]
     counts = counts.tocsr()
     counts.sort_indices()
-    report["samples_used"] = len(sample_ids)
-    report["asvs_used"] = len(asv_ids)
-    meta = meta.loc[sample_ids]
-    return Prepared(sample_ids=sample_ids, asv_ids=asv_ids, counts=counts, metadata=meta, report=report)
+    return counts, asv_ids
 
 
 def select_asvs(counts, limit: int, how: str, rng: np.random.Generator | None = None):
