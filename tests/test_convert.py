@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aamctl.convert.converter import ConvertError, commands_in_script, convert_argv, convert_file
+from aamctl.convert.launch import ConvertError, commands_in_script
+from aamctl.convert.script import convert_argv, convert_file
 from aamctl.errors import AamError
 from aamctl.api.parse import load_documents
 from aamctl.convert.flags import BY_COMMAND, COMMANDS, FLAGS, reference_table_markdown

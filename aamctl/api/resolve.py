@@ -7,6 +7,7 @@ rules after it.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -17,10 +18,10 @@ from typing import Protocol
 
 from aam_runtime.runfolder import RESOLVED_KEY
 
-from aamctl.errors import AamError, Diagnostic
-from aamctl.resources import builtins_dir
 from aamctl.api.parse import Document, parse_text
 from aamctl.api.schema import coerce_integers, fill_defaults
+from aamctl.errors import AamError, Diagnostic
+from aamctl.resources import builtins_dir
 
 URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
@@ -209,62 +210,64 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
     """Schema-valid, uniquely named documents -> defaults filled, paths absolute, references looked
     up (given documents first, then the store, then the built-ins). Raises AamError listing every
     reference that cannot be found and every initFrom cycle."""
-    store = store or MemoryStore()
+    given = [normalize(doc) for doc in docs]
+    res = Resolved(given=given, objects={o.key: o for o in given}, store=store or MemoryStore())
+    diags = _missing_references(res)
+    if diags:
+        raise AamError(diags)
+    diags = _init_cycles(res)
+    if diags:
+        raise AamError(diags)
+    return res
+
+
+def _find(res: Resolved, kind: str, name: str) -> Obj | None:
+    """An object by kind and name: given, else stored (then kept in res.objects), else built in."""
+    if (kind, name) in res.objects:
+        return res.objects[(kind, name)]
+    stored = res.store.get_object(kind, name)
+    if stored is not None:
+        obj = Obj(kind=kind, name=name, manifest=stored, source="store")
+        res.objects[(kind, name)] = obj
+        return obj
+    if kind == "HardwareProfile":
+        for bdoc in builtin_documents():
+            if bdoc.data["metadata"]["name"] == name:
+                obj = normalize(bdoc)
+                obj.source = "builtin"
+                obj.doc = None
+                res.objects[(kind, name)] = obj
+                return obj
+    return None
+
+
+def _missing(res: Resolved, obj: Obj, kind: str, name: str, path) -> Diagnostic:
+    """A reference that names nothing: say what it names instead, or the nearest name."""
+    other = next((k for k in ("Dataset", "Model", "HardwareProfile", "Run") if k != kind and _find(res, k, name)), None)
+    if other is not None:
+        return obj.diag(f"{kind} '{name}' not found; '{name}' is a {other}", path,
+                        hint=f"{[p for p in path if isinstance(p, str)][-1]} names a {kind}; point it at one (aamctl get {kind.lower()}s)")
+    known = {n for k, n in res.objects if k == kind}
+    if kind == "HardwareProfile":
+        known |= {d.data["metadata"]["name"] for d in builtin_documents()}
+    close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'?" if close else (
+        f"apply a {kind} named '{name}' first or pass its file with -f")
+    return obj.diag(f"{kind} '{name}' not found", path, hint=hint)
+
+
+def _missing_references(res: Resolved) -> list[Diagnostic]:
+    """References, transitively (a Run's initFrom run may come from the store); a Sweep's
+    template refers like a Run, and its runRef names one."""
     diags: list[Diagnostic] = []
-    given: list[Obj] = []
-    seen: dict[tuple[str, str], Obj] = {}
-    for doc in docs:
-        obj = normalize(doc)
-        seen[obj.key] = obj
-        given.append(obj)
-
-    res = Resolved(given=given, objects=dict(seen), store=store)
-
-    def lookup(kind: str, name: str) -> Obj | None:
-        if (kind, name) in res.objects:
-            return res.objects[(kind, name)]
-        stored = store.get_object(kind, name)
-        if stored is not None:
-            obj = Obj(kind=kind, name=name, manifest=stored, source="store")
-            res.objects[(kind, name)] = obj
-            return obj
-        if kind == "HardwareProfile":
-            for bdoc in builtin_documents():
-                if bdoc.data["metadata"]["name"] == name:
-                    obj = normalize(bdoc)
-                    obj.source = "builtin"
-                    obj.doc = None
-                    res.objects[(kind, name)] = obj
-                    return obj
-        return None
-
-    def known(kind):
-        names = {n for k, n in res.objects if k == kind}
-        if kind == "HardwareProfile":
-            names |= {d.data["metadata"]["name"] for d in builtin_documents()}
-        return sorted(names)
-
-    def missing(obj: Obj, kind: str, name: str, path) -> Diagnostic:
-        import difflib
-        other = next((k for k in ("Dataset", "Model", "HardwareProfile", "Run") if k != kind and lookup(k, name)), None)
-        if other is not None:
-            return obj.diag(f"{kind} '{name}' not found; '{name}' is a {other}", path,
-                            hint=f"{[p for p in path if isinstance(p, str)][-1]} names a {kind}; point it at one (aamctl get {kind.lower()}s)")
-        close = difflib.get_close_matches(name, known(kind), n=1, cutoff=0.6)
-        hint = f"did you mean '{close[0]}'?" if close else (
-            f"apply a {kind} named '{name}' first or pass its file with -f")
-        return obj.diag(f"{kind} '{name}' not found", path, hint=hint)
-
-    # references, transitively (a Run's initFrom run may come from the store); a Sweep's
-    # template refers like a Run, and its runRef names one
-    queue: list[tuple[Obj, dict, tuple]] = [(o, o.spec, ("spec",)) for o in given if o.kind == "Run"]
-    for sw in [o for o in given if o.kind == "Sweep"]:
+    queue: list[tuple[Obj, dict, tuple]] = [(o, o.spec, ("spec",)) for o in res.given if o.kind == "Run"]
+    for sw in [o for o in res.given if o.kind == "Sweep"]:
         if sw.spec.get("template") is not None:
             queue.append((sw, sw.spec["template"], ("spec", "template")))
         elif sw.spec.get("runRef"):
-            target = lookup("Run", sw.spec["runRef"])
+            target = _find(res, "Run", sw.spec["runRef"])
             if target is None:
-                diags.append(missing(sw, "Run", sw.spec["runRef"], ("spec", "runRef")))
+                diags.append(_missing(res, sw, "Run", sw.spec["runRef"], ("spec", "runRef")))
             else:
                 queue.append((target, target.spec, ("spec",)))
     checked = set()
@@ -274,18 +277,19 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
             continue
         checked.add((run.kind, run.name))
         for kind, fld in (("Dataset", "datasetRef"), ("Model", "modelRef"), ("HardwareProfile", "hardwareRef")):
-            if s.get(fld) and lookup(kind, s[fld]) is None:
-                diags.append(missing(run, kind, s[fld], at + (fld,)))
+            if s.get(fld) and _find(res, kind, s[fld]) is None:
+                diags.append(_missing(res, run, kind, s[fld], at + (fld,)))
         for name in init_runs(s):
-            target = lookup("Run", name)
+            target = _find(res, "Run", name)
             if target is None:
-                diags.append(missing(run, "Run", name, at + init_field(s, name)[1:]))
+                diags.append(_missing(res, run, "Run", name, at + init_field(s, name)[1:]))
             else:
                 queue.append((target, target.spec, ("spec",)))
-    if diags:
-        raise AamError(diags)
+    return diags
 
-    # cycles through initFrom
+
+def _init_cycles(res: Resolved) -> list[Diagnostic]:
+    """Runs of this apply that start, through initFrom, from themselves."""
     def cycle(chain: list[str], cur: Obj) -> list[str] | None:
         for nxt in init_runs(cur.spec):
             if nxt in chain:
@@ -296,14 +300,13 @@ def resolve(docs: list[Document], store: Store | None = None) -> Resolved:
                 return found
         return None
 
-    for run in [o for o in res.objects.values() if o.kind == "Run" and o in given]:
+    diags = []
+    for run in [o for o in res.objects.values() if o.kind == "Run" and o in res.given]:
         found = cycle([run.name], run)
         if found:
             diags.append(run.diag(f"initFrom forms a cycle: {' -> '.join(found)}",
                                   init_field(run.spec, found[1]), hint="a run cannot start from itself"))
-    if diags:
-        raise AamError(diags)
-    return res
+    return diags
 
 
 def run_targets(spec: dict, dataset_spec: dict) -> list[str]:

@@ -5,18 +5,17 @@ descriptions; nothing here repeats them.
 """
 from __future__ import annotations
 
-import re
-
 import copy
 import difflib
 import functools
 import json
 import math
+import re
 from pathlib import Path
 
+from aamctl.api.parse import Document, format_path
 from aamctl.errors import Diagnostic
 from aamctl.resources import data_path
-from aamctl.api.parse import Document, format_path
 
 API_VERSION = "aam/v1alpha1"
 KINDS = {"Dataset": "dataset", "Model": "model", "Run": "run", "HardwareProfile": "hardwareprofile",
@@ -300,6 +299,7 @@ def _error_to_diag(doc: Document, kind: str, err) -> Diagnostic:
         return doc.diag(f"expected a value {word} {err.validator_value}, found {inst}", path)
     if v in ("oneOf", "anyOf"):
         from jsonschema.exceptions import best_match
+
         # "X or null": when the value is not null, the null branch's complaint says nothing useful
         context = [e for e in err.context if not (inst is not None and e.validator == "type"
                                                   and e.validator_value == "null")]

@@ -7,11 +7,10 @@ import sys
 
 import click
 
-from aamctl.ui.context import Context
-from aamctl.errors import AamError, Diagnostic
 from aamctl.api.resolve import builtin_documents, normalize
 from aamctl.api.schema import fill_defaults
-
+from aamctl.errors import AamError, Diagnostic
+from aamctl.ui.context import Context
 
 # The golden model: every layer kind once (nucleotide, sample, encoder and target stacks, attention
 # pooling, FiLM counts, the sequence skip, an MLP head), small enough for a file of a few hundred kB.

@@ -9,18 +9,15 @@ import click
 
 from aam_runtime import runfolder as RF
 
+from aamctl.api.resolve import builtin_documents, normalize
+from aamctl.errors import AamError, Diagnostic
+from aamctl.planning.plan import dump_documents
+from aamctl.runs.reconcile import requeue_summary
 from aamctl.ui import flags
 from aamctl.ui.context import Context, kind_of, observe, observe_one
-from aamctl.errors import AamError, Diagnostic
 from aamctl.ui.printers import Table, age, fmt, print_data, rows_as_dicts, run_table, timestamp
-from aamctl.runs.reconcile import requeue_summary
 from aamctl.ui.selectors import match_labels, parse_selector
-from aamctl.ui.sweepviews import sweep_rows
-from aamctl.ui.sweepviews import print_sweeps
-from aamctl.ui.sweepviews import get_sweeps
-from aamctl.api.resolve import builtin_documents, normalize
-from aamctl.planning.plan import dump_documents
-from aamctl.ui.sweepviews import describe_sweep
+from aamctl.ui.sweepviews import describe_sweep, get_sweeps, print_sweeps, sweep_rows
 
 
 @click.command()

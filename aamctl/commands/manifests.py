@@ -3,21 +3,21 @@ from __future__ import annotations
 
 import click
 
-from aamctl import __version__
-
-from aamctl.ui import flags
-from aamctl.ui.context import Context
-from aamctl.errors import AamError, UsageError
-from aamctl.ui.progress import wait_for
-from aamctl.api.parse import load_documents
-from aamctl.api.validate import validate as check
-from aamctl.api.schema import explain as do_explain
-from aamctl.api.schema import API_VERSION
 from aam_runtime.runfolder import PLOTS
+
+from aamctl import __version__
+from aamctl.api.parse import load_documents
+from aamctl.api.schema import API_VERSION
+from aamctl.api.schema import explain as do_explain
+from aamctl.api.schema import is_name
+from aamctl.api.validate import validate as check
+from aamctl.convert.script import convert_argv, convert_file
+from aamctl.errors import AamError, UsageError
 from aamctl.runs.apply import apply_manifests
 from aamctl.sweeps.launch import apply_sweep, wait_for_sweeps
-from aamctl.convert.converter import convert_argv, convert_file
-from aamctl.api.schema import is_name
+from aamctl.ui import flags
+from aamctl.ui.context import Context
+from aamctl.ui.progress import wait_for
 
 
 @click.command()

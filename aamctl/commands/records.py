@@ -5,14 +5,13 @@ import sys
 
 import click
 
+from aamctl.errors import UsageError
+from aamctl.runs.rebuild import rebuild_state as rebuild
+from aamctl.runs.records import diff_records, export_record
+from aamctl.runs.store import check_home
 from aamctl.ui import flags
 from aamctl.ui.context import Context, kind_of, observe_one
-from aamctl.errors import UsageError
-from aamctl.runs.records import export_record
 from aamctl.ui.sweepviews import export_best
-from aamctl.runs.records import diff_records
-from aamctl.runs.rebuild import rebuild_state as rebuild
-from aamctl.runs.store import check_home
 
 
 @click.command()

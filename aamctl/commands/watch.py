@@ -9,10 +9,10 @@ import click
 
 from aam_runtime.runfolder import LOG
 
+from aamctl.phases import TERMINAL_RUN as TERMINAL
 from aamctl.ui import flags
 from aamctl.ui.context import Context, observe_one
 from aamctl.ui.progress import wait_for
-from aamctl.phases import TERMINAL_RUN as TERMINAL
 
 
 @click.command("wait")

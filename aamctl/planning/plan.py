@@ -12,15 +12,13 @@ from pathlib import Path
 
 import yaml
 
-from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY_FAILED, LOCAL_SCRIPT, LOG, PID,
-                                   RECORD, RESOLVED_KEY, RUNTIME_EXIT, SLURM_SCRIPT, WAITING)
-
 from aam_runtime.jobenv import job_env
+from aam_runtime.runfolder import (ACCELERATE_CONFIG, EXIT_CODE, EXIT_DEPENDENCY_FAILED, LOCAL_SCRIPT, LOG, PID, RECORD,
+                                   RESOLVED_KEY, RUNTIME_EXIT, SLURM_SCRIPT, WAITING)
 
 from aamctl.api.resolve import Obj, Resolved
 from aamctl.home import run_folder, slots_folder
-from aamctl.planning.launch import (TAKE_RUNTIME_EXIT, env_lines, launch_command, processes, shell_join,
-                                     thread_setting)
+from aamctl.planning.launch import TAKE_RUNTIME_EXIT, env_lines, launch_command, processes, shell_join, thread_setting
 from aamctl.planning.slurm import render_sbatch
 
 SLOTS_MODULE = "aam_runtime.localslots"

@@ -5,14 +5,14 @@ import re
 import shlex
 from pathlib import Path
 
-from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG,
-                                    PROFILE_DIR, REQUEUES, RUNTIME_EXIT)
-
 from aam_runtime.jobenv import job_env
+from aam_runtime.runfolder import (CANCEL_FLAG, EXIT_CODE, EXIT_DATA_ERROR, EXIT_PREEMPTED, LOG, PREEMPT_FLAG,
+                                   PROFILE_DIR, REQUEUES, RUNTIME_EXIT)
 
 from aamctl.errors import AamError
+from aamctl.planning.launch import (RUNTIME_MODULE, TAKE_RUNTIME_EXIT, env_lines, launch_command, shell_join,
+                                    thread_setting)
 from aamctl.resources import data_path
-from aamctl.planning.launch import RUNTIME_MODULE, TAKE_RUNTIME_EXIT, env_lines, launch_command, shell_join, thread_setting
 
 SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@:=-]+")  # fullmatch: no trailing newline slips through
 
@@ -91,7 +91,6 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
     check_path(str(folder), "run folder", run_obj)
     sl = run["executor"]["slurm"]
     nodes = sl.get("nodes") or hw["nodes"]
-    cpu = hw["accelerator"] == "cpu"
     container = hw.get("container")
     if container:
         python = "python3"
@@ -107,38 +106,9 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
         out = shlex.quote(str(folder / PROFILE_DIR / "rocprof-"))
         inner = (f'rp={out}"$SLURMD_NODENAME"; mkdir -p "$rp" && '
                  + inner.replace("exec ", 'exec rocprof --stats -d "$rp" -o "$rp/results.csv" ', 1))
-    wrapper: list[str] = []
-    if container:
-        binds = {str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} | set(container["binds"])
-        if hw.get("scratch"):  # the deepest folder of the scratch path that names no variable
-            prefix = hw["scratch"].split("$", 1)[0]
-            fixed = prefix.rstrip("/") if prefix.endswith("/") else str(Path(prefix).parent)
-            if fixed not in ("", "/"):
-                binds.add(fixed)
-        binds = sorted(binds)
-        wrapper = [container["runtime"], "exec", "--rocm" if hw["accelerator"] == "rocm" else "--nv",
-                   "--bind", ",".join(binds), container["image"]]
-        if cpu:
-            wrapper.remove("--nv")
+    wrapper = container_wrapper(hw, folder, data_paths) if container else []
     srun = ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}", "--ntasks-per-node=1", *wrapper, "bash", "-c", inner]
-    stage_in = stage_out = ""
-    if hw.get("scratch"):
-        # node-local staging: one task per node copies the data in before training and removes
-        # the folder when the job ends (before a requeue too: the next start stages afresh)
-        def on_every_node(action: list[str]) -> str:
-            return " ".join(shlex.quote(a) for a in ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
-                                                     "--ntasks-per-node=1", *wrapper, "bash", "-c",
-                                                     "exec " + shell_join([python, "-m", STAGE_MODULE, *action])])
-        stage_in = "\n".join([
-            "# node-local scratch (HardwareProfile.scratch): every node copies the data in, sha256-checked",
-            f'export AAM_SCRATCH="{hw["scratch"]}"',
-            f"if ! {on_every_node(['in', str(folder)])}; then",
-            '  echo "[$(date +%H:%M:%S)] staging the data to $AAM_SCRATCH failed; not training"',
-            f"  {on_every_node(['out'])}",
-            f"  echo {EXIT_DATA_ERROR} > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}",
-            f"  exit {EXIT_DATA_ERROR}",
-            "fi"])
-        stage_out = on_every_node(["out"]) + " || true"
+    stage_in, stage_out = staging_lines(hw, folder, nodes, wrapper, python) if hw.get("scratch") else ("", "")
     modules = "\n".join(["if command -v module >/dev/null 2>&1; then"] +
                         [f"  module load {shlex.quote(m)}" for m in hw["modules"]] + ["fi"]) \
         if hw["modules"] else ""
@@ -169,3 +139,41 @@ def render_sbatch(run_obj, run: dict, hw: dict, name: str, generation: int, fold
             text = text.replace(k + "\n", "")  # no staging: the script is as before
         text = text.replace(k, v)
     return text
+
+
+def container_wrapper(hw: dict, folder: Path, data_paths: list[str]) -> list[str]:
+    """The singularity/apptainer words before every srun task's command: the image, GPU
+    support, and binds for the state folder, the data folders and the scratch path's fixed part."""
+    container = hw["container"]
+    binds = {str(folder.parent.parent)} | {str(Path(p).parent) for p in data_paths} | set(container["binds"])
+    if hw.get("scratch"):  # the deepest folder of the scratch path that names no variable
+        prefix = hw["scratch"].split("$", 1)[0]
+        fixed = prefix.rstrip("/") if prefix.endswith("/") else str(Path(prefix).parent)
+        if fixed not in ("", "/"):
+            binds.add(fixed)
+    wrapper = [container["runtime"], "exec", "--rocm" if hw["accelerator"] == "rocm" else "--nv",
+               "--bind", ",".join(sorted(binds)), container["image"]]
+    if hw["accelerator"] == "cpu":
+        wrapper.remove("--nv")
+    return wrapper
+
+
+def staging_lines(hw: dict, folder: Path, nodes: int, wrapper: list[str], python: str) -> tuple[str, str]:
+    """Node-local staging (HardwareProfile.scratch): one task per node copies the data in before
+    training and removes the folder when the job ends (before a requeue too: the next start
+    stages afresh). The job script's stage-in block and stage-out line."""
+    def on_every_node(action: list[str]) -> str:
+        return " ".join(shlex.quote(a) for a in ["srun", "--kill-on-bad-exit=1", f"--nodes={nodes}",
+                                                 "--ntasks-per-node=1", *wrapper, "bash", "-c",
+                                                 "exec " + shell_join([python, "-m", STAGE_MODULE, *action])])
+    stage_in = "\n".join([
+        "# node-local scratch (HardwareProfile.scratch): every node copies the data in, sha256-checked",
+        f'export AAM_SCRATCH="{hw["scratch"]}"',
+        f"if ! {on_every_node(['in', str(folder)])}; then",
+        '  echo "[$(date +%H:%M:%S)] staging the data to $AAM_SCRATCH failed; not training"',
+        f"  {on_every_node(['out'])}",
+        f"  echo {EXIT_DATA_ERROR} > {EXIT_CODE}.tmp && mv -f {EXIT_CODE}.tmp {EXIT_CODE}",
+        f"  exit {EXIT_DATA_ERROR}",
+        "fi"])
+    stage_out = on_every_node(["out"]) + " || true"
+    return stage_in, stage_out

@@ -18,11 +18,12 @@ from aamctl.api.sweepspace import template_run
 from aamctl.api.validate import validate
 from aamctl.errors import AamError, Diagnostic
 from aamctl.home import run_folder
-from aamctl.phases import STOPPED_BADLY
+from aamctl.phases import STOPPED_BADLY, RunPhase
 from aamctl.planning.plan import RunPlan, build_plan, dump_documents
 from aamctl.planning.provenance import annotations, data_digests
 from aamctl.planning.slurm import check_path
-from aamctl.planning.stripes import plan_stripes, submit as submit_stripes
+from aamctl.planning.stripes import plan_stripes
+from aamctl.planning.stripes import submit as submit_stripes
 from aamctl.runs.executors import executor_for
 from aamctl.runs.preflight import check_dataset_paths, check_local_fit, check_record_digests, run_preflight
 from aamctl.runs.reconcile import reconcile
@@ -176,7 +177,7 @@ def _plan_run(a: _Apply, run: Obj, run_hash: str, upstream, result: ApplyResult)
                           provenance=provenance, python=a.python, host_bf16=a.host_bf16)
     except AamError:
         if not a.dry_run:
-            store.set_phase(run.name, gen, "Failed", "planning failed")
+            store.set_phase(run.name, gen, RunPhase.FAILED, "planning failed")
         raise
     a.planned[run.name] = plan
     stripes = None if a.hold else _stripes_for(a.res, run, bundle, a.prepared, a.python)
@@ -205,11 +206,11 @@ def _reserve(a: _Apply, run: Obj, run_hash: str, upstream) -> int:
         return store.next_run_generation(run.name) if store is not None else 1
     if run.name in a.reuse:
         gen = a.reuse[run.name]
-        store.update_run(run.name, gen, run_hash=run_hash, folder="", phase="Pending", reason=None, labels=labels)
+        store.update_run(run.name, gen, run_hash=run_hash, folder="", phase=RunPhase.PENDING, reason=None, labels=labels)
         store.add_event(run.name, gen, "Replanned", "reserved but never submitted; planned again")
         return gen
     return store.add_run(name=run.name, run_hash=run_hash, stage=run.spec["stage"],
-                         executor=run.spec["executor"]["type"], folder="", phase="Pending",
+                         executor=run.spec["executor"]["type"], folder="", phase=RunPhase.PENDING,
                          depends_on=", ".join(d.label for d in upstream.dependencies) if upstream and
                          upstream.dependencies else None, labels=labels)
 
@@ -277,7 +278,7 @@ def _submit_stripes(store, plan: RunPlan, stripes, prepared, executor, echo) -> 
     try:
         array, merge = submit_stripes(stripes, executor, prepared)
     except (AamError, OSError) as exc:
-        store.set_phase(plan.name, plan.generation, "Failed", "UniFrac stripe jobs not submitted")
+        store.set_phase(plan.name, plan.generation, RunPhase.FAILED, "UniFrac stripe jobs not submitted")
         if isinstance(exc, AamError):
             raise
         raise AamError(Diagnostic(f"cannot write the UniFrac stripes folder {stripes.work}: {exc}",
@@ -301,7 +302,7 @@ def submit_plan(store, plan: RunPlan, executor, echo, extra_jobs: str | None = N
         else:
             info = executor.submit(plan.folder)
     except AamError:
-        store.set_phase(plan.name, gen, "Failed", "submission failed")
+        store.set_phase(plan.name, gen, RunPhase.FAILED, "submission failed")
         raise
     store.update_run(plan.name, gen, **info)
     store.add_event(plan.name, gen, "Submitted", json.dumps(info))

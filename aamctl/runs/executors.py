@@ -9,11 +9,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from aam_runtime.localslots import SUBMITTED_VAR
 from aam_runtime.runfolder import CANCEL_FLAG, EXIT_CODE, LAUNCHER_LOG, LOCAL_SCRIPT, PID, SLURM_SCRIPT
 
-from aam_runtime.localslots import SUBMITTED_VAR
-
 from aamctl.errors import AamError, Diagnostic
+from aamctl.phases import RunPhase
 
 SLURM_TIMEOUT = float(os.environ.get("AAM_SLURM_TIMEOUT", "20"))
 
@@ -155,13 +155,15 @@ class LocalExecutor:
 # ------------------------------------------------------------------ SLURM
 
 SLURM_STATES = {
-    "PENDING": "Pending", "CONFIGURING": "Pending", "REQUEUED": "Pending", "REQUEUE_HOLD": "Pending",
-    "REQUEUE_FED": "Pending", "RESIZING": "Running", "SUSPENDED": "Running",
-    "RUNNING": "Running", "COMPLETING": "Running", "STAGE_OUT": "Running", "SIGNALING": "Running",
-    "COMPLETED": "Succeeded",
-    "FAILED": "Failed", "OUT_OF_MEMORY": "Failed", "NODE_FAIL": "Failed", "BOOT_FAIL": "Failed",
-    "DEADLINE": "Failed", "TIMEOUT": "Failed", "PREEMPTED": "Requeued",
-    "CANCELLED": "Cancelled", "REVOKED": "Cancelled", "SPECIAL_EXIT": "Failed",
+    "PENDING": RunPhase.PENDING, "CONFIGURING": RunPhase.PENDING, "REQUEUED": RunPhase.PENDING,
+    "REQUEUE_HOLD": RunPhase.PENDING, "REQUEUE_FED": RunPhase.PENDING,
+    "RESIZING": RunPhase.RUNNING, "SUSPENDED": RunPhase.RUNNING, "RUNNING": RunPhase.RUNNING,
+    "COMPLETING": RunPhase.RUNNING, "STAGE_OUT": RunPhase.RUNNING, "SIGNALING": RunPhase.RUNNING,
+    "COMPLETED": RunPhase.SUCCEEDED,
+    "FAILED": RunPhase.FAILED, "OUT_OF_MEMORY": RunPhase.FAILED, "NODE_FAIL": RunPhase.FAILED,
+    "BOOT_FAIL": RunPhase.FAILED, "DEADLINE": RunPhase.FAILED, "TIMEOUT": RunPhase.FAILED,
+    "SPECIAL_EXIT": RunPhase.FAILED, "PREEMPTED": RunPhase.REQUEUED,
+    "CANCELLED": RunPhase.CANCELLED, "REVOKED": RunPhase.CANCELLED,
 }
 
 

@@ -15,10 +15,11 @@ import yaml
 
 from aam_runtime.runfolder import EXIT_OK, LOG, PID, RECORD, read_status
 
-from aamctl.errors import AamError, Diagnostic
-from aamctl.runs.executors import read_exit_code
 from aamctl.api.resolve import content_hash
+from aamctl.errors import AamError, Diagnostic
 from aamctl.home import DB_FILE, RUNS_DIR
+from aamctl.phases import RunPhase
+from aamctl.runs.executors import read_exit_code
 from aamctl.runs.store import StateStore
 
 JOB_LINE = re.compile(r"\bjob (\d+) on ")
@@ -37,9 +38,9 @@ def run_folders(home: Path) -> list[tuple[str, int, Path]]:
 def _phase(folder: Path, executor: str, status: dict) -> tuple[str, str | None, dict]:
     code = read_exit_code(folder)
     if code == EXIT_OK:
-        return "Succeeded", None, {"exit_code": code}
+        return RunPhase.SUCCEEDED, None, {"exit_code": code}
     if code is not None:
-        return "Failed", status.get("error") or f"exit code {code}", {"exit_code": code}
+        return RunPhase.FAILED, status.get("error") or f"exit code {code}", {"exit_code": code}
     extra: dict = {}
     if executor == "local":
         try:
@@ -47,15 +48,15 @@ def _phase(folder: Path, executor: str, status: dict) -> tuple[str, str | None, 
         except (OSError, ValueError):
             pass
         # Pending: the next reconcile looks at the process and decides Running or Failed
-        return "Pending", "state rebuilt from the run folder", extra
+        return RunPhase.PENDING, "state rebuilt from the run folder", extra
     try:
         jobs = JOB_LINE.findall((folder / LOG).read_text(errors="replace"))
     except OSError:
         jobs = []
     if jobs:
         extra["job_id"] = jobs[-1]
-        return "Pending", "state rebuilt from the run folder", extra
-    return "Failed", "state rebuilt: the run left no exit status and no SLURM job id", extra
+        return RunPhase.PENDING, "state rebuilt from the run folder", extra
+    return RunPhase.FAILED, "state rebuilt: the run left no exit status and no SLURM job id", extra
 
 
 def rebuild_state(home: Path, echo=print) -> tuple[int, int]:

@@ -5,11 +5,11 @@ import signal
 import time
 from pathlib import Path
 
-from aam_runtime.runfolder import (free_bytes, EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LOG, LOW_SPACE, QUEUED, REQUEUES, WAITING,
-                                   read_status)
+from aam_runtime.runfolder import (EXIT_MEANINGS, EXIT_PREEMPTED, EXIT_PRUNED, LOG, LOW_SPACE, QUEUED, REQUEUES,
+                                   WAITING, free_bytes, read_status)
 
+from aamctl.phases import TERMINAL_RUN, RunPhase
 from aamctl.runs.executors import SLURM_STATES, SlurmExecutor, pid_alive, read_exit_code, tail_lines
-from aamctl.phases import TERMINAL_RUN
 from aamctl.runs.store import StateError, StateStore
 
 ORPHAN_AFTER = 120.0  # seconds a reserved run row may stay without a folder before it is called dead
@@ -19,7 +19,7 @@ STALE_AFTER = 600.0  # seconds without a heartbeat before a Running run is flagg
 def _stale(status: dict) -> str | None:
     """'no heartbeat for Ns' for a run whose runtime says Running but has not written for long."""
     hb = status.get("heartbeat")
-    if hb and time.time() - hb > STALE_AFTER and status.get("phase") == "Running":
+    if hb and time.time() - hb > STALE_AFTER and status.get("phase") == RunPhase.RUNNING:
         return f"no heartbeat for {int(time.time() - hb)}s"
     return None
 
@@ -91,8 +91,8 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         # reserved by an apply (or a sweep controller) that died before it wrote the run: it
         # can never start; an apply still planning it takes well under a second
         if time.time() - row["created"] > ORPHAN_AFTER:
-            return "Failed", "never written: the aamctl that planned it stopped first; re-apply to start it", {}
-        return "Pending", None, {}
+            return RunPhase.FAILED, "never written: the aamctl that planned it stopped first; re-apply to start it", {}
+        return RunPhase.PENDING, None, {}
     folder = Path(row["folder"])
     status = read_status(folder)
     code = read_exit_code(folder)
@@ -100,59 +100,59 @@ def observe(row, slurm: SlurmExecutor | None = None) -> tuple[str, str | None, d
         alive = pid_alive(row["pid"], row["pid_start"])
         if code is not None:
             if code == 0:
-                return "Succeeded", None, status
+                return RunPhase.SUCCEEDED, None, status
             if code == EXIT_PRUNED:
-                return "Pruned", EXIT_MEANINGS[code], status
-            return "Failed", _exit_reason(code, folder, status), status
+                return RunPhase.PRUNED, EXIT_MEANINGS[code], status
+            return RunPhase.FAILED, _exit_reason(code, folder, status), status
         if alive:
             if (folder / WAITING).exists():
-                return "Pending", "waiting for its initFrom run", status
+                return RunPhase.PENDING, "waiting for its initFrom run", status
             queued = _queued_reason(folder)
             if queued is not None:
-                return "Queued", queued, status
+                return RunPhase.QUEUED, queued, status
             # alive: Running whatever an earlier attempt left in status.json (Preempted, Failed...)
-            return "Running", _stale(status), status
-        if status.get("phase") == "Failed" and status.get("error"):
-            return "Failed", status["error"], status  # it said why, then could not write its exit code
+            return RunPhase.RUNNING, _stale(status), status
+        if status.get("phase") == RunPhase.FAILED and status.get("error"):
+            return RunPhase.FAILED, status["error"], status  # it said why, then could not write its exit code
         free = free_bytes(folder)
         if free is not None and free < LOW_SPACE:
-            return "Failed", f"process ended without an exit status; no space left on device at {folder} " \
+            return RunPhase.FAILED, f"process ended without an exit status; no space left on device at {folder} " \
                              f"({free // 1024} KiB free)", status
         last = tail_lines(folder / LOG, 3)
-        return "Failed", "process ended without an exit status (killed?)" + (": " + " | ".join(last) if last else ""), status
+        return RunPhase.FAILED, "process ended without an exit status (killed?)" + (": " + " | ".join(last) if last else ""), status
     # slurm
     slurm = slurm or SlurmExecutor()
     st = slurm.query(row["job_id"]) if row["job_id"] else None
     if st is None:
         # SLURM forgot the job (MinJobAge): trust the run folder
-        if code == 0 or status.get("phase") == "Succeeded":
-            return "Succeeded", None, status
+        if code == 0 or status.get("phase") == RunPhase.SUCCEEDED:
+            return RunPhase.SUCCEEDED, None, status
         if code == EXIT_PRUNED:
-            return "Pruned", EXIT_MEANINGS[code], status
+            return RunPhase.PRUNED, EXIT_MEANINGS[code], status
         if code is not None:
-            return "Failed", _exit_reason(code, folder, status), status
-        if status.get("phase") == "Failed":
-            return "Failed", status.get("error"), status
-        return "Failed", "SLURM no longer knows the job and it left no final status", status
+            return RunPhase.FAILED, _exit_reason(code, folder, status), status
+        if status.get("phase") == RunPhase.FAILED:
+            return RunPhase.FAILED, status.get("error"), status
+        return RunPhase.FAILED, "SLURM no longer knows the job and it left no final status", status
     base = st.state.split("+")[0].split()[0]
-    phase = SLURM_STATES.get(base, "Running")
+    phase = SLURM_STATES.get(base, RunPhase.RUNNING)
     reason = st.reason
-    if code == EXIT_PRUNED and phase in ("Failed", "Succeeded"):
-        return "Pruned", EXIT_MEANINGS[code], status
-    if phase == "Failed":
+    if code == EXIT_PRUNED and phase in (RunPhase.FAILED, RunPhase.SUCCEEDED):
+        return RunPhase.PRUNED, EXIT_MEANINGS[code], status
+    if phase == RunPhase.FAILED:
         reason = f"SLURM state {base}" + (f" ({st.reason})" if st.reason else "")
         if status.get("error"):
             reason += f": {status['error']}"
         elif code is not None:
             reason = f"SLURM state {base}: " + _exit_reason(code, folder, status)
-    if phase == "Succeeded" and code not in (None, 0):
-        phase, reason = "Failed", _exit_reason(code, folder, status)
-    if phase == "Running" and status.get("phase") == "Preempted":
-        phase, reason = "Requeued", "checkpointed; waiting to be requeued"
-    elif phase == "Running" and not reason:
+    if phase == RunPhase.SUCCEEDED and code not in (None, 0):
+        phase, reason = RunPhase.FAILED, _exit_reason(code, folder, status)
+    if phase == RunPhase.RUNNING and status.get("phase") == "Preempted":
+        phase, reason = RunPhase.REQUEUED, "checkpointed; waiting to be requeued"
+    elif phase == RunPhase.RUNNING and not reason:
         reason = _stale(status)
-    if phase == "Pending" and base.startswith("REQUEUE"):
-        phase = "Requeued"
+    if phase == RunPhase.PENDING and base.startswith("REQUEUE"):
+        phase = RunPhase.REQUEUED
     return phase, reason, status
 
 
@@ -171,7 +171,7 @@ def reconcile(store: StateStore, rows) -> list[tuple]:
                 code = read_exit_code(Path(row["folder"]))
                 if code is not None:
                     extra["exit_code"] = code
-            if phase == "Running" and not row["started"]:
+            if phase == RunPhase.RUNNING and not row["started"]:
                 extra["started"] = status.get("started") or time.time()
             try:
                 store.set_phase(row["name"], row["generation"], phase, reason, **extra)

@@ -9,9 +9,9 @@ import yaml
 
 from aam_runtime.runfolder import RECORD, STATUS_PROBLEM
 
+from aamctl.api.schema import is_name
 from aamctl.errors import AamError, Diagnostic
 from aamctl.planning.plan import dump_documents
-from aamctl.api.schema import is_name
 
 
 def _load(path: str | Path) -> list[dict]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from aam_runtime import runfolder as RF
 
 from aamctl.errors import AamError
+from aamctl.phases import RunPhase
 from aamctl.runs.apply import dependency_jobs
 from aamctl.runs.executors import SlurmExecutor
 from aamctl.sweeps.folder import ARRAYS
@@ -48,7 +49,7 @@ def submit_array(store, folder: Path, sweep: str, generation: int, plans: list, 
         info = SlurmExecutor().submit(script.parent, dependency=dependency_jobs(store, plans[0]), script=script)
     except AamError:
         for p in plans:
-            store.set_phase(p.name, p.generation, "Failed", "submission failed")
+            store.set_phase(p.name, p.generation, RunPhase.FAILED, "submission failed")
         raise
     job = info["job_id"]
     for i, p in enumerate(plans):

@@ -14,8 +14,8 @@ from pathlib import Path
 from aam_runtime import runfolder as RF
 
 from aamctl.api.resolve import Resolved
-from aamctl.api.sweepspace import as_documents, base_model, grid_size, parameters, stored_template, \
-    trial_manifests, trial_name
+from aamctl.api.sweepspace import (as_documents, base_model, grid_size, parameters, stored_template, trial_manifests,
+                                   trial_name)
 from aamctl.errors import AamError, Diagnostic
 from aamctl.phases import TERMINAL_SWEEP, TERMINAL_TRIAL, RunPhase, SweepPhase, TrialState
 from aamctl.runs.apply import apply_manifests, submit_plan
@@ -164,7 +164,7 @@ class Controller:
         for t in self.store.trials(self.name, self.generation):
             if t["state"] != TrialState.CREATING:
                 continue
-            row = self._reserved_run(t)
+            row = _reserved_run(self.store, self.name, t)
             if row is not None and _was_started(self.store, row):
                 self.store.put_trial(self.name, self.generation, t["number"], run_generation=row["generation"],
                                      state=TrialState.RUNNING)
@@ -183,22 +183,6 @@ class Controller:
             again.append(frozen)
         if again:
             self._create(again, manifest, reuse=reuse)
-
-    def _reserved_run(self, t):
-        """The run row a Creating trial reserved, if it got that far: the linked one, or else the
-        newest row of its run name made for this trial after the trial was."""
-        if t["run_generation"] is not None:
-            return self.store.run(t["run_name"], t["run_generation"])
-        row = self.store.latest_run(t["run_name"])
-        if row is None or row["created"] < t["created"]:
-            return None
-        try:
-            labels = json.loads(row["labels"] or "{}")
-        except ValueError:
-            return None
-        if labels.get("sweep") != self.name or labels.get("trial") != str(t["number"]):
-            return None
-        return row
 
     def _create(self, frozen: list, manifest: dict, reuse: dict[str, int] | None = None) -> None:
         """Plan the trials' Runs through apply (held), then submit them: one process each
@@ -227,27 +211,12 @@ class Controller:
     def _plan(self, ft, manifest: dict, reuse: dict[str, int]):
         """One trial's Run planned and written, not submitted: (number, plan), or None when it
         cannot be planned (the trial fails)."""
-        params = parameters(manifest["spec"])
-        template = stored_template(self.store, manifest)
-        model = base_model(Resolved(given=[], objects={}, store=self.store), template) \
-            if any(p.target == "model" for p in params) else None
-        assignment = {p.path: p.decode(ft.params[p.path]) for p in params if p.path in ft.params}
-        name = trial_name(self.name, ft.number)
-        self.store.put_trial(self.name, self.generation, ft.number, run_name=name, state=TrialState.CREATING,
-                             params=json.dumps(assignment))
-        labels = manifest["metadata"].get("labels", {})
-        docs = as_documents(trial_manifests(self.name, labels, template, ft.number, assignment, params, model),
-                            f"sweep/{self.name} trial {ft.number}")
         try:
-            result = apply_manifests(self.store, None, documents=docs, home=self.home, force=True,
-                                     preflight=False, hold=True, echo=lambda _t: None,
-                                     reuse={name: reuse[name]} if name in reuse else None)
+            plan, assignment = plan_trial(self.store, self.home, self.name, self.generation, ft, manifest, reuse)
         except AamError as exc:
             self._finish(ft.number, TrialState.FAILED, None, reason=exc.diagnostics[0].message)
             self.echo(f"trial {ft.number}: could not be planned: {exc.render()}")
             return None
-        plan = result.held[0]
-        self.store.put_trial(self.name, self.generation, ft.number, run_generation=plan.generation)
         self.echo(f"trial {ft.number}: run/{plan.name} generation {plan.generation} {json.dumps(assignment)}")
         return ft.number, plan
 
@@ -323,3 +292,41 @@ def _was_started(store, row) -> bool:
     store.update_run(row["name"], row["generation"], **found)
     store.add_event(row["name"], row["generation"], "Submitted", json.dumps(found))
     return True
+
+
+def plan_trial(store, home: Path, sweep: str, generation: int, ft, manifest: dict, reuse: dict[str, int]):
+    """Plan and write one trial's Run (and derived Model) through apply, held (not submitted);
+    the trial row records its run. (The plan, the trial's parameter values.)"""
+    params = parameters(manifest["spec"])
+    template = stored_template(store, manifest)
+    model = base_model(Resolved(given=[], objects={}, store=store), template) \
+        if any(p.target == "model" for p in params) else None
+    assignment = {p.path: p.decode(ft.params[p.path]) for p in params if p.path in ft.params}
+    name = trial_name(sweep, ft.number)
+    store.put_trial(sweep, generation, ft.number, run_name=name, state=TrialState.CREATING,
+                    params=json.dumps(assignment))
+    labels = manifest["metadata"].get("labels", {})
+    docs = as_documents(trial_manifests(sweep, labels, template, ft.number, assignment, params, model),
+                        f"sweep/{sweep} trial {ft.number}")
+    result = apply_manifests(store, None, documents=docs, home=home, force=True, preflight=False, hold=True,
+                             echo=lambda _t: None, reuse={name: reuse[name]} if name in reuse else None)
+    plan = result.held[0]
+    store.put_trial(sweep, generation, ft.number, run_generation=plan.generation)
+    return plan, assignment
+
+
+def _reserved_run(store, sweep: str, t):
+    """The run row a Creating trial reserved, if it got that far: the linked one, or else the
+    newest row of its run name made for this trial after the trial was."""
+    if t["run_generation"] is not None:
+        return store.run(t["run_name"], t["run_generation"])
+    row = store.latest_run(t["run_name"])
+    if row is None or row["created"] < t["created"]:
+        return None
+    try:
+        labels = json.loads(row["labels"] or "{}")
+    except ValueError:
+        return None
+    if labels.get("sweep") != sweep or labels.get("trial") != str(t["number"]):
+        return None
+    return row

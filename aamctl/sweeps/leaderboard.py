@@ -10,7 +10,7 @@ from aam_runtime import runfolder as RF
 
 from aamctl.api.sweepspace import direction
 from aamctl.errors import AamError, Diagnostic
-from aamctl.phases import TERMINAL_TRIAL, TrialState
+from aamctl.phases import TERMINAL_TRIAL, RunPhase, SweepPhase, TrialState
 from aamctl.runs.reconcile import reconcile
 from aamctl.sweeps.folder import controller_alive
 
@@ -59,20 +59,21 @@ def leaderboard(store, name: str, generation: int | None = None) -> dict:
         for r, phase, _, _ in reconcile(store, [r for r in rows if r is not None]):
             runs[(r["name"], r["generation"])] = phase
     sign = -1 if spec and direction(spec) == "maximize" else 1
-    order = {"Complete": 0, "Running": 1, "Creating": 1, "Pruned": 2, "Failed": 3}
+    order = {TrialState.COMPLETE: 0, TrialState.RUNNING: 1, TrialState.CREATING: 1, TrialState.PRUNED: 2,
+             TrialState.FAILED: 3}
     for t in trials:
         t["params"] = json.loads(t["params"] or "{}")
         if t["state"] not in TERMINAL_TRIAL:
-            t["run_phase"] = runs.get((t["run_name"], t["run_generation"]), "Pending")
+            t["run_phase"] = runs.get((t["run_name"], t["run_generation"]), RunPhase.PENDING)
         end = t["finished"] or time.time()
         t["duration"] = round(end - t["created"], 1)
     trials.sort(key=lambda t: (order.get(t["state"], 4), sign * t["value"] if t["value"] is not None else 0,
                                t["number"]))
     tally = counts(trials)
-    best = trials[0] if trials and trials[0]["state"] == "Complete" else None
+    best = trials[0] if trials and trials[0]["state"] == TrialState.COMPLETE else None
     phase = row["phase"]
     reason = row["reason"]
-    if phase == "Running" and not controller_alive(Path(row["folder"])):
+    if phase == SweepPhase.RUNNING and not controller_alive(Path(row["folder"])):
         reason = "no controller is running: re-apply the Sweep to continue"
     return {"name": name, "generation": row["generation"], "phase": phase, "reason": reason,
             "folder": row["folder"], "executor": row["executor"],

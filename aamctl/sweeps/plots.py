@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 
 from aamctl.api.sweepspace import direction
+from aamctl.phases import TrialState
 
 
 def write_plots(folder: Path, trials, spec: dict, study=None) -> None:  # study: an optuna.Study, for importance
     """objective.png (objective by trial, running best), parameters.png (objective against each
     parameter) and importance.png (Optuna's parameter importance, when it can be computed)."""
-    done = sorted([t for t in trials if t["state"] == "Complete" and t["value"] is not None],
+    done = sorted([t for t in trials if t["state"] == TrialState.COMPLETE and t["value"] is not None],
                   key=lambda t: t["number"])
     if not done:
         return

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from aamctl.errors import AamError, Diagnostic
+from aamctl.phases import RunPhase, TrialState
 from aamctl.runs.records import export_record
 from aamctl.sweeps.folder import PLOTS
 from aamctl.sweeps.leaderboard import leaderboard
@@ -21,7 +22,7 @@ def sweep_rows(store) -> list[dict]:
 
 def counts_cell(b: dict) -> str:
     c = b["counts"]
-    finished = c["Complete"] + c["Pruned"] + c["Failed"]
+    finished = c[TrialState.COMPLETE] + c[TrialState.PRUNED] + c[TrialState.FAILED]
     return (f"{finished}/{b['maxTrials']} finished ({c['Complete']} complete, {c['Pruned']} pruned, "
             f"{c['Failed']} failed), {c['Running'] + c['Creating']} running")
 
@@ -75,7 +76,7 @@ def describe_sweep(ctx, name, output=None, generation=None) -> None:
     t = Table(["TRIAL", "RUN", "STATE", b["objective"]["metric"].upper(), *[p.split(".")[-1].upper() for p in params],
                "DURATION"])
     for tr in b["trials"]:
-        state = tr["state"] if tr["state"] != "Running" else tr.get("run_phase", "Running")
+        state = tr["state"] if tr["state"] != TrialState.RUNNING else tr.get("run_phase", RunPhase.RUNNING)
         t.add_row(str(tr["number"]), f"{tr['run_name']}/{tr['run_generation'] or '-'}", state,
                   fmt(tr["value"]) if tr["value"] is not None else "-",
                   *[_cell(tr["params"].get(p)) for p in params], f"{tr['duration']:.0f}s")

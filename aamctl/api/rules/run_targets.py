@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aam_runtime.metric_table import METRICS, metrics_for, split_metric
 
-from aamctl.api.resolve import Obj, Resolved, effective_model_ref, init_field
+from aamctl.api.resolve import Obj, Resolved, effective_model_ref, init_field, run_targets
 from aamctl.api.rules.common import differs_from_default
 from aamctl.api.schema import field_schema
 from aamctl.errors import Diagnostic
@@ -17,7 +17,7 @@ def check_target_recipe(run: Obj, ds: Obj, model: Obj) -> list[Diagnostic]:
     d: list[Diagnostic] = []
     s = run.spec
     targets = ds.spec["targets"]
-    tname = s.get("target") or (targets[0]["name"] if targets else None)
+    tname = next(iter(run_targets(s, ds.spec)), None)
     t = next((x for x in targets if x["name"] == tname), None)
     if t is None:
         return d
@@ -54,17 +54,6 @@ def check_target_recipe(run: Obj, ds: Obj, model: Obj) -> list[Diagnostic]:
     return d
 
 
-def _finetune_targets(res: Resolved, run: Obj) -> list[str]:
-    """The target column(s) a finetune Run's head predicts."""
-    s = run.spec
-    if s.get("targets"):
-        return [t["name"] for t in s["targets"]]
-    if s.get("target"):
-        return [s["target"]]
-    declared = res.get("Dataset", s["datasetRef"]).spec.get("targets") or []
-    return [declared[0]["name"]] if declared else []
-
-
 def check_ensemble(res: Resolved, run: Obj) -> list[Diagnostic]:
     """initFrom.runs: a predict run only, over finetune runs that predict the same target(s)."""
     s = run.spec
@@ -79,7 +68,7 @@ def check_ensemble(res: Resolved, run: Obj) -> list[Diagnostic]:
             d.append(run.diag(f"initFrom.runs: '{name}' is a {src.spec['stage']} run", init_field(s, name),
                               hint="an ensemble averages finetune runs that predict the same target"))
             continue
-        targets = _finetune_targets(res, src)
+        targets = run_targets(src.spec, res.get("Dataset", src.spec["datasetRef"]).spec)
         model_ref = effective_model_ref(res, src)
         th = res.get("Model", model_ref).spec.get("targetHead", {}) if model_ref else {}
         levels = list(th.get("quantiles") or [0.5]) if th.get("loss") == "quantile" else []
@@ -170,8 +159,7 @@ def check_fusion_inputs(res: Resolved, run: Obj, model_ref: str | None, ds: Obj)
                model.spec[f] != (field_schema("Model", ("spec", f)) or {}).get("default")]
     if not written:
         return []
-    targets = {t["name"] for t in s.get("targets") or []} or \
-        {s.get("target") or (ds.spec["targets"][0]["name"] if ds.spec["targets"] else None)}
+    targets = set(run_targets(s, ds.spec))
     inputs = [c for c in ds.spec["categoricalColumns"] if c not in targets]
     if inputs:
         return []
