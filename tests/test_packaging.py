@@ -16,8 +16,12 @@ pytestmark = pytest.mark.slow
 
 def test_wheel_installs_and_runs_outside_the_source_tree(tmp_path):
     src = tmp_path / "src"  # a copy, so the build leaves nothing in the work tree
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", ".aam", "build", "*.egg-info",
-                                                             "__pycache__", "wandb", "runs"))
+    skip = shutil.ignore_patterns(".venv", ".git", ".aam", "build", "*.egg-info", "__pycache__", "wandb")
+
+    def ignore(folder, names):  # run outputs at the top of the tree; aamctl/runs is a package
+        return set(skip(folder, names)) | ({"runs"} if Path(folder) == ROOT else set())
+
+    shutil.copytree(ROOT, src, ignore=ignore)
     dist = tmp_path / "dist"
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
                         str(dist), str(src)], capture_output=True, text=True)
