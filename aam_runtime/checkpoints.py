@@ -4,13 +4,16 @@ rank's random state, and what predict needs besides weights (checkpoint_meta).""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from aam_runtime.bundle import DESCRIPTION, BundleError, is_bundle, read_bundle
 from aam_runtime.config import RunConfig
 from aam_runtime.console import log
 from aam_runtime.data.prepare import Data
+from aam_runtime.data.table import DataError
 from aam_runtime.model import is_head_key, sample_positions
 from aam_runtime.runfolder import RunFolder, atomic_write, checkpoint_name
 
@@ -31,18 +34,70 @@ def checkpoint_meta(cfg: RunConfig, data: Data, parts: list | None = None) -> di
 
 
 def get_rng() -> dict:
+    """This process's random states, as tensors and plain values only (a checkpoint must load
+    with torch.load(weights_only=True))."""
     import random
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng(r: dict) -> None:
     import random
+
     torch.set_rng_state(r["torch"])
-    np.random.set_state(r["numpy"])
+    n = r["numpy"]
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+    else:  # a checkpoint written before the states were plain values
+        np.random.set_state(n)
     random.setstate(r["python"])
     if r.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(r["cuda"])
+
+
+def load_checkpoint(path: str | Path, state_runs: Path | None) -> dict:
+    """A checkpoint's contents, unpickling nothing but tensors and plain data (torch's
+    weights_only loader): a file someone else made can run code when a full unpickle reads it.
+    A model bundle (a folder: bundle.py) is read through safetensors and JSON. A checkpoint from
+    the run folders of this state (state_runs: <home>/runs) that the safe loader
+    cannot read was written before aam saved only plain values; that one alone is read in full."""
+    import pickle
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"checkpoint not found: {p} (did the run it comes from succeed?)")
+    if is_bundle(p):  # aamctl export run --bundle: safetensors and JSON
+        try:
+            return read_bundle(p)
+        except BundleError as exc:
+            raise DataError(str(exc)) from None
+    if p.is_dir():
+        raise DataError(f"{p} is a folder but not a model bundle (no {DESCRIPTION}); name a checkpoint file or a "
+                        "folder written by aamctl export run NAME --bundle")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if state_runs is not None and p.resolve().is_relative_to(state_runs.resolve()):
+            return _load_own(p)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{p}: refused: this checkpoint holds more than tensors and plain data, and loading it "
+                        f"could run code from the file ({first[:160]}); aam reads such a file only from its own run "
+                        "folders. Start from a checkpoint aam wrote (initFrom.run in this state, or a copy of "
+                        "a run's checkpoints/best.pt)") from None
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _load_own(p: Path) -> dict:
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise DataError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
 
 
 def save_checkpoint(acc, folder: RunFolder, o, state: dict, which: str, meta: dict) -> None:

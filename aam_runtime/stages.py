@@ -20,16 +20,12 @@ def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
             "baseline": baseline_stage}[cfg.stage](cfg, folder)
 
 
-def _load_checkpoint(path: str | Path) -> dict:
-    import torch
+def _load_checkpoint(path: str | Path, folder: RunFolder) -> dict:
+    """A checkpoint, read safely (checkpoints.load_checkpoint); this state's run folders are the
+    parent of this run's (<home>/runs/<name>/<generation>)."""
+    from aam_runtime.checkpoints import load_checkpoint
 
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"checkpoint not found: {p} (did the run it comes from succeed?)")
-    try:
-        return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise DataError(f"{p}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+    return load_checkpoint(path, state_runs=folder.path.parent.parent)
 
 
 def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -40,10 +36,10 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
 
     trainer = Trainer(cfg, folder)
     last = folder.path / checkpoint_name("last")
-    resume = _load_checkpoint(last) if last.exists() else None
+    resume = _load_checkpoint(last, folder) if last.exists() else None
     init_state = None
     if resume is None and cfg.init_checkpoint:
-        init_state = _load_checkpoint(cfg.init_checkpoint)["model"]
+        init_state = _load_checkpoint(cfg.init_checkpoint, folder)["model"]
     data = prepare(cfg, folder, cfg.stage)
     if trainer.main:
         cfg.tracking_start(folder)
@@ -305,7 +301,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
 
     cks = []
     for path in cfg.init_checkpoints:
-        ck = _load_checkpoint(path)
+        ck = _load_checkpoint(path, folder)
         ck["meta"] = ck.get("meta") or {}
         if ck["meta"].get("stage") != "finetune":
             raise DataError(f"{path}: predict needs a finetune checkpoint (this one is from a "

@@ -543,6 +543,74 @@ def test_peak_memory_is_logged_per_step_and_in_status(pipeline):
 
 
 @pytest.mark.slow
+def test_initfrom_checkpoint_reads_data_only(pipeline, tmp_path):
+    """A checkpoint named by initFrom.checkpoint (a file from elsewhere) is read by torch's
+    weights_only loader: aam's own checkpoint, copied out of the state, predicts exactly as its
+    run did; a pickle that would run code when loaded fails its run with a clear message, and
+    the code never runs."""
+    home, _ = pipeline
+    shared = tmp_path / "from-a-colleague"
+    shared.mkdir()
+    shutil.copy(_folder(home, "fine") / "checkpoints" / "best.pt", shared / "fine.pt")
+    marker = tmp_path / "ran"
+
+    class RunsCode:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    good = torch.load(shared / "fine.pt", weights_only=True)
+    torch.save(dict(good, hostile=RunsCode()), shared / "hostile.pt")
+    runs = "".join(f"""---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: {name}}}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {{checkpoint: {shared / f}}}
+""" for name, f in (("pred-copied", "fine.pt"), ("pred-hostile", "hostile.pt")))
+    p = _apply(home, _write(tmp_path / "pred.yaml", runs), check=False)
+    assert p.returncode == 1, p.stdout + p.stderr
+    assert (_folder(home, "pred-copied") / "predictions.tsv").read_text() == \
+        (_folder(home, "pred") / "predictions.tsv").read_text()
+    st = json.loads((_folder(home, "pred-hostile") / "status.json").read_text())
+    assert st["phase"] == "Failed" and "refused" in st["error"] and "hostile.pt" in st["error"], st
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_a_model_bundle_predicts_the_same_in_a_fresh_state(pipeline, tmp_path):
+    """aamctl export run fine --bundle DIR, then in another state folder, from another path, a
+    predict run with initFrom.checkpoint: DIR gives the original run's predictions (to 1e-6)."""
+    home, _ = pipeline
+    bundle = tmp_path / "handed-on" / "fine-model"
+    p = subprocess.run([*AAMCTL, "--home", str(home), "export", "run", "fine", "--bundle", str(bundle)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and str(bundle) in p.stdout, p.stdout + p.stderr
+    again = subprocess.run([*AAMCTL, "--home", str(home), "export", "run", "fine", "--bundle", str(bundle)],
+                           capture_output=True, text=True)
+    assert again.returncode == 1 and "not an empty folder" in again.stderr and "Traceback" not in again.stderr
+    fresh = tmp_path / "colleague"
+    run = f"""---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {{name: pred-bundle}}
+spec:
+  stage: predict
+  datasetRef: oral-new
+  hardwareRef: cpu-1
+  initFrom: {{checkpoint: {bundle}}}
+"""
+    _apply(fresh, _write(tmp_path / "p.yaml", DATA + run))
+    mine = [l.split("\t") for l in (_folder(home, "pred") / "predictions.tsv").read_text().splitlines()]
+    theirs = [l.split("\t") for l in (_folder(fresh, "pred-bundle") / "predictions.tsv").read_text().splitlines()]
+    assert mine[0] == theirs[0] and [r[0] for r in mine] == [r[0] for r in theirs]
+    col = mine[0].index("prediction") if "prediction" in mine[0] else 1
+    assert np.allclose([float(r[col]) for r in mine[1:]], [float(r[col]) for r in theirs[1:]], atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
 def test_finetune_beats_predicting_the_mean(pipeline):
     home, _ = pipeline
     folder = _folder(home, "fine")
@@ -640,8 +708,8 @@ def test_ema_run_trains_the_same_weights_and_predicts_with_their_average(pipelin
     bit, the checkpoint's model (what predict and initFrom read) is the average, and validation,
     early stopping and predictions use it."""
     home, _ = pipeline
-    plain = torch.load(_folder(home, "fine-b") / "checkpoints" / "last.pt", weights_only=False)
-    ema = torch.load(_folder(home, "fine-ema") / "checkpoints" / "last.pt", weights_only=False)
+    plain = torch.load(_folder(home, "fine-b") / "checkpoints" / "last.pt", weights_only=True)
+    ema = torch.load(_folder(home, "fine-ema") / "checkpoints" / "last.pt", weights_only=True)
     assert "train_model" not in plain and ema["ema_steps"] == ema["state"]["step"]
     for k in plain["model"]:
         assert torch.equal(plain["model"][k], ema["train_model"][k]), k
@@ -781,8 +849,8 @@ def test_ddp_gradients_equal_single_process(tmp_path):
                           str(script), str(tmp_path), str(tmp_path / "two.pt")], env=env, capture_output=True,
                          text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
-    a = torch.load(tmp_path / "one.pt", weights_only=False)
-    b = torch.load(tmp_path / "two.pt", weights_only=False)
+    a = torch.load(tmp_path / "one.pt", weights_only=True)
+    b = torch.load(tmp_path / "two.pt", weights_only=True)
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-6)
     assert set(a["grads"]) == set(b["grads"])
     big = 0
@@ -871,8 +939,8 @@ spec:
     assert "resumed from step" in (cut / "log.txt").read_text()
     events = [e["event"] for e in read_jsonl(cut / "events.jsonl")]
     assert "preempted" in events and "resumed" in events
-    ca = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=False)
-    cb = torch.load(cut / "checkpoints" / "last.pt", weights_only=False)
+    ca = torch.load(_folder(tmp_path, "whole") / "checkpoints" / "last.pt", weights_only=True)
+    cb = torch.load(cut / "checkpoints" / "last.pt", weights_only=True)
     for key in ("model", "train_model") if ema else ("model",):
         for k in ca[key]:
             assert torch.equal(ca[key][k], cb[key][k]), (key, k)

@@ -7,7 +7,7 @@ import click
 
 from aamctl.errors import UsageError
 from aamctl.runs.rebuild import rebuild_state as rebuild
-from aamctl.runs.records import diff_records, export_record
+from aamctl.runs.records import diff_records, export_bundle, export_record
 from aamctl.runs.store import check_home
 from aamctl.ui import flags
 from aamctl.ui.context import Context, kind_of, observe_one
@@ -20,9 +20,15 @@ from aamctl.ui.sweepviews import export_best
 @flags.generation
 @click.option("--as", "new_name", default=None, help="Rename the run in the exported record.")
 @click.option("--best", is_flag=True, help="export sweep NAME --best: the record of the sweep's best trial.")
+@click.option("--bundle", "bundle", default=None, metavar="DIR",
+              help="Write the run's trained model into DIR (a new folder) instead: safetensors weights, a JSON "
+                   "description, the record, metrics and a model card; initFrom.checkpoint takes the folder.")
+@click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
+              help="With --bundle: the checkpoint to export.")
 @click.pass_context
-def export(ctx, resource, name, generation, new_name, best):
-    """Print a run's record: every resolved manifest plus provenance and final metrics."""
+def export(ctx, resource, name, generation, new_name, best, bundle, which):
+    """Print a run's record: every resolved manifest plus provenance and final metrics; or, with
+    --bundle DIR, write the run's trained model as a folder to hand on."""
     if kind_of(resource) == "Sweep":
         if not best:
             raise UsageError("a sweep has no record of its own: aamctl export sweep NAME --best")
@@ -33,6 +39,9 @@ def export(ctx, resource, name, generation, new_name, best):
     c = Context(ctx)
     store = c.require_store()
     row, phase, _, st = observe_one(store, c.find_run(store, name, generation))
+    if bundle:
+        click.echo(export_bundle(row, phase, bundle, which))
+        return
     click.echo(export_record(row, phase, st, new_name), nl=False)
 
 

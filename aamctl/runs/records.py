@@ -1,8 +1,12 @@
-"""Records: export a run's resolved manifests with provenance; diff two records."""
+"""Records: export a run's resolved manifests with provenance; diff two records; a run's trained
+model as a bundle (written by aam_runtime.bundle_export)."""
 from __future__ import annotations
 
 import difflib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -11,7 +15,10 @@ from aam_runtime.runfolder import RECORD, STATUS_PROBLEM
 
 from aamctl.api.schema import is_name
 from aamctl.errors import AamError, Diagnostic
+from aamctl.phases import RunPhase
 from aamctl.planning.plan import dump_documents
+
+BUNDLE_MODULE = "aam_runtime.bundle_export"
 
 
 def _load(path: str | Path) -> list[dict]:
@@ -59,3 +66,22 @@ def diff_records(a: str, b: str) -> str:
         if ta != tb:
             out.extend(difflib.unified_diff(ta, tb, fromfile=f"{a}: {k}", tofile=f"{b}: {k}", lineterm=""))
     return "\n".join(out)
+
+
+def export_bundle(row, phase: str, out: str, which: str = "best") -> str:
+    """Write a run's trained model as a bundle into out (aam_runtime.bundle_export, in a
+    subprocess: it reads torch checkpoints); the line it prints."""
+    if row["stage"] not in ("pretrain", "finetune"):
+        raise AamError(Diagnostic(f"run/{row['name']} is a {row['stage']} run: it trains no model to export",
+                                  file="aamctl", hint="export the finetune (or pretrain) run it starts from"))
+    if phase != RunPhase.SUCCEEDED and which == "best":
+        raise AamError(Diagnostic(f"run/{row['name']} is {phase}: its best checkpoint may not be final", file="aamctl",
+                                  hint="wait for it to succeed, or pass --which last to export its last checkpoint"))
+    python = os.environ.get("AAM_PYTHON") or sys.executable
+    p = subprocess.run([python, "-m", BUNDLE_MODULE, row["folder"], out, "--which", which], capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        lines = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()
+        raise AamError(Diagnostic(lines[-1].removeprefix("error: "), file=out,
+                                  hint="name a new folder for the bundle" if "not an empty folder" in lines[-1] else None))
+    return p.stdout.strip()
