@@ -9,7 +9,7 @@ import sys
 import click
 
 from aamctl import __version__
-from aamctl.commands import register
+from aamctl.commands import VERBS, load
 from aamctl.errors import AamError
 
 
@@ -21,7 +21,14 @@ def _warn_unsaved(ctx) -> None:
 
 
 class Group(click.Group):
-    """Renders AamError and unexpected failures as one message with an exit code."""
+    """Renders AamError and unexpected failures as one message with an exit code. Verbs are
+    loaded when used (aamctl.commands.VERBS), so a command imports only what it needs."""
+
+    def list_commands(self, ctx):
+        return sorted(VERBS)
+
+    def get_command(self, ctx, name):
+        return load(name)
 
     def invoke(self, ctx):
         try:
@@ -65,8 +72,6 @@ def main():
     except BrokenPipeError:  # pragma: no cover
         sys.exit(0)
 
-
-register(cli)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ MAX_CLASS_LINES = 250
 
 
 def _modules(package: str) -> list[str]:
-    pkg = __import__(package)
+    import importlib
+
+    pkg = importlib.import_module(package)
     return sorted(m.name for m in pkgutil.walk_packages(pkg.__path__, package + "."))
 
 
@@ -77,3 +79,17 @@ def test_architecture_doc_names_every_module():
             if not any(f"`{n}`" in doc or f"`{n}," in doc or f", `{n}`" in doc for n in names):
                 unnamed.append(f"{package}/{rel}")
     assert not unnamed, "docs/architecture.md does not name: " + ", ".join(unnamed)
+
+
+def test_the_verb_table_names_every_command_where_it_lives():
+    """aamctl loads a verb's module only when the verb runs: the table must list every command
+    of every verb module, under that module."""
+    import importlib
+
+    from aamctl.commands import VERBS
+
+    found = {}
+    for name in _modules("aamctl.commands"):
+        for command in getattr(importlib.import_module(name), "COMMANDS", []):
+            found[command.name] = name.rsplit(".", 1)[1]
+    assert found == VERBS

@@ -6,7 +6,6 @@ import platform
 import socket
 import subprocess
 import time
-from importlib import metadata
 from pathlib import Path
 
 from aamctl import __version__
@@ -15,6 +14,8 @@ PACKAGES = ["aam", "torch", "accelerate", "biom-format", "scikit-bio", "numpy", 
 
 
 def package_versions() -> dict[str, str]:
+    from importlib import metadata  # lazily: ~15 ms, and only a run's record needs it
+
     out = {}
     for p in PACKAGES:
         try:
