@@ -40,7 +40,10 @@ def write_bundle(run_dir: Path, out: Path, which: str = "best") -> dict:
         raise BundleError(f"{ckpt} is not a training checkpoint of aam")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state["model"].items()
                if isinstance(v, torch.Tensor)}
-    record = yaml.safe_load((run_dir / RECORD).read_text())
+    try:
+        record = list(yaml.safe_load_all((run_dir / RECORD).read_text()))
+    except yaml.YAMLError as exc:
+        raise BundleError(f"{run_dir / RECORD}: not readable as the run's record ({exc})") from None
     status = read_status(run_dir)
     tmp = out.with_name(f".{out.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

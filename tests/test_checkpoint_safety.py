@@ -82,7 +82,9 @@ def _fake_run(tmp_path):
             "classes": [], "cat_columns": [], "cat_levels": []}
     torch.save({"model": model.state_dict(), "meta": meta, "state": {"step": 7}, "rng": [get_rng()], "format": 1},
                run / "checkpoints" / "best.pt")
-    (run / "record.yaml").write_text("apiVersion: aam/v1alpha1\nkind: Run\nmetadata: {name: fine}\nspec: {stage: finetune}\n")
+    (run / "record.yaml").write_text("apiVersion: aam/v1alpha1\nkind: Run\nmetadata: {name: fine}\nspec: {stage: finetune}\n"
+                                     "---\napiVersion: aam/v1alpha1\nkind: Dataset\nmetadata: {name: oral}\n"
+                                     "spec: {table: /data/table.biom}\n")  # a record holds several documents
     (run / "status.json").write_text(json.dumps({"phase": "Succeeded", "final_metrics": {"mae": 3.5},
                                                  "best_metric": {"name": "mae", "value": 3.4, "step": 7}}))
     return run, model

@@ -81,7 +81,9 @@ def export_bundle(row, phase: str, out: str, which: str = "best") -> str:
     p = subprocess.run([python, "-m", BUNDLE_MODULE, row["folder"], out, "--which", which], capture_output=True,
                        text=True)
     if p.returncode != 0:
-        lines = (p.stderr.strip() or p.stdout.strip() or f"exit {p.returncode}").splitlines()
-        raise AamError(Diagnostic(lines[-1].removeprefix("error: "), file=out,
-                                  hint="name a new folder for the bundle" if "not an empty folder" in lines[-1] else None))
+        lines = [x.strip() for x in (p.stderr or p.stdout or f"exit {p.returncode}").splitlines() if x.strip()]
+        said = next((x for x in reversed(lines) if x.startswith("error: ")), None)
+        message = said.removeprefix("error: ") if said else \
+            f"writing the bundle failed: {next((x for x in reversed(lines) if x.strip('^~ ')), lines[-1])}"
+        raise AamError(Diagnostic(message, file="aamctl"))
     return p.stdout.strip()
