@@ -242,7 +242,7 @@ def _break(kind: str, d: dict, tmp_path):
         return spec, stage, "no sample id of"
     if kind == "metadata-missing-id-column":
         lines = d["metadata"].read_text().splitlines()
-        d["metadata"].write_text("\n".join(["#SampleID" + lines[0][len("sample_id"):]] + lines[1:]) + "\n")
+        d["metadata"].write_text("\n".join(["specimen" + lines[0][len("sample_id"):]] + lines[1:]) + "\n")
         return spec, stage, "no column 'sample_id'"
     if kind == "missing-metadata-file":
         return dataset_spec(d, metadata={"path": str(tmp_path / "nope.tsv"), "sampleIdColumn": "sample_id"}), stage, \

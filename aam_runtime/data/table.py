@@ -69,26 +69,91 @@ def _is_hdf5(p: Path) -> bool:
         return False
 
 
+# The id headers QIIME 2 accepts in a metadata file's first column (its "Metadata in QIIME 2"
+# rules): these case-insensitively, and the #-headers below exactly (a #-line is a comment else).
+Q2_ID_HEADERS = {"id", "sampleid", "sample id", "sample-id", "featureid", "feature id", "feature-id"}
+Q2_HASH_ID_HEADERS = {"#SampleID", "#Sample ID", "#OTUID", "#OTU ID", "sample_name"}
+Q2_TYPES = "#q2:types"
+
+
+def _is_q2_id_header(cell: str) -> bool:
+    return cell.strip().lower() in Q2_ID_HEADERS or cell.strip() in Q2_HASH_ID_HEADERS
+
+
 def read_metadata(path: str, id_column: str):
+    """A tab-separated metadata file, every value a string, indexed by sample id. QIIME 2 metadata
+    files read as QIIME 2 reads them: comment lines (#...) and empty lines skipped, an id header
+    such as sample-id or #SampleID in the first column used when id_column is not a column, and a
+    #q2:types row (categorical / numeric per column) kept in df.attrs["q2_types"], not as a sample."""
+    import io
+
     import pandas as pd
 
     p = Path(path)
     if not p.exists():
         raise DataError(f"{path}: metadata file not found (check spec.metadata.path)")
     try:
-        df = pd.read_csv(p, sep="\t", dtype=str, keep_default_na=False, comment=None)
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read metadata as UTF-8 text: {exc}") from None
+    lines, types_row = _q2_lines(text)
+    try:
+        df = pd.read_csv(io.StringIO("\n".join(lines)), sep="\t", dtype=str, keep_default_na=False, comment=None)
     except Exception as exc:
         raise DataError(f"{path}: cannot read metadata as tab-separated text: {exc}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if id_column not in df.columns and len(df.columns) and _is_q2_id_header(df.columns[0]):
+        id_column = df.columns[0]  # a QIIME 2 metadata file: its first column holds the ids
     if id_column not in df.columns:
         cols = ", ".join(list(df.columns)[:8])
         raise DataError(f"{path}: no column '{id_column}' (columns: {cols}); "
                         "set spec.metadata.sampleIdColumn to the column holding the sample ids")
+    df = df.apply(lambda col: col.str.strip())
     ids = df[id_column]
     dup = ids[ids.duplicated()]
     if len(dup):
         raise DataError(f"{path}: sample id '{dup.iloc[0]}' appears {int((ids == dup.iloc[0]).sum())} times "
                         f"in column '{id_column}' ({len(dup)} duplicates in all); each sample needs one row")
-    return df.set_index(id_column)
+    out = df.set_index(id_column)
+    out.attrs["q2_types"] = _q2_types(path, types_row, list(df.columns), id_column)
+    return out
+
+
+def _q2_lines(text: str) -> tuple[list[str], list[str] | None]:
+    """The header and data lines of a metadata file, and the cells of its #q2:types row (None
+    when it has none). Before the header, empty and # lines are skipped (a #SampleID-style id
+    header is the header); after it, empty lines and # comments are."""
+    lines = text.splitlines()
+    out: list[str] = []
+    types_row = None
+    for line in lines:
+        first = line.split("\t", 1)[0].strip()
+        if not out:
+            if not line.strip() or (first.startswith("#") and first not in Q2_HASH_ID_HEADERS):
+                continue
+            out.append(line)
+        elif first.lower() == Q2_TYPES and types_row is None and len(out) == 1:
+            types_row = line.split("\t")
+        elif not line.strip() or first.startswith("#"):
+            continue
+        else:
+            out.append(line)
+    return out, types_row
+
+
+def _q2_types(path: str, types_row: list[str] | None, columns: list[str], id_column: str) -> dict[str, str]:
+    if types_row is None:
+        return {}
+    types = {}
+    for col, value in zip(columns, types_row):
+        v = value.strip().lower()
+        if col == id_column or not v:
+            continue
+        if v not in ("categorical", "numeric"):
+            raise DataError(f"{path}: #q2:types says '{value.strip()}' for column '{col}'; QIIME 2 knows "
+                            "categorical and numeric")
+        types[col] = v
+    return types
 
 
 _IUPAC_LUT = np.zeros(256, dtype=bool)
@@ -272,6 +337,11 @@ def _usable_targets(spec: dict, meta, counts, sample_ids: list[str], need_target
             raise DataError(f"{meta_spec['path'] if meta_spec else 'metadata'}: no column '{col}' "
                             f"(columns: {', '.join(list(meta.columns)[:8])})")
     target_types = {t["name"]: t["type"] for t in spec["targets"]}
+    declared = meta.attrs.get("q2_types") or {}
+    for col in need_targets:
+        if target_types.get(col) == "regression" and declared.get(col) == "categorical":
+            raise DataError(f"{meta_spec['path']}: regression target '{col}' is declared categorical in its #q2:types "
+                            "row; declare it numeric there, or make the target classification")
     keep = np.ones(len(sample_ids), dtype=bool)
     for col in need_targets:
         values = meta.loc[sample_ids, col]
