@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up aam on a fresh machine: a virtual environment with a CPU build of torch, and (with
 # --system, as root on Debian/Ubuntu) the system tools the tests use: Striped UniFrac (ssu),
-# SLURM and munge. Idempotent: a second run does nothing unless pyproject.toml changed.
+# SLURM and munge, QIIME 2. Idempotent: a second run does nothing unless pyproject.toml changed.
 # The install itself is scripts/install-aam.sh, the same step the container recipes run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +19,9 @@ if [ "$want_system" = yes ]; then
   missing=()
   command -v slurmctld >/dev/null 2>&1 || missing+=(slurm-wlm)
   command -v munged >/dev/null 2>&1 || missing+=(munge)
+  # QIIME 2 2022.11 from Debian, into the system Python: the tests make real .qza archives and read
+  # our outputs back with it (aam itself never imports it)
+  command -v qiime >/dev/null 2>&1 || missing+=(qiime q2cli q2-types q2-feature-table)
   if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "setup: installing ${missing[*]} (apt)"

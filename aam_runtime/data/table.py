@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aam_runtime.data.errors import DataError
+
 log = logging.getLogger("aam.data")
 
 PAD, A, C, G, T, START, MASK = 0, 1, 2, 3, 4, 5, 6
@@ -28,8 +30,6 @@ IUPAC = set("ACGTURYSWKMBDHVN.-acgturyswkmbdhvn")
 MISSING_VALUES = ("", "NA", "NaN", "nan", "null", "None", "not applicable", "not collected", "missing")
 
 
-class DataError(Exception):
-    """A problem with the user's data, phrased for the user (file, what, how to fix)."""
 
 
 @dataclass
@@ -50,6 +50,10 @@ class Prepared:
 def read_biom(path: str):
     import biom
 
+    from aam_runtime.data import qiime  # a QIIME 2 archive's reader (torch-free, zipfile)
+
+    if qiime.is_archive(path):  # a QIIME 2 FeatureTable[Frequency]: the BIOM inside, read in memory
+        return _biom_from_bytes(path, qiime.read_payload(qiime.open_artifact(path, qiime.TABLE, "spec.table")))
     p = Path(path)
     if not p.exists():
         raise DataError(f"{path}: table file not found (check spec.table)")
@@ -61,10 +65,31 @@ def read_biom(path: str):
                         "(is the file complete? re-export it with 'biom convert --to-hdf5')") from None
 
 
+def _biom_from_bytes(path: str, data: bytes):
+    import io
+
+    import biom
+    from biom.parse import parse_biom_table
+
+    try:
+        if data[:8] == HDF5_MAGIC:
+            import h5py
+
+            with h5py.File(io.BytesIO(data), "r") as f:
+                return biom.Table.from_hdf5(f)
+        return parse_biom_table(io.StringIO(data.decode("utf-8")))
+    except Exception as exc:  # biom raises many kinds for corrupt tables
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: the BIOM table inside the archive cannot be read: {first}") from None
+
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
 def _is_hdf5(p: Path) -> bool:
     try:
         with open(p, "rb") as f:
-            return f.read(8) == b"\x89HDF\r\n\x1a\n"
+            return f.read(8) == HDF5_MAGIC
     except OSError:
         return False
 

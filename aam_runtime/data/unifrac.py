@@ -198,17 +198,24 @@ def _scan_tips(text: str) -> set[str] | None:
 def tree_tips(tree: str) -> set[str]:
     """Tip names of a Newick file (a fast scan; scikit-bio's parser for anything unusual, and for
     its messages on a broken file). scikit-bio is imported only then: its import alone is a second."""
+    from aam_runtime.data import qiime
+
     try:
-        text = Path(tree).read_text()
+        if qiime.is_archive(tree):  # a QIIME 2 Phylogeny[Rooted]: the Newick inside
+            text = qiime.read_payload(qiime.open_artifact(tree, qiime.TREE, "spec.tree")).decode("utf-8")
+        else:
+            text = Path(tree).read_text()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{tree}: cannot read Newick tree: {exc}") from None
     fast = _scan_tips(text)
     if fast is not None:
         return fast
+    import io
+
     from skbio import TreeNode
 
     try:
-        t = TreeNode.read(tree)
+        t = TreeNode.read(io.StringIO(text))
     except Exception as exc:
         raise DataError(f"{tree}: cannot read Newick tree: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     return {n.name for n in t.tips()}
@@ -218,9 +225,19 @@ def cache_key(sample_ids, asv_ids, counts, tree: str, metric: str) -> str:
     """The cache's name for a matrix: the prepared table's content, the tree file's bytes, the metric."""
     from aam_runtime.data.table import file_digest
 
-    key_src = json.dumps({"table": table_digest(sample_ids, asv_ids, counts), "tree": file_digest(tree),
+    key_src = json.dumps({"table": table_digest(sample_ids, asv_ids, counts), "tree": file_digest(tree_path(tree)),
                           "metric": metric})
     return hashlib.sha256(key_src.encode()).hexdigest()[:24]
+
+
+def tree_path(tree: str) -> str:
+    """A Newick file for the UniFrac tools: the tree itself, or the one inside a QIIME 2 archive,
+    copied once into the cache folder (the same bytes as the plain file: the same cache key)."""
+    from aam_runtime.data import qiime
+
+    if not qiime.is_archive(tree):
+        return tree
+    return str(qiime.payload_file(qiime.open_artifact(tree, qiime.TREE, "spec.tree"), cache_dir().parent / "qiime2"))
 
 
 def cached(key: str) -> Path | None:
@@ -254,6 +271,7 @@ def compute(sample_ids, asv_ids, counts, tree: str, metric: str = "unweighted", 
         log.info("UniFrac: cached matrix %s", cached(key))
         return cached(key)
     name = pick_backend(backend)
+    tree = tree_path(tree)
     log.info("UniFrac: computing %s for %d samples with %s", metric, len(sample_ids), name)
     folder = cache_dir()
     folder.mkdir(parents=True, exist_ok=True)
@@ -283,6 +301,11 @@ class DistanceLookup:
     """B x B target sub-matrices from a matrix on disk, without loading it whole."""
 
     def __init__(self, path: str | Path, sample_ids: list[str]):
+        from aam_runtime.data import qiime
+
+        if qiime.is_archive(path):  # a QIIME 2 DistanceMatrix: its TSV, copied once into the cache folder
+            art = qiime.open_artifact(str(path), qiime.DISTANCES, "spec.distanceMatrix")
+            path = qiime.payload_file(art, cache_dir().parent / "qiime2")
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f"{path}: distance matrix not found (check spec.distanceMatrix)")

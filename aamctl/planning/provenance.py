@@ -31,13 +31,26 @@ def data_digests(dataset_spec: dict) -> dict[str, str]:
     from aam_runtime.data.table import file_digest  # lazily: numpy, which most verbs never need
 
     out = {}
-    for key in ("table", "tree", "distanceMatrix"):
+    for key in ("table", "tree", "distanceMatrix", "taxonomy"):
         if dataset_spec.get(key):
             out[dataset_spec[key]] = file_digest(dataset_spec[key]) or "missing"
     meta = dataset_spec.get("metadata") or {}
     if meta.get("path"):
         out[meta["path"]] = file_digest(meta["path"]) or "missing"
     return out
+
+
+def data_artifacts(dataset_spec: dict) -> dict[str, dict]:
+    """{path: uuid, semantic type, format, archive version, framework, sha256 of the data inside}
+    for every QIIME 2 archive the Dataset names (QIIME 2 users cite artifacts by UUID; the data
+    digest equals the plain file's). An archive that cannot be read is left to preflight's message."""
+    from aam_runtime.data import qiime  # lazily: zipfile and yaml only
+    from aam_runtime.data.errors import DataError
+
+    try:
+        return qiime.describe_inputs(dataset_spec)
+    except DataError:
+        return {}
 
 
 def git_commit(folder: Path | None) -> str | None:
@@ -55,7 +68,8 @@ def git_commit(folder: Path | None) -> str | None:
 
 
 def annotations(*, name: str, generation: int, run_hash: str, dataset_spec: dict, hardware: dict, seed: int,
-                manifest_dir: Path | None, digests: dict | None = None) -> dict[str, str]:
+                manifest_dir: Path | None, digests: dict | None = None,
+                artifacts: dict | None = None) -> dict[str, str]:
     """Provenance for people and for reproducing (data digests are checked when a record is
     applied). The runtime reads none of it: its settings are in the record's `resolved:`."""
     ann = {
@@ -70,6 +84,9 @@ def annotations(*, name: str, generation: int, run_hash: str, dataset_spec: dict
         "aam/seed": str(seed),
         "aam/created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    artifacts = data_artifacts(dataset_spec) if artifacts is None else artifacts
+    if artifacts:
+        ann["aam/qiime2-artifacts"] = json.dumps(artifacts, sort_keys=True)
     commit = git_commit(manifest_dir)
     if commit:
         ann["aam/git-commit"] = commit

@@ -124,7 +124,7 @@ def plan_stripes(ds: dict, run: dict, hw: dict, prepared, python: str) -> Stripe
         return None
     plan = StripePlan(key=key, work=U.cache_dir() / f"{WORK_PREFIX}{key}", n_samples=prepared.n_samples,
                       ranges=stripe_ranges(prepared.n_samples, partitions))
-    render(plan, run, hw, ds["tree"], metric, python)
+    render(plan, run, hw, U.tree_path(ds["tree"]), metric, python)  # a .qza tree: the Newick inside
     return plan
 
 

@@ -20,7 +20,7 @@ from aamctl.errors import AamError, Diagnostic
 from aamctl.home import run_folder
 from aamctl.phases import STOPPED_BADLY, RunPhase
 from aamctl.planning.plan import RunPlan, build_plan, dump_documents
-from aamctl.planning.provenance import annotations, data_digests
+from aamctl.planning.provenance import annotations, data_artifacts, data_digests
 from aamctl.planning.slurm import check_path
 from aamctl.planning.stripes import plan_stripes
 from aamctl.planning.stripes import submit as submit_stripes
@@ -54,6 +54,7 @@ class _Apply:
     host_bf16: bool = False  # precision auto on a CPU of the local executor
     prepared: dict = field(default_factory=dict)  # run name -> the data preflight prepared for it
     digests: dict = field(default_factory=dict)  # per Dataset: its files are hashed once, however many runs use it
+    artifacts: dict = field(default_factory=dict)  # per Dataset: its QIIME 2 archives, described once
     planned: dict = field(default_factory=dict)  # run name -> RunPlan
 
 
@@ -168,10 +169,11 @@ def _plan_run(a: _Apply, run: Obj, run_hash: str, upstream, result: ApplyResult)
     ds = bundle["dataset"]
     if ds.name not in a.digests:
         a.digests[ds.name] = data_digests(ds.spec)
+        a.artifacts[ds.name] = data_artifacts(ds.spec)
     provenance = annotations(name=run.name, generation=gen, run_hash=run_hash, dataset_spec=ds.spec,
                              hardware=bundle["hardware"].spec, seed=run.spec["trainer"]["seed"],
                              manifest_dir=run.doc.base_dir if run.doc is not None else None,
-                             digests=a.digests[ds.name])
+                             digests=a.digests[ds.name], artifacts=a.artifacts[ds.name])
     try:
         plan = build_plan(a.res, run, generation=gen, run_hash=run_hash, home=a.home, upstream=upstream,
                           provenance=provenance, python=a.python, host_bf16=a.host_bf16)
