@@ -13,7 +13,7 @@ Layout (runs/<name>/<generation>/), each name defined once below:
                     machine (queued holds the reason; aam_runtime.localslots)
   runtime_exit      the runtime's own exit status (rank 0): what the job reports when a
                     multi-process launcher (torchrun exits 1 for any failed worker) hides it
-  split.tsv         sample_id and split (runtime)
+  split.tsv         sample-id and split (runtime; QIIME 2 metadata)
   checkpoints/      last.pt, best.pt (runtime)
   plots/            PNG figures (runtime)
   predictions.tsv   predict and finetune stages (runtime)
@@ -52,6 +52,16 @@ REQUEUES = "requeues"  # one line per automatic SLURM requeue: "<unix time> <job
 CANCEL_FLAG = "CANCEL"  # written by aamctl cancel before scancel: the job script must not requeue
 PRUNE_FLAG = "PRUNE"  # written by a sweep's controller: the trial stops at its next step, as Pruned
 SPLIT = "split.tsv"
+# the id column of split.tsv and predictions.tsv: a header QIIME 2 metadata accepts, so both files
+# go into qiime metadata tabulate and --m-metadata-file as they are
+ID_HEADER = "sample-id"
+# predictions.tsv's second line declares each column's type as QIIME 2 metadata does (class names
+# that look like numbers stay categorical); pandas: read_csv(path, sep="\t", comment="#")
+Q2_TYPES = "#q2:types"
+
+
+def q2_types_row(header: list[str], categorical: set[str]) -> str:
+    return "\t".join([Q2_TYPES] + ["categorical" if c in categorical else "numeric" for c in header[1:]])
 PREDICTIONS = "predictions.tsv"
 CHECKPOINTS = "checkpoints"
 PLOTS = "plots"

@@ -11,8 +11,8 @@ from aam_runtime.config import RunConfig
 from aam_runtime.console import log
 from aam_runtime.data.prepare import target_std, unscale_target
 from aam_runtime.data.table import DataError
-from aam_runtime.runfolder import (CONFUSION_PLOT, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
-                                   checkpoint_name, read_jsonl, target_plot)
+from aam_runtime.runfolder import (CONFUSION_PLOT, ID_HEADER, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
+                                   checkpoint_name, q2_types_row, read_jsonl, target_plot)
 
 
 def run_stage(cfg: RunConfig, folder: RunFolder) -> dict:
@@ -74,7 +74,7 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     ids = data.enc.prepared.sample_ids
     images = {}
     q = data.quantiles if data.target_type != "classification" else []
-    lines = ["sample_id\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")
+    lines = [f"{ID_HEADER}\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")
              + "".join(f"\tq{level:g}" for level in q)]
     if data.target_type == "classification":
         cls = pred.argmax(1)
@@ -101,6 +101,8 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
         ok = np.isfinite(t)
         if ok.any():
             images["pred_vs_true"] = plots.scatter(t[ok], p[ok], folder.plots, f"{data.target_name} ({name})")
+    categorical = {"split"} | ({"prediction", "truth"} if data.target_type == "classification" else set())
+    lines.insert(1, q2_types_row(lines[0].split("\t"), categorical))
     atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
     return images
 
@@ -120,7 +122,7 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
     from aam_runtime.outputs import point_column
 
     ids = data.enc.prepared.sample_ids
-    header = ["sample_id", "split"]
+    header = [ID_HEADER, "split"]
     columns = []  # per target: list of formatted strings per row
     images = {}
     for t, view in zip(targets, data.parts):
@@ -154,7 +156,9 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
                 images[Path(plot).stem] = plots.scatter(truth[ok], p[ok], folder.plots, f"{t['name']} ({name})",
                                                         name=plot)
         columns.append(cells)
-    lines = ["\t".join(header)]
+    categorical = {"split"} | {f"{kind}:{t['name']}" for t in targets if t["type"] == "classification"
+                               for kind in ("prediction", "truth")}
+    lines = ["\t".join(header), q2_types_row(header, categorical)]
     for i, r in enumerate(rows):
         lines.append("\t".join([ids[r], name] + [c for cells in columns for c in cells[i]]))
     atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")

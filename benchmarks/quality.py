@@ -47,7 +47,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from aam_runtime.runfolder import PREDICTIONS  # noqa: E402
+from aam_runtime.runfolder import ID_HEADER, PREDICTIONS  # noqa: E402
 from aamctl.runs.store import StateStore  # noqa: E402
 
 AAMCTL = [sys.executable, "-m", "aamctl"]
@@ -100,9 +100,9 @@ def predictions(home: Path, run: str, ids, target: str) -> np.ndarray:
     import pandas as pd
 
     row = StateStore(home, create=False).latest_run(run)
-    out = pd.read_csv(Path(row["folder"]) / PREDICTIONS, sep="\t", dtype={"sample_id": str})
+    out = pd.read_csv(Path(row["folder"]) / PREDICTIONS, sep="\t", dtype={ID_HEADER: str}, comment="#")
     col = "prediction" if "prediction" in out.columns else f"prediction:{target}"  # several targets
-    return out.set_index("sample_id").loc[ids, col].to_numpy(dtype=float)
+    return out.set_index(ID_HEADER).loc[ids, col].to_numpy(dtype=float)
 
 
 def ensemble_sizes(y: np.ndarray, member_preds: np.ndarray) -> dict:

@@ -326,13 +326,13 @@ spec: {stage: baseline, datasetRef: synth, baseline: {trees: 20}}
         fm = _status(home, run)["status"]["final_metrics"]
         assert {"accuracy", "f1"} <= set(fm), (run, fm)
         # the reported accuracy is the one of the predictions it wrote
-        rows = [l.split("\t") for l in (Path(_status(home, run)["folder"]) / "predictions.tsv").read_text().splitlines()[1:]]
+        rows = [l.split("\t") for l in (Path(_status(home, run)["folder"]) / "predictions.tsv").read_text().splitlines()[2:]]
         assert fm["accuracy"] == pytest.approx(sum(r[2] == r[3] for r in rows) / len(rows))
     folder = Path(_status(home, "cls")["folder"])
     assert (folder / "plots" / "confusion.png").exists()
     lines = (Path(_status(home, "cls-pred")["folder"]) / "predictions.tsv").read_text().splitlines()
-    assert len(lines) == 25
-    assert {l.split("\t")[2] for l in lines[1:]} <= {"gum", "tongue"}
+    assert len(lines) == 26 and lines[1] == "#q2:types\tcategorical\tcategorical\tcategorical"
+    assert {l.split("\t")[2] for l in lines[2:]} <= {"gum", "tongue"}
 
 
 @pytest.mark.slow

@@ -6,40 +6,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import subprocess
 import uuid
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
-from conftest import aamctl
+from conftest import aamctl, need_qiime, q2
 from synth import CPU_PROFILES, MICRO_MODEL, ORAL, make_dataset
 
 from aam_runtime.data import qiime
+from aam_runtime.data import unifrac as U
 from aam_runtime.data.errors import DataError
 from aam_runtime.data.table import file_digest, read_biom
 from aam_runtime.data.unifrac import tree_tips
-
-
-def need_qiime() -> None:
-    """QIIME 2 (Debian's qiime, q2cli, q2-types, q2-feature-table) makes the archives the tests read:
-    CI fails without it, a developer's machine skips."""
-    if shutil.which("qiime"):
-        return
-    msg = ("QIIME 2 is not installed: bash scripts/setup.sh --system installs it from Debian "
-           "(apt-get install qiime q2cli q2-types q2-feature-table)")
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(msg)
-    pytest.skip(msg)
-
-
-def q2(*args: str, cwd: Path) -> str:
-    p = subprocess.run(["qiime", *args], capture_output=True, text=True, cwd=cwd, timeout=600)
-    assert p.returncode == 0, f"qiime {' '.join(args)}\n{p.stdout}\n{p.stderr}"
-    return p.stdout
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +36,19 @@ def archives(tmp_path_factory) -> dict:
        "--output-path", "unrooted.qza", cwd=d)
     q2("feature-table", "relative-frequency", "--i-table", "table.qza", "--o-relative-frequency-table",
        "relative.qza", cwd=d)
-    return {k: d / f"{k}.qza" for k in ("table", "tree", "unrooted", "relative")} | {"dir": d}
+    # a taxonomy of the first 4000 ASVs (no classifier runs offline: the labels are made up), and one
+    # of every ASV keyed by the MD5 of its sequence, as DADA2 names features
+    asvs = [str(a) for a in read_biom(str(ORAL / "table.biom")).ids(axis="observation")]
+    (d / "taxonomy.tsv").write_text("Feature ID\tTaxon\tConfidence\n" + "".join(
+        f"{a}\tk__Bacteria; p__P{i % 7}; c__C{i % 13}\t0.9\n" for i, a in enumerate(asvs[:4000])))
+    (d / "taxonomy-md5.tsv").write_text("".join(
+        f"{hashlib.md5(a.encode()).hexdigest()}\tk__Bacteria; p__P{i % 7}\n" for i, a in enumerate(asvs)))
+    q2("tools", "import", "--type", "FeatureData[Taxonomy]", "--input-path", "taxonomy.tsv",
+       "--output-path", "taxonomy.qza", cwd=d)
+    q2("tools", "import", "--type", "FeatureData[Taxonomy]", "--input-format", "HeaderlessTSVTaxonomyFormat",
+       "--input-path", "taxonomy-md5.tsv", "--output-path", "taxonomy-md5.qza", cwd=d)
+    return {k: d / f"{k}.qza" for k in ("table", "tree", "unrooted", "relative", "taxonomy", "taxonomy-md5")} | {
+        "dir": d, "asvs": asvs}
 
 
 def test_a_real_table_archive_reads_as_the_biom_file_it_was_made_from(archives):
@@ -68,6 +61,35 @@ def test_a_real_table_archive_reads_as_the_biom_file_it_was_made_from(archives):
 
 def test_a_real_tree_archive_has_the_tips_of_the_newick_file(archives):
     assert tree_tips(str(archives["tree"])) == tree_tips(str(ORAL / "tree.nwk"))
+
+
+def test_a_taxonomy_reads_from_its_archive_and_its_tsv_and_by_md5(archives):
+    plain = qiime.read_taxonomy(str(archives["dir"] / "taxonomy.tsv"))
+    assert qiime.read_taxonomy(str(archives["taxonomy"])) == plain and len(plain) == 4000
+    asvs = archives["asvs"]
+    assert qiime.taxa_of(asvs, plain) == {a: plain[a] for a in asvs[:4000]}
+    by_md5 = qiime.taxa_of(asvs, qiime.read_taxonomy(str(archives["taxonomy-md5"])))
+    assert len(by_md5) == len(asvs) and by_md5[asvs[8]] == "k__Bacteria; p__P1"
+
+
+def test_a_taxonomy_is_checked_against_the_table_before_a_run_is_queued(archives, tmp_path):
+    files = tmp_path / "in.yaml"
+
+    def apply(taxonomy):
+        files.write_text(_dataset_yaml(archives["table"], archives["tree"]).replace(
+            "  maxBp: 100\n", f"  maxBp: 100\n  taxonomy: {taxonomy}\n") + _pretrain_yaml("pre", "q2") + MICRO_MODEL
+            + "---\n" + CPU_PROFILES)
+        return aamctl(tmp_path / "home", "apply", "-f", str(files), "--dry-run", check=False)
+    p = apply(archives["taxonomy"])
+    assert p.returncode == 0 and "921 of 4921 ASVs of the table have no taxon" in p.stdout + p.stderr
+    p = apply(archives["taxonomy-md5"])
+    assert p.returncode == 0 and "no taxon" not in p.stdout + p.stderr
+    other = tmp_path / "other.tsv"
+    other.write_text("Feature ID\tTaxon\nACGT\tk__Bacteria\n")
+    p = apply(other)
+    assert p.returncode != 0 and "no ASV of" in p.stderr and "spec.taxonomy" in p.stderr and "in.yaml:" in p.stderr
+    p = apply(archives["tree"])
+    assert p.returncode != 0 and "holds Phylogeny[Rooted]; spec.taxonomy takes FeatureData[Taxonomy]" in p.stderr
 
 
 @pytest.mark.parametrize("name, field, needle", [
@@ -147,6 +169,23 @@ def test_the_same_run_from_archives_and_from_plain_files_sees_the_same_data(arch
     again = tmp_path / "again.yaml"
     again.write_text((folder_q2 / "record.yaml").read_text())
     aamctl(tmp_path / "home2", "apply", "-f", str(again), "--dry-run")
+    # its UniFrac distances go out as QIIME 2's DistanceMatrix, and that archive comes back in
+    out = aamctl(home, "export", "run", "pre-q2", "--distances", str(tmp_path / "unifrac.tsv")).stdout
+    assert "120 samples" in out and "qiime tools import --type DistanceMatrix" in out
+    q2("tools", "import", "--type", "DistanceMatrix", "--input-path", "unifrac.tsv", "--output-path", "dm.qza",
+       cwd=tmp_path)
+    ids = (tmp_path / "unifrac.tsv").read_text().splitlines()[0].split("\t")[1:]
+    ours = U.DistanceLookup(str(tmp_path / "unifrac.tsv"), ids)
+    theirs = U.DistanceLookup(str(tmp_path / "dm.qza"), ids)
+    mat = ours.rows(0, len(ids))
+    assert mat.shape == (120, 120) and np.allclose(mat, mat.T) and (mat.diagonal() == 0).all() and mat.max() > 0
+    assert np.array_equal(theirs.rows(0, len(ids)), mat)
+    assert qiime.open_artifact(str(tmp_path / "dm.qza"), qiime.DISTANCES, "spec.distanceMatrix").type == "DistanceMatrix"
+    for args, needle in ((["--distances", str(tmp_path / "no" / "x.tsv")], "no such folder"),
+                         (["--distances", str(tmp_path)], "is a folder"),
+                         (["--distances", "x.tsv", "--bundle", "b"], "give one")):
+        p = aamctl(home, "export", "run", "pre-q2", *args, check=False)
+        assert p.returncode != 0 and needle in p.stderr, p.stderr
 
 
 # ---- hostile and damaged archives, made here (no QIIME 2 needed) ---------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +25,7 @@ from synth import CPU_PROFILES, ORAL, dataset_spec, full_spec, make_dataset
 from wandb_log import read_run
 
 ROOT = Path(__file__).resolve().parent.parent
-from conftest import AAMCTL  # noqa: E402
+from conftest import AAMCTL, need_qiime, q2  # noqa: E402
 
 SMALL_MODEL = full_spec("Model", {"embeddingDim": 16, "ffnMultiplier": 2, "dropout": 0.0,
                                   "nucleotide": {"heads": 2, "layers": 1}, "sample": {"heads": 2, "layers": 1},
@@ -516,6 +517,30 @@ def test_pipeline_runs_in_order(pipeline):
 
 
 @pytest.mark.slow
+def test_predictions_and_splits_are_qiime2_metadata(pipeline, tmp_path):
+    """QIIME 2 reads predictions.tsv (one target, several, a classification) and split.tsv as
+    metadata files as they are, with the column types they have."""
+    need_qiime()
+    home, _ = pipeline
+    files = {"pred": "predictions.tsv", "fine-multi": "predictions.tsv", "pred-multi": "predictions.tsv",
+             "fine": "split.tsv"}
+    for run, name in files.items():
+        out = q2("tools", "inspect-metadata", str(_folder(home, run) / name), cwd=tmp_path)
+        types = dict(re.findall(r"^\s*([\w:.-]+)\s+(numeric|categorical)\s*$", out, re.M))
+        assert types.get("split") == "categorical", (run, out)
+        rows = (_folder(home, run) / name).read_text().splitlines()
+        n = len(rows) - (2 if rows[1].startswith("#q2:types\t") else 1)
+        assert re.search(rf"IDS:\s+{n}\b", out) and (name == "split.tsv") != rows[1].startswith("#q2:types"), out
+        if name == "predictions.tsv":
+            assert {c: t for c, t in types.items() if c.startswith(("prediction", "truth:age"))} == {
+                c: ("categorical" if c.endswith("study") else "numeric") for c in types
+                if c.startswith(("prediction", "truth:age"))}, out
+    q2("metadata", "tabulate", "--m-input-file", str(_folder(home, "pred") / "predictions.tsv"),
+       "--o-visualization", "predictions.qzv", cwd=tmp_path)
+    assert (tmp_path / "predictions.qzv").stat().st_size > 0
+
+
+@pytest.mark.slow
 def test_pretraining_learns(pipeline):
     home, _ = pipeline
     m = read_jsonl(_folder(home, "pre") / "metrics.jsonl")
@@ -607,7 +632,7 @@ spec:
     theirs = [l.split("\t") for l in (_folder(fresh, "pred-bundle") / "predictions.tsv").read_text().splitlines()]
     assert mine[0] == theirs[0] and [r[0] for r in mine] == [r[0] for r in theirs]
     col = mine[0].index("prediction") if "prediction" in mine[0] else 1
-    assert np.allclose([float(r[col]) for r in mine[1:]], [float(r[col]) for r in theirs[1:]], atol=1e-6, rtol=0)
+    assert np.allclose([float(r[col]) for r in mine[2:]], [float(r[col]) for r in theirs[2:]], atol=1e-6, rtol=0)
 
 
 @pytest.mark.slow
@@ -615,7 +640,7 @@ def test_finetune_beats_predicting_the_mean(pipeline):
     home, _ = pipeline
     folder = _folder(home, "fine")
     st = json.loads((folder / "status.json").read_text())
-    rows = [l.split("\t") for l in (folder / "predictions.tsv").read_text().splitlines()[1:]]
+    rows = [l.split("\t") for l in (folder / "predictions.tsv").read_text().splitlines()[2:]]
     truth = np.array([float(r[3]) for r in rows])
     split = dict(l.split("\t") for l in (folder / "split.tsv").read_text().splitlines()[1:])
     ages = {l.split("\t")[0]: float(l.split("\t")[1]) for l in (ORAL / "metadata.tsv").read_text().splitlines()[1:]}
@@ -630,9 +655,10 @@ def test_predict_on_new_samples(pipeline):
     home, _ = pipeline
     folder = _folder(home, "pred")
     lines = (folder / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "sample_id\tsplit\tprediction\ttruth"
-    assert len(lines) == 61
-    preds = np.array([float(l.split("\t")[2]) for l in lines[1:]])
+    assert lines[0] == "sample-id\tsplit\tprediction\ttruth"
+    assert lines[1] == "#q2:types\tcategorical\tnumeric\tnumeric"
+    assert len(lines) == 62
+    preds = np.array([float(l.split("\t")[2]) for l in lines[2:]])
     assert np.isfinite(preds).all() and 10 < preds.mean() < 90
     st = json.loads((folder / "status.json").read_text())
     assert "mae" in st["final_metrics"]  # truth was in the metadata
@@ -644,8 +670,8 @@ def test_prediction_passes_give_a_spread_with_random_asvs(pipeline):
     than 16 ASVs; the mean of the passes is the prediction."""
     home, _ = pipeline
     lines = (_folder(home, "pred-passes") / "predictions.tsv").read_text().splitlines()
-    assert lines[0] == "sample_id\tsplit\tprediction\ttruth\tstd"
-    sd = np.array([float(l.split("\t")[4]) for l in lines[1:]])
+    assert lines[0] == "sample-id\tsplit\tprediction\ttruth\tstd"
+    sd = np.array([float(l.split("\t")[4]) for l in lines[2:]])
     assert len(sd) == 60 and (sd >= 0).all() and (sd > 0).mean() > 0.5
     st = json.loads((_folder(home, "pred-passes") / "status.json").read_text())
     assert st["final_metrics"]["passes"] == 4
@@ -659,12 +685,12 @@ def test_ensemble_predict_averages_its_runs(pipeline):
 
     def table(name):
         lines = (_folder(home, name) / "predictions.tsv").read_text().splitlines()
-        return lines[0].split("\t"), {l.split("\t")[0]: l.split("\t") for l in lines[1:]}
+        return lines[0].split("\t"), {l.split("\t")[0]: l.split("\t") for l in lines[2:]}
 
     _, a = table("pred")
     _, b = table("pred-b")
     header, ens = table("pred-ens")
-    assert header == ["sample_id", "split", "prediction", "truth", "std"]
+    assert header == ["sample-id", "split", "prediction", "truth", "std"]
     assert set(ens) == set(a) == set(b) and len(ens) == 60
     pa, pb = (np.array([float(t[s][2]) for s in sorted(ens)]) for t in (a, b))
     pe = np.array([float(ens[s][2]) for s in sorted(ens)])
@@ -717,7 +743,7 @@ def test_ema_run_trains_the_same_weights_and_predicts_with_their_average(pipelin
     val = lambda n: [r["mae"] for r in read_jsonl(_folder(home, n) / "metrics.jsonl") if r["split"] == "validation"]  # noqa: E731
     assert len(val("fine-ema")) == len(val("fine-b")) == 3 and val("fine-ema") != val("fine-b")
     assert "ema: averaging the weights with decay 0.9" in (_folder(home, "fine-ema") / "log.txt").read_text()
-    preds = {n: [l.split("\t")[2] for l in (_folder(home, n) / "predictions.tsv").read_text().splitlines()[1:]]
+    preds = {n: [l.split("\t")[2] for l in (_folder(home, n) / "predictions.tsv").read_text().splitlines()[2:]]
              for n in ("pred-b", "pred-ema")}
     assert len(preds["pred-ema"]) == 60 and preds["pred-ema"] != preds["pred-b"]
 
@@ -957,8 +983,8 @@ def test_quantile_head_writes_every_level_and_reports_coverage(pipeline):
     assert val and 0.0 <= val[-1]["coverage"] <= 1.0 and val[-1]["coverage_nominal"] == pytest.approx(0.8)
     for run in ("fine-q", "pred-q"):
         rows = (_folder(home, run) / "predictions.tsv").read_text().splitlines()
-        assert rows[0].split("\t") == ["sample_id", "split", "prediction", "truth", "q0.1", "q0.5", "q0.9"]
-        for line in rows[1:]:
+        assert rows[0].split("\t") == ["sample-id", "split", "prediction", "truth", "q0.1", "q0.5", "q0.9"]
+        for line in rows[2:]:
             f = line.split("\t")
             lo, mid, hi = float(f[4]), float(f[5]), float(f[6])
             assert lo <= mid <= hi and float(f[2]) == mid
@@ -1012,28 +1038,28 @@ def test_several_targets_in_one_finetune_run(pipeline):
     # head (near-zero logits) starts
     split = pd.read_csv(folder / "split.tsv", sep="\t", dtype=str)
     meta = pd.read_csv(ORAL / "metadata-study.tsv", sep="\t", dtype=str).set_index("sample_id")
-    n_classes = meta.loc[split[split["split"] == "train"]["sample_id"], "study"].nunique()
+    n_classes = meta.loc[split[split["split"] == "train"]["sample-id"], "study"].nunique()
     assert last["target_loss:study"] < np.log(n_classes) - 0.1
     status = json.loads((folder / "status.json").read_text())
     assert status["best_metric"]["name"] == "mae:age"
     assert status["best_metric"]["value"] == min(r["mae:age"] for r in val)
-    pred = pd.read_csv(folder / "predictions.tsv", sep="\t", dtype={"sample_id": str, "truth:study": str,
+    pred = pd.read_csv(folder / "predictions.tsv", sep="\t", comment="#", dtype={"sample-id": str, "truth:study": str,
                                                                      "prediction:study": str})
-    assert list(pred.columns) == ["sample_id", "split", "prediction:age", "truth:age", "prediction:study",
+    assert list(pred.columns) == ["sample-id", "split", "prediction:age", "truth:age", "prediction:study",
                                   "truth:study"]
     assert np.mean(np.abs(pred["prediction:age"] - pred["truth:age"])) == pytest.approx(last["mae:age"], rel=1e-3)
     assert (pred["prediction:study"] == pred["truth:study"]).mean() == pytest.approx(last["accuracy:study"], abs=1e-6)
     assert (folder / "plots" / "pred_vs_true_age.png").exists() and (folder / "plots" / "confusion_study.png").exists()
     # predict on new samples: both targets, metrics named by target
     p = _folder(home, "pred-multi")
-    out = pd.read_csv(p / "predictions.tsv", sep="\t", dtype=str)
+    out = pd.read_csv(p / "predictions.tsv", sep="\t", comment="#", dtype=str)
     assert len(out) == 60 and {"prediction:age", "prediction:study", "truth:study"} <= set(out.columns)
     summary = [r for r in read_jsonl(p / "metrics.jsonl") if r["split"] == "predict"][0]
     assert {"mae:age", "accuracy:study"} <= set(summary)
     # the training Dataset cloned onto new samples whose metadata has no study column: the same
     # predictions (same samples, same model), age compared with the truth, study only predicted
-    u = pd.read_csv(_folder(home, "pred-unlabelled") / "predictions.tsv", sep="\t", dtype=str)
-    assert list(u["sample_id"]) == list(out["sample_id"])
+    u = pd.read_csv(_folder(home, "pred-unlabelled") / "predictions.tsv", sep="\t", comment="#", dtype=str)
+    assert list(u["sample-id"]) == list(out["sample-id"])
     assert list(u["prediction:age"]) == list(out["prediction:age"])
     assert list(u["prediction:study"]) == list(out["prediction:study"])
     assert u["truth:age"].notna().all() and ("truth:study" not in u or u["truth:study"].isna().all())

@@ -29,7 +29,7 @@ class Problem(str):
         return obj
 
 
-FILE_FIELDS = [("table",), ("tree",), ("distanceMatrix",), ("metadata", "path"), ("split", "trainIds"),
+FILE_FIELDS = [("table",), ("tree",), ("distanceMatrix",), ("taxonomy",), ("metadata", "path"), ("split", "trainIds"),
                ("split", "validationIds")]
 
 
@@ -126,6 +126,8 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
                                         "table's sequences")
                 except DataError as exc:
                     add('tree', str(exc))
+    if spec.get("taxonomy"):
+        _check_taxonomy(spec, asv_ids, add)
     for key in ("trainIds", "validationIds"):
         p = spec["split"].get(key)
         if p and not Path(p).exists():
@@ -134,6 +136,26 @@ def check_dataset(spec: dict, stage: str, target: str | tuple | None = None, nee
         _check_first_step(spec, stage, target, batch_size, processes, seed, add, table, meta, need_distances, keep,
                           split)
     return problems
+
+
+def _check_taxonomy(spec: dict, asv_ids: list[str], add) -> None:
+    """spec.taxonomy names the table's ASVs (by sequence, or by its MD5 as DADA2 does): none at all
+    is an error (a taxonomy of another table), some missing a warning with the count."""
+    from aam_runtime.data.qiime import read_taxonomy, taxa_of
+
+    try:
+        taxonomy = read_taxonomy(spec["taxonomy"])
+    except DataError as exc:
+        add("taxonomy", str(exc))
+        return
+    found = taxa_of(asv_ids, taxonomy)
+    if not found:
+        add("taxonomy", f"{spec['taxonomy']}: no ASV of {spec['table']} is in the taxonomy (its feature ids look like "
+                        f"'{next(iter(taxonomy))[:40]}', the table's like '{asv_ids[0][:40]}'); classify the "
+                        "table's own sequences (qiime feature-classifier classify-sklearn)")
+    elif len(found) < len(asv_ids):
+        add("taxonomy", f"{spec['taxonomy']}: {len(asv_ids) - len(found)} of {len(asv_ids)} ASVs of the table have no "
+                        "taxon there; they are labelled 'Unassigned'", severity="warning")
 
 
 def _check_targets(spec: dict, meta, overlap: list, add, stage: str = "pretrain") -> None:

@@ -18,7 +18,7 @@ from aam_runtime.data import table as T
 from aam_runtime.data.split import make_split
 from aam_runtime.data.unifrac import DistanceLookup
 from aam_runtime.data.unifrac import compute as compute_unifrac
-from aam_runtime.runfolder import SPLIT, RunFolder, atomic_write
+from aam_runtime.runfolder import ID_HEADER, SPLIT, RunFolder, atomic_write
 
 
 @dataclass
@@ -99,7 +99,7 @@ def prepare(cfg, folder: RunFolder, stage: str, ckpt_meta: dict | None = None) -
 
 def write_split(folder: RunFolder, data: Data) -> None:
     ids = data.sample_ids
-    lines = ["sample_id\tsplit"] + [f"{ids[i]}\ttrain" for i in data.train] + \
+    lines = [f"{ID_HEADER}\tsplit"] + [f"{ids[i]}\ttrain" for i in data.train] + \
             [f"{ids[i]}\tvalidation" for i in data.val]
     atomic_write(folder.file(SPLIT), "\n".join(lines) + "\n")
 

@@ -295,3 +295,56 @@ def describe_inputs(spec: dict) -> dict:
             art = open_artifact(path, expect, f"spec.{key}")
             out[path] = dict(art.describe(), dataSha256=payload_sha256(art), data=PurePosixPath(art.payload).name)
     return out
+
+
+# the id headers of a QIIME 2 taxonomy file's first column (TSVTaxonomyFormat); anything else on the
+# first line is a headerless file's first row (HeaderlessTSVTaxonomyFormat)
+TAXONOMY_ID_HEADERS = {"feature id", "feature-id", "featureid", "id", "#otuid", "#otu id", "#feature id"}
+MD5_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def read_taxonomy(path: str) -> dict[str, str]:
+    """{feature id: taxon} from a QIIME 2 taxonomy TSV (a 'Feature ID<TAB>Taxon[<TAB>Confidence]'
+    header, or none) or a .qza holding a FeatureData[Taxonomy]."""
+    field = "spec.taxonomy"
+    try:
+        if is_archive(path):
+            text = read_payload(open_artifact(path, TAXONOMY, field)).decode("utf-8-sig")
+        else:
+            text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{path}: taxonomy file not found (check {field})") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the taxonomy as UTF-8 text ({exc})") from None
+    rows = [line.split("\t") for line in text.splitlines() if line.strip()
+            and (not line.startswith("#") or line.split("\t", 1)[0].strip().lower() in TAXONOMY_ID_HEADERS)]
+    taxon_col = 1
+    if rows and rows[0][0].strip().lower() in TAXONOMY_ID_HEADERS:
+        header = [c.strip().lower() for c in rows.pop(0)]
+        taxon_col = header.index("taxon") if "taxon" in header else 1
+    out: dict[str, str] = {}
+    for n, row in enumerate(rows, start=1):
+        if len(row) <= taxon_col or not row[0].strip():
+            raise DataError(f"{path}: row {n} has no taxon column ('Feature ID<TAB>Taxon' expected, as qiime "
+                            f"feature-classifier writes); found {chr(9).join(row)[:80]!r}")
+        fid = row[0].strip()
+        if fid in out:
+            raise DataError(f"{path}: feature id {fid[:40]!r} appears twice; each feature needs one row")
+        out[fid] = row[taxon_col].strip()
+    if not out:
+        raise DataError(f"{path}: the taxonomy has no rows")
+    return out
+
+
+def taxa_of(asv_ids: list[str], taxonomy: dict[str, str]) -> dict[str, str]:
+    """The taxon of each ASV: by its sequence, or by the MD5 of its sequence (QIIME 2's DADA2
+    names features by that hash)."""
+    hashed = any(MD5_ID.match(k) for k in list(taxonomy)[:20])
+    out = {}
+    for a in asv_ids:
+        t = taxonomy.get(a)
+        if t is None and hashed:
+            t = taxonomy.get(hashlib.md5(a.encode(), usedforsecurity=False).hexdigest())
+        if t is not None:
+            out[a] = t
+    return out

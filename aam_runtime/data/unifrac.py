@@ -350,6 +350,17 @@ class DistanceLookup:
             return np.asarray(full[np.ix_(back, back)], dtype=np.float32)
         return np.asarray(self._mat[np.ix_(idx, idx)], dtype=np.float32)
 
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """Distances from samples start..stop (of sample_ids) to every sample, float32 [stop-start, n]."""
+        r = self.index[start:stop]
+        if self._h5 is not None:
+            order = np.argsort(r)
+            block = self._mat[r[order], :]  # h5py wants increasing indices; the rows of one matrix are distinct
+            block = np.asarray(block)[np.argsort(order)]
+        else:
+            block = np.asarray(self._mat[r, :])
+        return np.asarray(block[:, self.index], dtype=np.float32)
+
     def prefetch(self, rows: np.ndarray) -> None:
         """Have the pages of a coming batch's B x B block read now, in a background thread
         (madvise WILLNEED), so that sub() finds them in memory: a cold block is B² random reads

@@ -27,7 +27,8 @@ URI_RE = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 # fields holding paths, per kind (relative paths resolve against the manifest's folder)
 PATH_FIELDS = {
-    "Dataset": [("spec", "table"), ("spec", "tree"), ("spec", "distanceMatrix"), ("spec", "metadata", "path"),
+    "Dataset": [("spec", "table"), ("spec", "tree"), ("spec", "distanceMatrix"), ("spec", "taxonomy"),
+                ("spec", "metadata", "path"),
                 ("spec", "split", "trainIds"), ("spec", "split", "validationIds")],
     "Run": [("spec", "initFrom", "checkpoint")],
     "HardwareProfile": [("spec", "container", "image")],

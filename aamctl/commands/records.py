@@ -7,7 +7,7 @@ import click
 
 from aamctl.errors import UsageError
 from aamctl.runs.rebuild import rebuild_state as rebuild
-from aamctl.runs.records import diff_records, export_bundle, export_record
+from aamctl.runs.records import diff_records, export_bundle, export_distances, export_record
 from aamctl.runs.store import check_home
 from aamctl.ui import flags
 from aamctl.ui.context import Context, kind_of, observe_one
@@ -25,10 +25,14 @@ from aamctl.ui.sweepviews import export_best
                    "description, the record, metrics and a model card; initFrom.checkpoint takes the folder.")
 @click.option("--which", type=click.Choice(["best", "last"]), default="best", show_default=True,
               help="With --bundle: the checkpoint to export.")
+@click.option("--distances", "distances", default=None, metavar="FILE",
+              help="Write the UniFrac distances among the run's samples (as its pretraining sees them) into FILE "
+                   "instead, as the tab-separated matrix qiime tools import --type DistanceMatrix reads.")
 @click.pass_context
-def export(ctx, resource, name, generation, new_name, best, bundle, which):
+def export(ctx, resource, name, generation, new_name, best, bundle, which, distances):
     """Print a run's record: every resolved manifest plus provenance and final metrics; or, with
-    --bundle DIR, write the run's trained model as a folder to hand on."""
+    --bundle DIR, write the run's trained model as a folder to hand on; or, with --distances FILE,
+    the UniFrac distances among its samples for QIIME 2."""
     if kind_of(resource) == "Sweep":
         if not best:
             raise UsageError("a sweep has no record of its own: aamctl export sweep NAME --best")
@@ -39,8 +43,13 @@ def export(ctx, resource, name, generation, new_name, best, bundle, which):
     c = Context(ctx)
     store = c.require_store()
     row, phase, _, st = observe_one(store, c.find_run(store, name, generation))
+    if bundle and distances:
+        raise UsageError("--bundle and --distances write different things: give one")
     if bundle:
         click.echo(export_bundle(row, phase, bundle, which))
+        return
+    if distances:
+        click.echo(export_distances(row, distances))
         return
     click.echo(export_record(row, phase, st, new_name), nl=False)
 

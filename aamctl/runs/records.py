@@ -87,3 +87,16 @@ def export_bundle(row, phase: str, out: str, which: str = "best") -> str:
             f"writing the bundle failed: {next((x for x in reversed(lines) if x.strip('^~ ')), lines[-1])}"
         raise AamError(Diagnostic(message, file="aamctl"))
     return p.stdout.strip()
+
+
+def export_distances(row, out: str) -> str:
+    """Write the UniFrac distances among a run's samples as a QIIME 2 DistanceMatrix file (in this
+    process: aam_runtime.data is torch-free); the line it prints."""
+    from aam_runtime.config import RecordError
+    from aam_runtime.data.distances import export
+    from aam_runtime.data.errors import DataError
+
+    try:
+        return export(row["folder"], out)
+    except (DataError, RecordError) as exc:
+        raise AamError(Diagnostic(str(exc), file="aamctl")) from None
