@@ -16,6 +16,15 @@ def regression(y: np.ndarray, p: np.ndarray) -> dict:
             "r2": 1.0 - ss_res / ss_tot if ss_tot > 0 else 0.0}
 
 
+def probabilities(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities [n, k] from a head's outputs (logits, or the log of averaged
+    probabilities: the softmax gives those back)."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
 def classification(y: np.ndarray, logits: np.ndarray, n_classes: int) -> dict:
     from sklearn.metrics import f1_score, roc_auc_score
 
@@ -24,8 +33,7 @@ def classification(y: np.ndarray, logits: np.ndarray, n_classes: int) -> dict:
         return {}
     logits = np.asarray(logits, dtype=np.float64).reshape(len(y), -1)
     pred = logits.argmax(1)
-    z = logits - logits.max(1, keepdims=True)
-    prob = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    prob = probabilities(logits)
     out = {"accuracy": float((pred == y).mean()),
            "f1": float(f1_score(y, pred, average="macro", labels=list(range(n_classes)), zero_division=0))}
     present = np.unique(y)

@@ -57,8 +57,7 @@ def average_passes(preds: list[np.ndarray], target_type: str | None) -> tuple[np
     the log of the mean probability (std of the probabilities)."""
     stack = np.stack(preds)  # [passes, n, k]
     if target_type == "classification":
-        z = stack - stack.max(-1, keepdims=True)
-        prob = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+        prob = M.probabilities(stack)
         return np.log(np.clip(prob.mean(0), 1e-12, 1.0)), prob.std(0)
     return stack.mean(0), stack.std(0)
 

@@ -11,6 +11,7 @@ from aam_runtime.config import RunConfig
 from aam_runtime.console import log
 from aam_runtime.data.prepare import target_std, unscale_target
 from aam_runtime.data.table import DataError
+from aam_runtime.metrics import probabilities
 from aam_runtime.runfolder import (CONFUSION_PLOT, ID_HEADER, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
                                    checkpoint_name, q2_types_row, read_jsonl, target_plot)
 
@@ -45,15 +46,24 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
         cfg.tracking_start(folder)
     t0 = time.time()
     result = trainer.fit(data, init_state=init_state, resume=resume)
-    summary = {k: v for k, v in (result.history[-1] if result.history else {}).items() if k != "split"}
-    summary.update(best_metric=result.state["best"], best_step=result.state["best_step"],
-                   train_seconds=round(time.time() - t0, 2))
+    # a finetune's outputs and final metrics are those of the weights in best.pt (what BEST reports
+    # and predict Runs use), not of the last validation's
+    best_step = result.state["best_step"]
+    use_best = cfg.stage == "finetune" and result.best_validation is not None
+    v = result.best_validation if use_best else result.last_validation
+    final = result.history[-1] if result.history else {}
+    if use_best:
+        final = next((h for h in reversed(result.history) if h.get("step") == best_step),
+                     dict(v.metrics, step=best_step))
+    summary = {k: x for k, x in final.items() if k != "split"}
+    summary.update(best_metric=result.state["best"], best_step=best_step, train_seconds=round(time.time() - t0, 2))
+    if use_best:
+        summary.update(steps=result.state["step"], outputs_from=f"{checkpoint_name('best')} (step {best_step})")
     if trainer.main:
         images = {}
         p = plots.loss_curves(read_jsonl(folder.file(METRICS)), folder.plots)
         if p:
             images["loss"] = p
-        v = result.last_validation
         if cfg.stage == "finetune" and v is not None and v.pred is not None and data.parts:
             images.update(_several_target_outputs(folder, data, trainer.meta["targets"], v.rows, v.pred))
         elif cfg.stage == "finetune" and v is not None and v.pred is not None:
@@ -74,14 +84,17 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     ids = data.enc.prepared.sample_ids
     images = {}
     q = data.quantiles if data.target_type != "classification" else []
+    classes = list(data.classes) if data.target_type == "classification" else []
     lines = [f"{ID_HEADER}\tsplit\tprediction\ttruth" + ("\tstd" if spread is not None else "")
-             + "".join(f"\tq{level:g}" for level in q)]
+             + "".join(f"\tq{level:g}" for level in q) + "".join(f"\t{PROBABILITY}:{c}" for c in classes)]
     if data.target_type == "classification":
         cls = pred.argmax(1)
         sd = spread[np.arange(len(cls)), cls] if spread is not None else None
+        prob = probabilities(pred)
         for i, (r, c, t) in enumerate(zip(rows, cls, y)):
             truth = data.classes[t] if t >= 0 else ""
             extra = f"\t{sd[i]:.6g}" if sd is not None else ""
+            extra += "".join(f"\t{v:.6g}" for v in prob[i])
             lines.append(f"{ids[r]}\t{name}\t{data.classes[c]}\t{truth}{extra}")
         ok = y >= 0
         if ok.any():
@@ -105,6 +118,9 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     lines.insert(1, q2_types_row(lines[0].split("\t"), categorical))
     atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
     return images
+
+
+PROBABILITY = "probability"  # predictions.tsv: probability:CLASS (probability:TARGET:CLASS with several targets)
 
 
 def _spread_in_units(sd: np.ndarray, norm: dict, groups, pred: np.ndarray) -> np.ndarray:
@@ -136,6 +152,9 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
             if sd is not None:
                 for i, c in enumerate(cls):
                     cells[i].append(f"{sd[i, c]:.6g}")
+            header += [f"{PROBABILITY}:{t['name']}:{c}" for c in view.classes]
+            for i, row in enumerate(probabilities(block)):
+                cells[i].extend(f"{v:.6g}" for v in row)
             ok = y >= 0
             if ok.any():
                 plot = target_plot(CONFUSION_PLOT, t["name"])

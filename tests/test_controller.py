@@ -331,8 +331,14 @@ spec: {stage: baseline, datasetRef: synth, baseline: {trees: 20}}
     folder = Path(_status(home, "cls")["folder"])
     assert (folder / "plots" / "confusion.png").exists()
     lines = (Path(_status(home, "cls-pred")["folder"]) / "predictions.tsv").read_text().splitlines()
-    assert len(lines) == 26 and lines[1] == "#q2:types\tcategorical\tcategorical\tcategorical"
-    assert {l.split("\t")[2] for l in lines[2:]} <= {"gum", "tongue"}
+    header = lines[0].split("\t")
+    assert header == ["sample-id", "split", "prediction", "truth", "probability:gum", "probability:tongue"]
+    assert len(lines) == 26 and lines[1] == "#q2:types\tcategorical\tcategorical\tcategorical\tnumeric\tnumeric"
+    rows = [l.split("\t") for l in lines[2:]]
+    assert {r[2] for r in rows} <= {"gum", "tongue"}
+    for r in rows:  # probabilities that sum to 1, the largest the predicted class
+        p = [float(x) for x in r[4:]]
+        assert sum(p) == pytest.approx(1, abs=2e-6) and header[4 + p.index(max(p))] == f"probability:{r[2]}"
 
 
 @pytest.mark.slow

@@ -373,6 +373,15 @@ spec:
 ---
 apiVersion: aam/v1alpha1
 kind: Run
+metadata: {name: pred-same}
+spec:
+  stage: predict
+  datasetRef: oral-sub
+  hardwareRef: cpu-1
+  initFrom: {run: fine}
+---
+apiVersion: aam/v1alpha1
+kind: Run
 metadata: {name: pred-passes}
 spec:
   stage: predict
@@ -648,6 +657,32 @@ def test_finetune_beats_predicting_the_mean(pipeline):
     mean_mae = np.abs(truth - train_mean).mean()
     assert st["final_metrics"]["mae"] < mean_mae, (st["final_metrics"]["mae"], mean_mae)
     assert (folder / "plots" / "pred_vs_true.png").exists()
+
+
+def _prediction_table(folder: Path) -> tuple[list[str], dict[str, list[str]]]:
+    lines = (folder / "predictions.tsv").read_text().splitlines()
+    assert lines[1].startswith("#q2:types\t")
+    return lines[0].split("\t"), {row.split("\t")[0]: row.split("\t") for row in lines[2:]}
+
+
+@pytest.mark.slow
+def test_finetune_outputs_come_from_the_best_checkpoint(pipeline):
+    """predictions.tsv of a finetune is what its best.pt predicts: its MAE is the BEST value and
+    the final metrics', and a predict Run from the finetune gives the same numbers on those samples."""
+    home, _ = pipeline
+    folder = _folder(home, "fine")
+    st = json.loads((folder / "status.json").read_text())
+    header, rows = _prediction_table(folder)
+    pred = np.array([float(r[2]) for r in rows.values()])
+    truth = np.array([float(r[3]) for r in rows.values()])
+    vals = [r for r in read_jsonl(folder / "metrics.jsonl") if r["split"] == "validation"]
+    assert len({round(r["mae"], 6) for r in vals}) > 1  # the validations differ: which one is used matters
+    assert np.abs(pred - truth).mean() == pytest.approx(st["best_metric"]["value"], rel=1e-4)
+    assert st["final_metrics"]["mae"] == pytest.approx(st["best_metric"]["value"], rel=1e-9)
+    assert st["final_metrics"]["outputs_from"] == f"checkpoints/best.pt (step {st['best_metric']['step']})"
+    _, again = _prediction_table(_folder(home, "pred-same"))
+    assert set(rows) < set(again)
+    assert np.allclose(pred, [float(again[s][2]) for s in rows], rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -1045,10 +1080,15 @@ def test_several_targets_in_one_finetune_run(pipeline):
     assert status["best_metric"]["value"] == min(r["mae:age"] for r in val)
     pred = pd.read_csv(folder / "predictions.tsv", sep="\t", comment="#", dtype={"sample-id": str, "truth:study": str,
                                                                      "prediction:study": str})
+    probs = [c for c in pred.columns if c.startswith("probability:study:")]
     assert list(pred.columns) == ["sample-id", "split", "prediction:age", "truth:age", "prediction:study",
-                                  "truth:study"]
-    assert np.mean(np.abs(pred["prediction:age"] - pred["truth:age"])) == pytest.approx(last["mae:age"], rel=1e-3)
-    assert (pred["prediction:study"] == pred["truth:study"]).mean() == pytest.approx(last["accuracy:study"], abs=1e-6)
+                                  "truth:study"] + probs and len(probs) >= n_classes
+    assert np.allclose(pred[probs].sum(axis=1), 1, atol=1e-5)
+    assert (pred[probs].to_numpy().argmax(1) == [probs.index(f"probability:study:{c}") for c in pred["prediction:study"]]).all()
+    # the outputs are the best checkpoint's (the validation at the best step), not the last's
+    best = next(r for r in val if r["step"] == status["best_metric"]["step"])
+    assert np.mean(np.abs(pred["prediction:age"] - pred["truth:age"])) == pytest.approx(best["mae:age"], rel=1e-3)
+    assert (pred["prediction:study"] == pred["truth:study"]).mean() == pytest.approx(best["accuracy:study"], abs=1e-6)
     assert (folder / "plots" / "pred_vs_true_age.png").exists() and (folder / "plots" / "confusion_study.png").exists()
     # predict on new samples: both targets, metrics named by target
     p = _folder(home, "pred-multi")
