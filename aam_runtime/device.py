@@ -53,3 +53,16 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inference_autocast(precision: str, device: str):
+    """The autocast a stage without an Accelerator (predict, the insight outputs) runs its model
+    under: the run's precision, as training and validation ran under accelerate's, so a predict
+    Run from a checkpoint gives the numbers the finetune's validation gave."""
+    import contextlib
+
+    if precision == "bf16":
+        return torch.autocast(device_type=device, dtype=torch.bfloat16)
+    if precision == "fp16":
+        return torch.autocast(device_type=device, dtype=torch.float16)
+    return contextlib.nullcontext()

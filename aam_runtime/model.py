@@ -529,6 +529,7 @@ class AAM(TargetHeadLayers, nn.Module):
             v = self.tgt_ln(self.tgt_pool(t, smask))
             if c is not None and self.fuse_at == "pooled":
                 v = self.fuse(v, c, out)
+            out["pooled"] = v  # [B, D] the sample vector the target is read from (outputs.embeddings)
             out["target"] = self.head_output(v, batch)
         return out
 

@@ -8,7 +8,7 @@ import numpy as np
 from aam_runtime.runfolder import CONFUSION_PLOT, LOSS_PLOT, PRED_PLOT
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -20,7 +20,7 @@ def loss_curves(metrics: list[dict], out: Path) -> Path | None:
     val = [m for m in metrics if m.get("split") == "validation"]
     if not train and not val:
         return None
-    plt = _plt()
+    plt = pyplot()
     keys = [k for k in ("loss", "unifrac_loss", "nuc_loss", "target_loss") if any(k in m for m in train)]
     fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(4.5 * max(1, len(keys)), 3.5), squeeze=False)
     for ax, k in zip(axes[0], keys or ["loss"]):
@@ -40,7 +40,7 @@ def loss_curves(metrics: list[dict], out: Path) -> Path | None:
 
 
 def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRED_PLOT) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     ax.scatter(y, p, s=8, alpha=0.6)
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
@@ -57,7 +57,7 @@ def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRE
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: str, name: str = CONFUSION_PLOT) -> Path:
-    plt = _plt()
+    plt = pyplot()
     n = len(classes)
     m = np.zeros((n, n), dtype=int)
     for a, b in zip(y, pred):

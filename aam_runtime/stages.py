@@ -68,6 +68,9 @@ def train_stage(cfg: RunConfig, folder: RunFolder) -> dict:
             images.update(_several_target_outputs(folder, data, trainer.meta["targets"], v.rows, v.pred))
         elif cfg.stage == "finetune" and v is not None and v.pred is not None:
             images.update(_target_outputs(folder, data, v.rows, v.pred, data.enc.targets[v.rows]))
+            summary.update(_insight(cfg, folder, data, v.rows, v.pred, data.enc.targets[v.rows], None))
+        if cfg.stage == "pretrain" and _asked(cfg, "embeddings"):
+            summary.update(_pretrain_embeddings(cfg, folder, data))
         cfg.tracking_finish(summary=summary, images=images)
         log(f"done: {summary}")
     trainer.acc.wait_for_everyone()
@@ -118,6 +121,81 @@ def _target_outputs(folder: RunFolder, data, rows, pred, y, name="validation", s
     lines.insert(1, q2_types_row(lines[0].split("\t"), categorical))
     atomic_write(folder.file(PREDICTIONS), "\n".join(lines) + "\n")
     return images
+
+
+def _asked(cfg: RunConfig, output: str) -> bool:
+    """Whether spec.outputs asks for this output (embeddings: true; errors: an object)."""
+    value = (cfg.spec.get("outputs") or {}).get(output)
+    return value is not None and value is not False
+
+
+def _point_and_truth(data, rows, pred, y) -> tuple[list, list]:
+    """Per row, the prediction and the truth in the target's units (class names for a
+    classification; "" or NaN where there is no truth)."""
+    from aam_runtime.outputs import point_column
+
+    if data.target_type == "classification":
+        return [data.classes[c] for c in pred.argmax(1)], [data.classes[t] if t >= 0 else "" for t in y]
+    groups = data.target_groups(rows)
+    p = unscale_target(pred.reshape(len(rows), -1)[:, point_column(data.quantiles)], data.norm, groups)
+    return p.tolist(), unscale_target(y, data.norm, groups).tolist()
+
+
+def _insight(cfg: RunConfig, folder: RunFolder, data, rows, pred, y, pooled: list | None) -> dict:
+    """spec.outputs of a run of one target: its embeddings (predict) and its error analysis."""
+    from aam_runtime import insight
+
+    out = {}
+    p, t = _point_and_truth(data, rows, pred, y)
+    if pooled:
+        known = any(v not in ("", None) and v == v for v in t)  # v == v: not NaN
+        out.update(_write_embeddings(cfg, folder, data, rows, pooled[0], colour=np.asarray(t if known else p)))
+    if _asked(cfg, "errors"):
+        ids = [data.enc.prepared.sample_ids[r] for r in rows]
+        out.update(insight.write_errors(folder, ids, p, t, data.target_type, data.enc.prepared.metadata,
+                                        cfg.spec["outputs"]["errors"].get("by") or [], data.target_name))
+    return out
+
+
+def _write_embeddings(cfg: RunConfig, folder: RunFolder, data, rows, emb: np.ndarray, colour) -> dict:
+    from aam_runtime import insight
+
+    ids = [data.enc.prepared.sample_ids[r] for r in rows]
+    insight.write_embeddings(folder, ids, emb)
+    insight.pcoa_plot(folder, emb, colour, data.target_name or "", f"run/{cfg.name}: sample embeddings")
+    log(f"outputs: {len(ids)} sample embeddings ({emb.shape[1]} dimensions) -> {folder.file(insight.EMBEDDINGS)}")
+    return {"embeddings": len(ids)}
+
+
+def _pretrain_embeddings(cfg: RunConfig, folder: RunFolder, data) -> dict:
+    """A pretraining's embeddings of all its samples (best.pt, else last.pt), coloured by the
+    Dataset's first target where the metadata has it, and its fit to UniFrac."""
+    from aam_runtime import insight
+
+    path = folder.path / checkpoint_name("best")
+    ck = _load_checkpoint(path if path.exists() else folder.path / checkpoint_name("last"), folder)
+    rows = np.sort(np.concatenate([data.train, data.val]))
+    emb = _embed(cfg, data, ck, rows)
+    out = _write_embeddings(cfg, folder, data, rows, emb, colour=_metadata_colour(cfg, data, rows))
+    if data.lookup is not None and len(rows) > 2:
+        out.update(insight.unifrac_fit(folder, emb, data.lookup, rows, seed=cfg.seed))
+        log(f"outputs: embedding distance against UniFrac: r = {out['embedding_unifrac_r']:.3f} over "
+            f"{out['embedding_unifrac_pairs']} pairs")
+    return out
+
+
+def _metadata_colour(cfg: RunConfig, data, rows) -> np.ndarray | None:
+    """The Dataset's first target, per row (numbers for regression), or None."""
+    targets = cfg.dataset.get("targets") or []
+    meta = data.enc.prepared.metadata
+    if not targets or meta is None or targets[0]["name"] not in getattr(meta, "columns", []):
+        return None
+    values = meta[targets[0]["name"]].iloc[rows].to_numpy(dtype=str)
+    if targets[0].get("type") == "classification":
+        return values
+    import pandas as pd
+
+    return pd.to_numeric(pd.Series(values), errors="coerce").to_numpy(dtype=float)
 
 
 PROBABILITY = "probability"  # predictions.tsv: probability:CLASS (probability:TARGET:CLASS with several targets)
@@ -184,12 +262,8 @@ def _several_target_outputs(folder: RunFolder, data, targets: list[dict], rows, 
     return images
 
 
-def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int) -> tuple[list, int]:
-    """The finetune checkpoint's network on the predict data: target outputs [n, n_outputs] of
-    every pass (several passes draw other ASVs, with asvSelection random), and the pass count."""
-    import torch
-
-    from aam_runtime.data import batches as B
+def _checkpoint_model(cfg: RunConfig, ck: dict, meta: dict, n_outputs: int):
+    """A checkpoint's network, in eval mode on the run's device."""
     from aam_runtime.model import build_model
     from aam_runtime.outputs import conditional_column
 
@@ -198,22 +272,59 @@ def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int)
                         conditional_column=conditional_column(meta["model_spec"], meta["cat_columns"]))
     model.load_state_dict(ck["model"])
     device = "cpu" if cfg.hardware["accelerator"] == "cpu" else "cuda"
-    model.to(device).eval()
+    return model.to(device).eval(), device
+
+
+def _predict_outputs(cfg: RunConfig, data, ck: dict, meta: dict, n_outputs: int,
+                     pooled: list | None = None) -> tuple[list, int]:
+    """The finetune checkpoint's network on the predict data: target outputs [n, n_outputs] of
+    every pass (several passes draw other ASVs, with asvSelection random), and the pass count.
+    pooled, when given, receives the sample vectors the target is read from (mean over passes)."""
+    import torch
+
+    from aam_runtime.data import batches as B
+    from aam_runtime.device import inference_autocast
+
+    model, device = _checkpoint_model(cfg, ck, meta, n_outputs)
     bs = cfg.trainer["batchSize"]
     random_asvs = cfg.dataset["asvSelection"] == "random"
     passes = int((cfg.spec.get("prediction") or {}).get("passes", 1)) if random_asvs else 1
     rows = data.val
-    outputs = []
+    outputs, vectors = [], []
     for p in range(passes):
         if passes > 1:
             data.enc.redraw(cfg.dataset["maxAsvsPerSample"], B.pass_key(cfg.seed, p))
-        preds = []
-        with torch.no_grad():
+        preds, vecs = [], []
+        with torch.no_grad(), inference_autocast(cfg.precision, device):
             for i in range(0, len(rows), bs):
                 batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
-                preds.append(model(batch, need_target=True)["target"].float().cpu().numpy())
+                res = model(batch, need_target=True)
+                preds.append(res["target"].float().cpu().numpy())
+                if pooled is not None:
+                    vecs.append(res["pooled"].float().cpu().numpy())
         outputs.append(np.concatenate(preds))
+        if pooled is not None:
+            vectors.append(np.concatenate(vecs))
+    if pooled is not None:
+        pooled.append(np.mean(vectors, axis=0))
     return outputs, passes
+
+
+def _embed(cfg: RunConfig, data, ck: dict, rows: np.ndarray) -> np.ndarray:
+    """A pretrained checkpoint's sample embeddings (the encoder's pooled output) of rows."""
+    import torch
+
+    from aam_runtime.data import batches as B
+    from aam_runtime.device import inference_autocast
+
+    model, device = _checkpoint_model(cfg, ck, ck["meta"], 0)
+    bs = cfg.trainer["batchSize"] if isinstance(cfg.trainer["batchSize"], int) else 8
+    out = []
+    with torch.no_grad(), inference_autocast(cfg.precision, device):
+        for i in range(0, len(rows), bs):
+            batch = B.to_torch(B.collate_numpy(data.enc, rows[i:i + bs]), device)
+            out.append(model(batch)["embedding"].float().cpu().numpy())
+    return np.concatenate(out)
 
 
 # what every checkpoint of an ensemble must share: how samples are read and what the head predicts
@@ -262,15 +373,17 @@ def _rescale(out: np.ndarray, norm: dict, first: dict, groups) -> np.ndarray:
     return np.stack(cols, axis=1).astype(out.dtype)
 
 
-def _ensemble_outputs(cfg: RunConfig, data, cks: list[dict], n_outputs: int) -> tuple[list, int]:
+def _ensemble_outputs(cfg: RunConfig, data, cks: list[dict], n_outputs: int,
+                      pooled: list | None = None) -> tuple[list, int]:
     """Every member's outputs over every pass, on the first member's target scale: the list that
-    the passes average runs over. Returns (outputs, passes per member)."""
+    the passes average runs over. Returns (outputs, passes per member). pooled receives the first
+    member's sample vectors (members' spaces differ: theirs are not averaged)."""
     first = cks[0]["meta"]
     rows = data.val
     outputs, passes = [], 1
-    for ck in cks:
+    for k, ck in enumerate(cks):
         meta = ck["meta"]
-        outs, passes = _predict_outputs(cfg, data, ck, meta, n_outputs)
+        outs, passes = _predict_outputs(cfg, data, ck, meta, n_outputs, pooled=pooled if k == 0 else None)
         for o in outs:
             if meta.get("targets"):
                 o = o.copy()
@@ -293,7 +406,8 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: d
 
     data = prepare(cfg, folder, "predict", ckpt_meta=meta)
     check_hardware(cfg)
-    outputs, passes = _ensemble_outputs(cfg, data, cks, meta["n_outputs"])
+    pooled = [] if _asked(cfg, "embeddings") else None
+    outputs, passes = _ensemble_outputs(cfg, data, cks, meta["n_outputs"], pooled=pooled)
     rows = data.val
     pred, spread = average_blocks(outputs, [(t["start"], t["stop"], t["type"]) for t in meta["targets"]])
     cfg.tracking_start(folder)
@@ -307,6 +421,11 @@ def _predict_several(cfg: RunConfig, folder: RunFolder, cks: list[dict], meta: d
             view.quantiles = list(t.get("quantiles") or [])
             m = target_metrics(pred[:, t["start"]:t["stop"]], y, view, rows)
             summary.update({f"{k}:{t['name']}": v for k, v in m.items()})
+    if pooled:
+        summary.update(_write_embeddings(cfg, folder, data, rows, pooled[0], colour=None))
+    if _asked(cfg, "errors"):
+        log("warning: outputs.errors covers models of one target; this one predicts "
+            f"{len(meta['targets'])}: no errors.tsv")
     folder.metric(split="predict", step=0, **summary)
     cfg.tracking_finish(summary=summary, images=images)
     log(f"predict: {len(rows)} samples, targets {', '.join(t['name'] for t in meta['targets'])} -> "
@@ -344,7 +463,8 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     check_hardware(cfg)
     head = TargetLoss(meta["model_spec"]["targetHead"], meta["target_type"])
     data.quantiles = list(head.quantiles)
-    outputs, passes = _ensemble_outputs(cfg, data, cks, head.n_outputs(len(meta["classes"])))
+    pooled = [] if _asked(cfg, "embeddings") else None
+    outputs, passes = _ensemble_outputs(cfg, data, cks, head.n_outputs(len(meta["classes"])), pooled=pooled)
     rows = data.val
     pred, spread = average_passes(outputs, data.target_type)
     y = data.enc.targets[rows] if data.enc.targets is not None else None
@@ -356,6 +476,7 @@ def predict_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     has_truth = (y >= 0).any() if data.target_type == "classification" else np.isfinite(y).any()
     if has_truth:
         summary.update(target_metrics(pred, y, data, rows))
+    summary.update(_insight(cfg, folder, data, rows, pred, y, pooled))
     folder.metric(split="predict", step=0, **summary)
     cfg.tracking_finish(summary=summary, images=images)
     log(f"predict: {len(rows)} samples -> {folder.file(PREDICTIONS)}; {summary}")
@@ -390,6 +511,7 @@ def baseline_stage(cfg: RunConfig, folder: RunFolder) -> dict:
     summary = target_metrics(pred, y[data.val], data, data.val)
     summary["train_seconds"] = round(time.time() - t0, 2)
     images = _target_outputs(folder, data, data.val, pred, y[data.val])
+    summary.update(_insight(cfg, folder, data, data.val, pred, y[data.val], None))
     folder.metric(split="validation", step=1, epoch=1, **summary)
     folder.update_status(step=1, val_metrics=summary)
     cfg.tracking_finish(summary=summary, images=images)

@@ -34,7 +34,7 @@ from aam_runtime.profiling import StepProfiler
 from aam_runtime.runfolder import RunFolder
 from aam_runtime.settings import TrainerSettings
 from aam_runtime.trainlog import log_profile, log_train, log_validation
-from aam_runtime.validation import Validation, validate
+from aam_runtime.validation import Validation, validate, with_best_validation
 
 
 class Preempted(Exception):
@@ -180,10 +180,8 @@ class Trainer:
         self.profiler = StepProfiler(self.settings.profile, self.folder, self.stage, self.device, self.main,
                                      cfg.hardware["accelerator"])
         try:
-            result = self._fit_loop(o, objective, data, state, result)
-            if self.stage == "finetune" and result.best_validation is None and state["best_step"] is not None:
-                result.best_validation = self._validate_best(o, objective, data)
-            return result
+            return with_best_validation(self.acc, self.cfg, o, objective, data, self.folder,
+                                        self._fit_loop(o, objective, data, state, result))
         finally:
             log_profile(self.folder, self.profiler.finish(state["step"], o.total_steps))
 
@@ -227,7 +225,7 @@ class Trainer:
         result.history.append(vm)
         if better:
             self.checkpoint(o, state, "best")
-            result.best_validation = v
+            result.best_validation = v  # the outputs of a finetune are best.pt's
         patience = self.settings.patience
         if patience and state["bad_epochs"] >= patience:
             log(f"early stopping: {metric} did not improve for {patience} validations")
@@ -321,23 +319,6 @@ class Trainer:
         if self.world > 1:
             rows = self.acc.gather(rows)
         return rows.cpu().numpy()
-
-    def _validate_best(self, o: Optimisation, objective, data: Data) -> Validation | None:
-        """The best checkpoint's validation when this process never ran it (the run resumed after
-        its best step): its weights loaded into the evaluated model, once the fit is over. Every
-        rank takes part (validation gathers). Not under FSDP (a full state dict into shards)."""
-        from accelerate.utils import DistributedType
-
-        from aam_runtime.checkpoints import load_checkpoint
-        from aam_runtime.runfolder import checkpoint_name
-
-        path = self.folder.path / checkpoint_name("best")
-        if not path.exists() or self.acc.distributed_type == DistributedType.FSDP:
-            return None
-        weights = load_checkpoint(path, state_runs=self.folder.path.parent.parent)["model"]
-        (o.ema.module if o.ema is not None else o.raw).load_state_dict(weights)
-        log(f"outputs: validating the best checkpoint ({path.name}) again: it was written before this process resumed")
-        return validate(self.acc, self.cfg, o.evaluated, objective, data)
 
     # -- step 4: checkpoints
 

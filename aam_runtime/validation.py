@@ -66,3 +66,29 @@ def _one_pass(acc, batch_size: int, model, objective, data: Data, parts: dict) -
             pred_out.append(pred)
         rows_out.append(rows)
     return rows_out, pred_out
+
+
+def with_best_validation(acc, cfg: RunConfig, o, objective, data: Data, folder, result):
+    """A finetune's FitResult with the validation of its best checkpoint: the one the loop kept,
+    or, when this process never ran it (the run resumed after its best step), best.pt validated
+    again once the fit is over (o: the fit's Optimisation; every rank takes part, validation
+    gathers). Not under FSDP (a full state dict into shards): there the last validation stands."""
+    if cfg.stage == "finetune" and result.best_validation is None and result.state["best_step"] is not None:
+        result.best_validation = _validate_saved(acc, cfg, o, objective, data, folder)
+    return result
+
+
+def _validate_saved(acc, cfg: RunConfig, o, objective, data: Data, folder) -> Validation | None:
+    from accelerate.utils import DistributedType
+
+    from aam_runtime.checkpoints import load_checkpoint
+    from aam_runtime.console import log
+    from aam_runtime.runfolder import checkpoint_name
+
+    path = folder.path / checkpoint_name("best")
+    if not path.exists() or acc.distributed_type == DistributedType.FSDP:
+        return None
+    weights = load_checkpoint(path, state_runs=folder.path.parent.parent)["model"]
+    (o.ema.module if o.ema is not None else o.raw).load_state_dict(weights)
+    log(f"outputs: validating {path.name} again: it was written before this process resumed")
+    return validate(acc, cfg, o.evaluated, objective, data)

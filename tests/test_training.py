@@ -351,6 +351,7 @@ spec:
   modelRef: tiny
   hardwareRef: cpu-1
   trainer: {epochs: 4, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null}}
+  outputs: {embeddings: true}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -361,6 +362,7 @@ spec:
   hardwareRef: cpu-1
   initFrom: {run: pre}
   trainer: {epochs: 12, batchSize: 8, learningRate: 0.002, warmupSteps: 5, logEverySteps: 5, earlyStopping: {patience: null, metric: mae}}
+  outputs: {errors: {}}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -379,6 +381,16 @@ spec:
   datasetRef: oral-sub
   hardwareRef: cpu-1
   initFrom: {run: fine}
+---
+apiVersion: aam/v1alpha1
+kind: Run
+metadata: {name: pred-insight}
+spec:
+  stage: predict
+  datasetRef: oral-new-multi
+  hardwareRef: cpu-1
+  initFrom: {run: fine}
+  outputs: {embeddings: true, errors: {by: [study]}}
 ---
 apiVersion: aam/v1alpha1
 kind: Run
@@ -683,6 +695,65 @@ def test_finetune_outputs_come_from_the_best_checkpoint(pipeline):
     _, again = _prediction_table(_folder(home, "pred-same"))
     assert set(rows) < set(again)
     assert np.allclose(pred, [float(again[s][2]) for s in rows], rtol=1e-5, atol=1e-4)
+
+
+def _tsv(path: Path) -> tuple[list[str], list[list[str]]]:
+    lines = path.read_text().splitlines()
+    skip = 2 if len(lines) > 1 and lines[1].startswith("#q2:types") else 1
+    return lines[0].split("\t"), [line.split("\t") for line in lines[skip:]]
+
+
+@pytest.mark.slow
+def test_pretraining_embeddings_and_their_fit_to_unifrac(pipeline):
+    from skbio import DistanceMatrix
+
+    home, _ = pipeline
+    folder = _folder(home, "pre")
+    header, rows = _tsv(folder / "embeddings.tsv")
+    assert header == ["sample-id"] + [f"dim{i}" for i in range(16)] and len(rows) == 200
+    emb = np.array([[float(x) for x in r[1:]] for r in rows])
+    dm = DistanceMatrix.read(str(folder / "embedding-distances.tsv"))
+    assert list(dm.ids) == [r[0] for r in rows]
+    assert np.allclose(dm.data, np.linalg.norm(emb[:, None] - emb[None], axis=-1), atol=1e-4)
+    st = json.loads((folder / "status.json").read_text())["final_metrics"]
+    assert st["embeddings"] == 200 and -1 <= st["embedding_unifrac_r"] <= 1 and st["embedding_unifrac_pairs"] > 1000
+    assert (folder / "plots" / "embedding_pcoa.png").stat().st_size > 0
+    assert (folder / "plots" / "embedding_vs_unifrac.png").stat().st_size > 0
+    assert "embedding distance against UniFrac: r = " in (folder / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_predict_writes_embeddings_and_its_errors_by_category(pipeline, tmp_path):
+    home, _ = pipeline
+    folder = _folder(home, "pred-insight")
+    _, pred = _prediction_table(folder)
+    header, rows = _tsv(folder / "embeddings.tsv")
+    assert len(rows) == 60 and {r[0] for r in rows} == set(pred) and len(header) == 17
+    header, errors = _tsv(folder / "errors.tsv")
+    assert header == ["sample-id", "prediction", "truth", "residual", "absolute_error", "rank", "study"]
+    abs_err = [float(r[4]) for r in errors]
+    assert abs_err == sorted(abs_err, reverse=True) and [r[5] for r in errors] == [str(i) for i in range(1, 61)]
+    st = json.loads((folder / "status.json").read_text())["final_metrics"]
+    assert np.mean(abs_err) == pytest.approx(st["mae"], rel=1e-4)
+    for r in errors:
+        assert float(r[1]) == pytest.approx(float(pred[r[0]][2]), rel=1e-5)
+    by = [line.split("\t") for line in (folder / "errors-by-study.tsv").read_text().splitlines()]
+    assert by[0] == ["study", "samples", "mae", "mean_residual"] and sum(int(r[1]) for r in by[1:]) == 60
+    study = {r[0]: r[6] for r in errors}
+    for r in by[1:]:
+        mine = [e for e, row in zip(abs_err, errors) if study[row[0]] == r[0]]
+        assert float(r[2]) == pytest.approx(np.mean(mine), rel=1e-4)
+    assert (folder / "plots" / "residuals.png").exists() and (folder / "plots" / "embedding_pcoa.png").exists()
+    assert "worst-predicted samples" in (folder / "log.txt").read_text()
+    # the finetune's validation samples: errors.tsv too, and no embeddings (not asked)
+    _, fine_errors = _tsv(_folder(home, "fine") / "errors.tsv")
+    assert len(fine_errors) == len(_prediction_table(_folder(home, "fine"))[1])
+    assert not (_folder(home, "fine") / "embeddings.tsv").exists()
+    # QIIME 2 reads the embeddings and the errors as metadata
+    need_qiime()
+    for name in ("embeddings.tsv", "errors.tsv"):
+        out = q2("tools", "inspect-metadata", str(folder / name), cwd=tmp_path)
+        assert re.search(r"IDS:\s+60\b", out), out
 
 
 @pytest.mark.slow

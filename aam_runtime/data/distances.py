@@ -38,9 +38,10 @@ def run_distances(run_dir: str | Path) -> tuple[U.DistanceLookup, list[str], str
     return U.DistanceLookup(path, prepared.sample_ids), list(prepared.sample_ids), what
 
 
-def write_matrix(lookup: U.DistanceLookup, ids: list[str], out: Path) -> None:
-    """The matrix as QIIME 2's DistanceMatrix text, a block of rows at a time (a matrix of 50,000
-    samples never sits in memory whole), under a temporary name, then renamed."""
+def write_distance_text(out: Path, ids: list[str], block) -> None:
+    """A square distance matrix as QIIME 2's DistanceMatrix text: an empty first cell and the ids
+    across, then one row per sample; block(start, stop) gives rows start..stop, so a matrix of
+    50,000 samples never sits in memory whole. Written under a temporary name, then renamed."""
     for s in ids:
         if "\t" in s or "\n" in s:
             raise DataError(f"sample id {s!r} holds a tab or a line break; a distance matrix file cannot carry it")
@@ -50,8 +51,8 @@ def write_matrix(lookup: U.DistanceLookup, ids: list[str], out: Path) -> None:
         with open(tmp, "w") as f:
             f.write("\t" + "\t".join(ids) + "\n")
             for start in range(0, len(ids), ROWS_PER_BLOCK):
-                block = lookup.rows(start, min(start + ROWS_PER_BLOCK, len(ids)))
-                for sid, row in zip(ids[start:], block):
+                stop = min(start + ROWS_PER_BLOCK, len(ids))
+                for sid, row in zip(ids[start:stop], block(start, stop)):
                     f.write(sid + "\t" + "\t".join(f"{v:.8g}" for v in row.tolist()) + "\n")
         os.replace(tmp, out)
     except OSError as exc:
@@ -69,7 +70,7 @@ def export(run_dir: str | Path, out: str | Path) -> str:
         raise DataError(f"{out.parent}: no such folder")
     lookup, ids, what = run_distances(run_dir)
     try:
-        write_matrix(lookup, ids, out)
+        write_distance_text(out, ids, lookup.rows)
     finally:
         lookup.close()
     return (f"wrote {what} among {len(ids)} samples to {out}; in QIIME 2: qiime tools import --type DistanceMatrix "

@@ -96,6 +96,32 @@ def run_preflight(res: Resolved, runs: list[Obj], warn=None, prepared: dict | No
                     warn(text)
             else:
                 diags.append(d)
+    return diags + check_output_columns(res, runs)
+
+
+def check_output_columns(res: Resolved, runs: list[Obj]) -> list[Diagnostic]:
+    """outputs.errors.by names columns of the run's Dataset metadata."""
+    from aam_runtime.data.table import DataError, read_metadata
+
+    diags = []
+    for run in runs:
+        by = ((run.spec.get("outputs") or {}).get("errors") or {}).get("by") or []
+        if not by:
+            continue
+        ds = res.get("Dataset", run.spec["datasetRef"])
+        meta = ds.spec.get("metadata")
+        if not meta:
+            diags.append(run.diag(f"outputs.errors.by names metadata columns, but Dataset '{ds.name}' has no metadata",
+                                  ("spec", "outputs", "errors", "by"), hint="add spec.metadata to the Dataset"))
+            continue
+        try:
+            columns = list(read_metadata(meta["path"], meta["sampleIdColumn"]).columns)
+        except DataError:
+            continue  # the Dataset's own check says why
+        for i, column in enumerate(by):
+            if column not in columns:
+                diags.append(run.diag(f"outputs.errors.by: {meta['path']} has no column '{column}' (columns: "
+                                      f"{', '.join(columns[:8])})", ("spec", "outputs", "errors", "by", i)))
     return diags
 
 

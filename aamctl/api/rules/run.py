@@ -39,9 +39,29 @@ def check(res: Resolved, run: Obj) -> list[Diagnostic]:
     if s["freezeBase"] and not init:
         d.append(run.diag("freezeBase needs pretrained weights", ("spec", "freezeBase"), hint="add initFrom or remove freezeBase"))
     d.extend(check_recipe(res, run, ds))
+    d += _check_outputs(run)
     if stage == "finetune" and model_ref and ("Model", model_ref) in res.objects and not s.get("targets"):
         d.extend(check_target_recipe(run, ds, res.get("Model", model_ref)))
     return d + _check_hardware(run, hw)
+
+
+def _check_outputs(run: Obj) -> list[Diagnostic]:
+    """spec.outputs asks only for what the run's stage writes."""
+    s = run.spec
+    stage, out = s["stage"], s.get("outputs") or {}
+    d = []
+    if out.get("embeddings") and stage not in ("pretrain", "predict"):
+        d.append(run.diag(f"a {stage} run writes no embeddings", ("spec", "outputs", "embeddings"),
+                          hint="ask the pretrain run for them, or a predict Run that starts from this one"))
+    if out.get("errors") is not None:
+        if stage == "pretrain":
+            d.append(run.diag("a pretrain run predicts no target, so it has no errors to analyse",
+                              ("spec", "outputs", "errors"), hint="ask a finetune, predict or baseline run"))
+        elif len(s.get("targets") or []) > 1:
+            d.append(run.diag("the error analysis covers runs of one target; this one has "
+                              f"{len(s['targets'])}", ("spec", "outputs", "errors"),
+                              hint="ask a run of one of the targets, or remove outputs.errors"))
+    return d
 
 
 def _check_init(res: Resolved, run: Obj) -> list[Diagnostic]:
