@@ -56,7 +56,9 @@ def test_auto_batch_on_cpu_under_a_memory_cap_is_chosen_recorded_and_kept(tmp_pa
     data = make_dataset(tmp_path / "data", n_samples=60, n_asvs=40)
     home = tmp_path / "home"
     f = tmp_path / "r.yaml"
-    extra = (", batchSize: auto, gradientAccumulation: auto, effectiveBatchSize: 24,"
+    # full precision: under precision auto a CPU with avx512_bf16 trains in bf16, whose smaller
+    # activations fit every candidate batch under this cap (the test would not see the limit bite)
+    extra = (", batchSize: auto, gradientAccumulation: auto, effectiveBatchSize: 24, precision: 'no',"
              " autoBatch: {memoryLimit: 4M, memoryFraction: 0.5}")
     f.write_text(pretrain_run(data, "auto", epochs=2, trainer_extra=extra).replace("batchSize: 4, ", ""))
     aamctl(home, "apply", "-f", str(f), "--wait", timeout=600)
