@@ -16,7 +16,9 @@ Layout (runs/<name>/<generation>/), each name defined once below:
   split.tsv         sample-id and split (runtime; QIIME 2 metadata)
   checkpoints/      last.pt, best.pt (runtime)
   plots/            PNG figures (runtime)
-  predictions.tsv   predict and finetune stages (runtime)
+  predictions.tsv   predict and finetune stages (runtime; QIIME 2 metadata)
+  embeddings.tsv, embedding-distances.tsv, errors.tsv, errors-by-*.tsv
+                    what the Run's spec.outputs asks for (runtime; aam_runtime.insight)
   wandb/            W&B offline run (runtime)
 Torch-free: aamctl reads it back.
 """
