@@ -70,7 +70,7 @@ def principal_coordinates(emb: np.ndarray, k: int = 2) -> tuple[np.ndarray, np.n
 
 
 def pcoa_plot(folder: RunFolder, emb: np.ndarray, colour: np.ndarray | None, label: str, title: str) -> Path:
-    from aam_runtime.plots import pyplot
+    from aam_runtime.plots import pyplot, save
 
     pc, share = principal_coordinates(emb)
     if pc.shape[1] < 2:
@@ -93,19 +93,14 @@ def pcoa_plot(folder: RunFolder, emb: np.ndarray, colour: np.ndarray | None, lab
     ax.set_xlabel(f"PC1 ({share[0]:.0%})")
     ax.set_ylabel(f"PC2 ({share[1]:.0%})")
     ax.set_title(title)
-    fig.tight_layout()
-    folder.plots.mkdir(parents=True, exist_ok=True)
-    path = folder.plots / PCOA_PLOT
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, folder.plots, PCOA_PLOT)
 
 
 def unifrac_fit(folder: RunFolder, emb: np.ndarray, lookup, rows: np.ndarray, pairs: int = 20000,
                 seed: int = 0) -> dict:
     """The pretraining's distance, tanh(||e_i - e_j|| / 10) (what its UniFrac loss compares),
     against UniFrac over random sample pairs: the figure and its correlation."""
-    from aam_runtime.plots import pyplot
+    from aam_runtime.plots import pyplot, save
 
     n = len(rows)
     rng = np.random.default_rng(seed)
@@ -130,10 +125,7 @@ def unifrac_fit(folder: RunFolder, emb: np.ndarray, lookup, rows: np.ndarray, pa
     ax.set_xlabel("UniFrac distance")
     ax.set_ylabel("embedding distance, tanh(||e_i - e_j|| / 10)")
     ax.set_title(f"{len(i)} pairs: r = {r:.3f}, MAE {mae:.3f}")
-    fig.tight_layout()
-    folder.plots.mkdir(parents=True, exist_ok=True)
-    fig.savefig(folder.plots / UNIFRAC_PLOT, dpi=100)
-    plt.close(fig)
+    save(fig, folder.plots, UNIFRAC_PLOT)
     return {"embedding_unifrac_r": r, "embedding_unifrac_mae": mae, "embedding_unifrac_pairs": int(len(i))}
 
 
@@ -192,7 +184,7 @@ def _by_category(folder: RunFolder, column: str, values: list[str], err: np.ndar
 
 
 def _residual_plot(folder: RunFolder, truth: np.ndarray, residual: np.ndarray, target: str) -> Path:
-    from aam_runtime.plots import pyplot
+    from aam_runtime.plots import pyplot, save
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.8))
@@ -201,9 +193,4 @@ def _residual_plot(folder: RunFolder, truth: np.ndarray, residual: np.ndarray, t
     ax.set_xlabel(f"true {target}")
     ax.set_ylabel("predicted - true")
     ax.set_title(f"residuals (MAE {np.abs(residual).mean():.3g}, bias {residual.mean():+.3g})")
-    fig.tight_layout()
-    folder.plots.mkdir(parents=True, exist_ok=True)
-    path = folder.plots / RESIDUAL_PLOT
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, folder.plots, RESIDUAL_PLOT)

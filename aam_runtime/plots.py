@@ -15,6 +15,16 @@ def pyplot():
     return plt
 
 
+def save(fig, out: Path, name: str) -> Path:
+    """Lay a figure out, write it as out/name (PNG, 100 dpi) and close it."""
+    fig.tight_layout()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    fig.savefig(path, dpi=100)
+    pyplot().close(fig)
+    return path
+
+
 def loss_curves(metrics: list[dict], out: Path) -> Path | None:
     train = [m for m in metrics if m.get("split") == "train"]
     val = [m for m in metrics if m.get("split") == "validation"]
@@ -31,12 +41,7 @@ def loss_curves(metrics: list[dict], out: Path) -> Path | None:
         ax.set_title(k)
         ax.set_xlabel("step")
         ax.legend()
-    fig.tight_layout()
-    path = out / LOSS_PLOT
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out, LOSS_PLOT)
 
 
 def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRED_PLOT) -> Path:
@@ -48,12 +53,7 @@ def scatter(y: np.ndarray, p: np.ndarray, out: Path, title: str, name: str = PRE
     ax.set_xlabel("true")
     ax.set_ylabel("predicted")
     ax.set_title(title)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out, name)
 
 
 def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: str, name: str = CONFUSION_PLOT) -> Path:
@@ -73,9 +73,4 @@ def confusion(y: np.ndarray, pred: np.ndarray, classes: list, out: Path, title: 
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save(fig, out, name)
