@@ -23,19 +23,10 @@ import numpy as np
 
 from aam_runtime.console import log
 from aam_runtime.data.distances import write_distance_text
-from aam_runtime.runfolder import ID_HEADER, RunFolder, atomic_write, q2_types_row
+from aam_runtime.runfolder import (EMBEDDING_DISTANCES, EMBEDDINGS, ERRORS, ID_HEADER, PCOA_PLOT, RESIDUAL_PLOT,
+                                   UNIFRAC_PLOT, RunFolder, atomic_write, errors_by_name, q2_types_row)
 
-EMBEDDINGS = "embeddings.tsv"
-EMBEDDING_DISTANCES = "embedding-distances.tsv"
-ERRORS = "errors.tsv"
-PCOA_PLOT = "embedding_pcoa.png"
-UNIFRAC_PLOT = "embedding_vs_unifrac.png"
-RESIDUAL_PLOT = "residuals.png"
 WORST = 20  # the worst-predicted samples named in the log
-
-
-def errors_by_name(column: str) -> str:
-    return f"errors-by-{column}.tsv"
 
 
 def write_embeddings(folder: RunFolder, ids: list[str], emb: np.ndarray) -> list[Path]:

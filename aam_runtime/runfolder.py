@@ -62,6 +62,19 @@ ID_HEADER = "sample-id"
 Q2_TYPES = "#q2:types"
 
 
+# what a Run's spec.outputs asks for (aam_runtime.insight writes them)
+EMBEDDINGS = "embeddings.tsv"
+EMBEDDING_DISTANCES = "embedding-distances.tsv"
+ERRORS = "errors.tsv"
+PCOA_PLOT = "embedding_pcoa.png"
+UNIFRAC_PLOT = "embedding_vs_unifrac.png"
+RESIDUAL_PLOT = "residuals.png"
+
+
+def errors_by_name(column: str) -> str:
+    return f"errors-by-{column}.tsv"
+
+
 def q2_types_row(header: list[str], categorical: set[str]) -> str:
     return "\t".join([Q2_TYPES] + ["categorical" if c in categorical else "numeric" for c in header[1:]])
 PREDICTIONS = "predictions.tsv"

@@ -12,7 +12,7 @@ from aam_runtime.console import log
 from aam_runtime.data.prepare import target_std, unscale_target
 from aam_runtime.data.table import DataError
 from aam_runtime.metrics import probabilities
-from aam_runtime.runfolder import (CONFUSION_PLOT, ID_HEADER, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
+from aam_runtime.runfolder import (CONFUSION_PLOT, EMBEDDINGS, ID_HEADER, METRICS, PRED_PLOT, PREDICTIONS, RunFolder, atomic_write,
                                    checkpoint_name, q2_types_row, read_jsonl, target_plot)
 
 
@@ -163,7 +163,7 @@ def _write_embeddings(cfg: RunConfig, folder: RunFolder, data, rows, emb: np.nda
     ids = [data.enc.prepared.sample_ids[r] for r in rows]
     insight.write_embeddings(folder, ids, emb)
     insight.pcoa_plot(folder, emb, colour, data.target_name or "", f"run/{cfg.name}: sample embeddings")
-    log(f"outputs: {len(ids)} sample embeddings ({emb.shape[1]} dimensions) -> {folder.file(insight.EMBEDDINGS)}")
+    log(f"outputs: {len(ids)} sample embeddings ({emb.shape[1]} dimensions) -> {folder.file(EMBEDDINGS)}")
     return {"embeddings": len(ids)}
 
 
