@@ -18,6 +18,7 @@ once, into a folder named by the archive's digest (payload_file) for the tools t
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -82,11 +83,20 @@ def max_bytes() -> int:
 
 
 def open_artifact(path: str, expect: tuple[str, ...], field: str) -> Artifact:
-    """The checked artifact at path, or DataError with one message (path, field, what is wrong, how to fix)."""
-    where = f"{path} ({field})"
+    """The checked artifact at path, or DataError with one message (path, field, what is wrong, how
+    to fix). The whole-archive check (checksums of every member) runs once per file as it is on
+    disk: preflight, the record and the UniFrac cache key all open the same archive."""
     p = Path(path)
     if not p.is_file():
-        raise DataError(f"{where}: file not found (check {field})")
+        raise DataError(f"{path} ({field}): file not found (check {field})")
+    st = p.stat()
+    return _open_checked(str(path), st.st_size, st.st_mtime_ns, tuple(expect), field)
+
+
+@functools.lru_cache(maxsize=32)
+def _open_checked(path: str, _size: int, _mtime_ns: int, expect: tuple[str, ...], field: str) -> Artifact:
+    where = f"{path} ({field})"
+    p = Path(path)
     if str(path).lower().endswith(".qzv"):
         raise DataError(f"{where}: a QIIME 2 visualization (.qzv) holds no data for aam; name the .qza artifact "
                         f"({' or '.join(expect)}) it was made from")
